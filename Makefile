@@ -1,0 +1,43 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv (if missing)
+# and installs cubepipe into it (editable) with the extras it needs, then runs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+LINTED := pipeline storage tests benchmarks
+
+.PHONY: demo test lint bench test-gpu clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip "setuptools>=77" wheel
+
+$(VENV)/.installed-core: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(PIP) install -e ".[dev,distributed]"
+	touch $@ $(VENV)/.installed-core
+
+demo: $(VENV)/.installed-core
+	$(BIN)/cubepipe demo
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed-dev
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# On the GPU machine (no network): install with pip --target as ../shared/device/README.md
+# says, then `make test-gpu PY=python3`.
+PY ?= $(BIN)/python
+test-gpu:
+	$(PY) -m pytest -q -m gpu
+
+clean:
+	rm -rf $(VENV) demo-output build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,202 @@
+"""Compute devices: NumPy on the CPU or CuPy on a GPU. The only module that imports CuPy.
+
+Algorithms never branch on the device. They take ``xp = array_namespace(x)`` from their
+input and call :func:`fft_module` / :func:`ndimage_module` for the SciPy-shaped modules
+that match it. This module decides which device a run uses (:func:`resolve_device`) and
+moves dask arrays' chunks to it and back (:func:`to_device`, :func:`to_host`), keeping
+``meta`` so dask never has to guess the chunk type.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from array_api_compat import array_namespace as _array_namespace
+
+from cubepipe.storage.errors import DeviceError, InputError
+
+__all__ = [
+    "DEVICE_ENV",
+    "Device",
+    "array_namespace",
+    "fft_module",
+    "gpu_status",
+    "ndimage_module",
+    "resolve_device",
+    "to_device",
+    "to_host",
+]
+
+#: Environment variable read when no device is given explicitly.
+DEVICE_ENV = "CUBEPIPE_DEVICE"
+DeviceName = Literal["cpu", "gpu"]
+
+
+def _import_cupy() -> ModuleType:
+    import cupy  # noqa: PLC0415  (the one place CuPy is imported)
+
+    return cupy
+
+
+def gpu_status() -> tuple[bool, str]:
+    """Whether a GPU is usable through CuPy, and a one-line reason/description."""
+    try:
+        cupy = _import_cupy()
+    except ImportError:
+        return False, "CuPy is not installed (pip install 'cubepipe[gpu]' for CUDA 12)"
+    except Exception as exc:  # a broken CuPy install raises all sorts of things
+        return False, f"CuPy failed to import ({type(exc).__name__}: {exc})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver, no device, driver too old
+        return False, f"CuPy sees no CUDA device ({type(exc).__name__}: {exc})"
+    if count < 1:
+        return False, "CuPy sees no CUDA device"
+    try:
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    except Exception:
+        name = "GPU 0"
+    return True, f"{name} (CuPy {cupy.__version__})"
+
+
+@dataclass(frozen=True)
+class Device:
+    """The device a run computes on.
+
+    Attributes
+    ----------
+    name
+        ``"cpu"`` or ``"gpu"``.
+    reason
+        One line saying why this device was chosen (printed by the CLI for ``auto``).
+    """
+
+    name: DeviceName
+    reason: str
+
+    @property
+    def xp(self) -> ModuleType:
+        """The array module of this device: :mod:`numpy` or :mod:`cupy`."""
+        return _import_cupy() if self.name == "gpu" else np
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def resolve_device(requested: str | None = None) -> Device:
+    """Turn ``auto|cpu|gpu`` (default: env ``CUBEPIPE_DEVICE``, else ``auto``) into a Device.
+
+    ``auto`` picks the GPU when CuPy imports and sees a device, else the CPU, and says
+    which in :attr:`Device.reason`. ``gpu`` without a usable GPU raises
+    :class:`~cubepipe.storage.errors.DeviceError`; it never falls back silently.
+    """
+    source = "--device"
+    if requested is None:
+        requested = os.environ.get(DEVICE_ENV) or "auto"
+        source = DEVICE_ENV if os.environ.get(DEVICE_ENV) else "default"
+    choice = requested.strip().lower()
+    if choice not in ("auto", "cpu", "gpu"):
+        raise InputError(f"{source}: unknown device {requested!r}; expected auto, cpu or gpu")
+    if choice == "cpu":
+        return Device("cpu", f"CPU (NumPy {np.__version__}), as requested")
+    ok, detail = gpu_status()
+    if choice == "gpu":
+        if not ok:
+            raise DeviceError(
+                f"{source} gpu was requested but no GPU is usable: {detail}; "
+                "use --device cpu (or auto) to run on the CPU"
+            )
+        return Device("gpu", f"GPU {detail}, as requested")
+    if ok:
+        return Device("gpu", f"auto: using GPU {detail}")
+    return Device("cpu", f"auto: using CPU (NumPy {np.__version__}); no GPU: {detail}")
+
+
+def array_namespace(*arrays: Any) -> Any:
+    """The array-API namespace shared by ``arrays`` (NumPy's or CuPy's); mixing fails."""
+    try:
+        return _array_namespace(*arrays)
+    except TypeError as exc:
+        raise InputError(f"arrays from different libraries cannot be mixed: {exc}") from exc
+
+
+def _is_cupy_namespace(xp: Any) -> bool:
+    return "cupy" in getattr(xp, "__name__", "")
+
+
+def fft_module(xp: Any) -> ModuleType:
+    """``scipy.fft`` for NumPy arrays, ``cupyx.scipy.fft`` for CuPy arrays."""
+    if _is_cupy_namespace(xp):
+        import cupyx.scipy.fft as cufft  # noqa: PLC0415
+
+        return cufft
+    import scipy.fft  # noqa: PLC0415
+
+    return scipy.fft
+
+
+def ndimage_module(xp: Any) -> ModuleType:
+    """``scipy.ndimage`` for NumPy arrays, ``cupyx.scipy.ndimage`` for CuPy arrays."""
+    if _is_cupy_namespace(xp):
+        import cupyx.scipy.ndimage as cundi  # noqa: PLC0415
+
+        return cundi
+    import scipy.ndimage  # noqa: PLC0415
+
+    return scipy.ndimage
+
+
+def _asnumpy(block: Any) -> np.ndarray:
+    return block.get() if hasattr(block, "get") and not isinstance(block, np.ndarray) else block
+
+
+def _to_xp(block: Any, *, xp: ModuleType) -> Any:
+    return xp.asarray(block)
+
+
+def to_device(data: Any, device: Device | str) -> Any:
+    """Move every chunk of a dask array (or every dask variable of a Dataset/DataArray)
+    to ``device``, lazily. Non-dask data is returned unchanged.
+
+    On the CPU this is the identity for NumPy chunks and copies CuPy chunks back.
+    """
+    dev = device if isinstance(device, Device) else resolve_device(device)
+    if dev.name == "cpu":
+        return to_host(data)
+    if isinstance(data, xr.Dataset):
+        return data.map(to_device, keep_attrs=True, device=dev)
+    if isinstance(data, xr.DataArray):
+        return data.copy(data=to_device(data.data, dev))
+    if not isinstance(data, da.Array):
+        return data
+    xp = dev.xp
+    return data.map_blocks(
+        _to_xp,
+        xp=xp,
+        dtype=data.dtype,
+        meta=xp.empty((0,) * data.ndim, dtype=data.dtype),
+        token="cubepipe-to-gpu",
+    )
+
+
+def to_host(data: Any) -> Any:
+    """Bring every chunk of a dask array (or Dataset/DataArray) back to NumPy, lazily."""
+    if isinstance(data, xr.Dataset):
+        return data.map(to_host, keep_attrs=True)
+    if isinstance(data, xr.DataArray):
+        return data.copy(data=to_host(data.data))
+    if not isinstance(data, da.Array) or isinstance(data._meta, np.ndarray):
+        return data
+    return data.map_blocks(
+        _asnumpy,
+        dtype=data.dtype,
+        meta=np.empty((0,) * data.ndim, dtype=data.dtype),
+        token="cubepipe-to-cpu",
+    )

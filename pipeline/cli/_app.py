@@ -1,0 +1,145 @@
+"""The ``cubepipe`` command group, its global options and the error contract.
+
+Errors a user can cause (:class:`~cubepipe.storage.errors.CubepipeError`) print one line
+and exit 2; usage errors exit 2 (click's convention); anything else is a bug: one line,
+exit 1, and ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from cubepipe.storage.errors import CubepipeError
+
+from ..backend import Device, resolve_device
+from ..scheduling import scheduler
+
+__all__ = ["CliState", "cli", "main", "pass_state", "run"]
+
+
+@dataclass
+class CliState:
+    """What the global options said, handed to every command."""
+
+    device: Device
+    scheduler_spec: str = "threads"
+    workers: int | None = None
+    memory_limit: str | None = None
+    debug: bool = False
+    quiet: bool = False
+
+    def say(self, message: str) -> None:
+        """Print a progress/status line to stderr unless ``--quiet``."""
+        if not self.quiet:
+            click.echo(message, err=True)
+
+    @contextlib.contextmanager
+    def compute(self) -> Iterator[Any]:
+        """Context for a command that computes: announces the device, starts the scheduler."""
+        self.say(f"cubepipe: device {self.device.reason}")
+        with scheduler(
+            self.scheduler_spec,
+            workers=self.workers,
+            memory_limit=self.memory_limit,
+            quiet=self.quiet,
+        ) as client:
+            yield client
+
+
+pass_state = click.make_pass_decorator(CliState)
+_debug_requested = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="cubepipe", prog_name="cubepipe")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "gpu"], case_sensitive=False),
+    default=None,
+    help="Compute device (default: env CUBEPIPE_DEVICE, else auto: GPU if CuPy sees one).",
+)
+@click.option(
+    "--scheduler",
+    "scheduler_spec",
+    default="threads",
+    show_default=True,
+    metavar="threads|local|ADDRESS",
+    help="Dask scheduler: threads, a new LocalCluster, or tcp://HOST:PORT of a running one.",
+)
+@click.option("--workers", type=click.IntRange(min=1), help="Workers for --scheduler local.")
+@click.option("--memory-limit", help="Memory limit per worker for --scheduler local (e.g. 2GB).")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--quiet", "-q", is_flag=True, help="Print results only, no status lines.")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    device: str | None,
+    scheduler_spec: str,
+    workers: int | None,
+    memory_limit: str | None,
+    debug: bool,
+    quiet: bool,
+) -> None:
+    """cubepipe: store, standardize, compress and filter large signed-float cubes.
+
+    Data live in chunked zarr v3 stores that plain xarray opens; every command streams
+    chunk by chunk through dask, on the CPU or a GPU.
+    """
+    global _debug_requested
+    _debug_requested = debug
+    ctx.obj = CliState(
+        device=resolve_device(device),
+        scheduler_spec=scheduler_spec,
+        workers=workers,
+        memory_limit=memory_limit,
+        debug=debug,
+        quiet=quiet,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code (0 ok, 1 bug, 2 bad input or usage)."""
+    global _debug_requested
+    _debug_requested = False
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cli.main(args=args, prog_name="cubepipe", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.Abort:
+        click.echo("cubepipe: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return 2 if isinstance(exc, click.UsageError) else int(exc.exit_code or 1)
+    except CubepipeError as exc:
+        if _debug_requested or "--debug" in args:
+            traceback.print_exc()
+        click.echo(f"cubepipe: error: {exc}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("cubepipe: interrupted", err=True)
+        return 130
+    except Exception as exc:
+        if _debug_requested or "--debug" in args:
+            traceback.print_exc()
+        msg = " ".join(str(exc).split())
+        click.echo(
+            f"cubepipe: internal error: {type(exc).__name__}: {msg} "
+            "(this is a bug; rerun with --debug and report the traceback)",
+            err=True,
+        )
+        return 1
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

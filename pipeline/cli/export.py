@@ -1,0 +1,1 @@
+"""``cubepipe export`` (being written: issue 3)."""

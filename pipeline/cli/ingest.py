@@ -1,0 +1,1 @@
+"""``cubepipe ingest`` (being written: issue 3)."""

@@ -1,0 +1,75 @@
+"""Where dask runs the graphs: threads (default), a local cluster, or an existing one."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import dask
+
+from cubepipe.storage.errors import InputError, MissingDependencyError
+
+__all__ = ["scheduler"]
+
+
+def _distributed() -> Any:
+    try:
+        import distributed  # noqa: PLC0415
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "--scheduler local/ADDRESS (dask.distributed)", "distributed", "distributed"
+        ) from exc
+    return distributed
+
+
+@contextlib.contextmanager
+def scheduler(
+    spec: str = "threads",
+    *,
+    workers: int | None = None,
+    memory_limit: str | None = None,
+    quiet: bool = False,
+) -> Iterator[Any]:
+    """Run the enclosed dask computations on the scheduler named by ``spec``.
+
+    ``threads`` uses dask's threaded scheduler (no cluster). ``local`` starts a
+    ``dask.distributed.LocalCluster`` (``workers`` processes, ``memory_limit`` each) and
+    prints its dashboard link to stderr. Anything else is taken as the address of a running
+    scheduler (``tcp://HOST:PORT``) to join. Yields the ``distributed.Client`` or None.
+    """
+    spec = (spec or "threads").strip()
+    if spec in ("threads", "threaded", "sync", "synchronous"):
+        name = "threads" if spec.startswith("thread") else "synchronous"
+        with dask.config.set(scheduler=name):
+            yield None
+        return
+    distributed = _distributed()
+    if spec == "local":
+        kwargs: dict[str, Any] = {"threads_per_worker": 1, "dashboard_address": ":0"}
+        if workers:
+            kwargs["n_workers"] = workers
+        if memory_limit:
+            kwargs["memory_limit"] = memory_limit
+        with (
+            distributed.LocalCluster(**kwargs) as cluster,
+            distributed.Client(cluster) as client,
+        ):
+            if not quiet:
+                print(f"cubepipe: dask dashboard at {client.dashboard_link}", file=sys.stderr)
+            yield client
+        return
+    if "://" not in spec and ":" not in spec:
+        raise InputError(
+            f"--scheduler: {spec!r} is not threads, local or a scheduler address such as "
+            "tcp://HOST:8786"
+        )
+    try:
+        client = distributed.Client(spec, timeout="10s")
+    except OSError as exc:
+        raise InputError(f"--scheduler: could not reach a dask scheduler at {spec}: {exc}") from exc
+    with client:
+        if not quiet:
+            print(f"cubepipe: joined {spec}; dashboard at {client.dashboard_link}", file=sys.stderr)
+        yield client

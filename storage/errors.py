@@ -1,0 +1,90 @@
+"""The one exception hierarchy of cubepipe.
+
+Every error a user can cause (a missing file, a store another job left half-written, a
+GPU asked for where there is none) is a :class:`CubepipeError`. The command line turns
+these into a single line on stderr and exit code 2; anything else is a bug and exits 1.
+
+Messages follow one shape: what was expected, what came (naming the file or value), and
+what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CubepipeError",
+    "CubepipeWarning",
+    "DeviceError",
+    "FormatError",
+    "IncompleteStoreError",
+    "InputError",
+    "InvalidStoreError",
+    "MissingDependencyError",
+    "StoreExistsError",
+    "StoreNotFoundError",
+]
+
+
+class CubepipeError(Exception):
+    """Base class of every error cubepipe raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        # One line, always: the CLI prints str(exc) as the whole error report.
+        super().__init__(" ".join(str(message).split()))
+
+
+class CubepipeWarning(UserWarning):
+    """Something was done that the user should know about (a fallback, a clamp)."""
+
+
+class InputError(CubepipeError, ValueError):
+    """An argument or input file is not what the operation needs."""
+
+
+class FormatError(InputError):
+    """A file is not in the format it claims to be, or is damaged."""
+
+
+class StoreNotFoundError(CubepipeError, FileNotFoundError):
+    """No store (or input file) exists at the given path."""
+
+    def __init__(self, path: object, what: str = "store") -> None:
+        super().__init__(
+            f"{what} not found: {path} (check the path; create stores with `cubepipe ingest`)"
+        )
+        self.path = path
+
+
+class InvalidStoreError(CubepipeError, ValueError):
+    """The path exists but is not a readable zarr v3 cube store."""
+
+
+class IncompleteStoreError(CubepipeError):
+    """The store's writer has not finished (it was interrupted or is still running)."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(
+            f"store {path} is incomplete: the job writing it did not finish. Rerun that command "
+            "with --resume to finish it (or --overwrite to start over), or pass "
+            "allow_incomplete=True (CLI: --allow-incomplete) to read it anyway"
+        )
+        self.path = path
+
+
+class StoreExistsError(CubepipeError, FileExistsError):
+    """The output path already holds data and the user did not say what to do with it."""
+
+
+class DeviceError(CubepipeError, RuntimeError):
+    """The requested compute device cannot be used."""
+
+
+class MissingDependencyError(CubepipeError, ImportError):
+    """A feature needs an optional dependency that is not installed."""
+
+    def __init__(self, feature: str, module: str, extra: str) -> None:
+        super().__init__(
+            f"{feature} needs the Python package '{module}', which is not installed; "
+            f"install it with: pip install 'cubepipe[{extra}]'"
+        )
+        self.module = module
+        self.extra = extra

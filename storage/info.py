@@ -1,0 +1,80 @@
+"""A summary of a store, read from its metadata only (``cubepipe info``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .store import ATTR, _open_group, history, store_state
+
+__all__ = ["FITTED_PREFIXES", "describe"]
+
+#: Variables whose names start with these hold fitted models/statistics (DESIGN.md).
+FITTED_PREFIXES = ("stats_", "pca_", "ae_", "vae_")
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _codec_names(arr: zarr.Array) -> list[str]:
+    names = []
+    for codec in getattr(arr.metadata, "codecs", ()):
+        d = codec.to_dict() if hasattr(codec, "to_dict") else {"name": type(codec).__name__}
+        conf = d.get("configuration") or {}
+        extra = ",".join(f"{k}={v}" for k, v in sorted(conf.items()) if k != "endian")
+        names.append(f"{d.get('name')}({extra})" if extra else str(d.get("name")))
+    return names
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """Describe the store at ``path`` as a JSON-ready dict.
+
+    Keys: ``path``, ``state`` (``complete``/``incomplete``/``foreign``), ``complete``
+    (bool, or None for stores not written by cubepipe), ``dims`` (name -> size),
+    ``variables`` (name -> dims, shape, dtype, chunks, codecs, bytes_in_memory,
+    bytes_on_disk, encoding attrs such as a recorded error bound), ``fitted`` (names of
+    model/statistics variables), ``bytes_on_disk``, ``bytes_in_memory``, ``version``,
+    ``history``. Only metadata is read; this is cheap on any size of store.
+    """
+    p = Path(path)
+    group = _open_group(p, mode="r")
+    state = store_state(p)
+    attrs = dict(group.attrs)
+    dims: dict[str, int] = {}
+    variables: dict[str, Any] = {}
+    for name, arr in sorted(group.arrays()):
+        var_dims = list(arr.metadata.dimension_names or [f"dim_{i}" for i in range(arr.ndim)])
+        for d, n in zip(var_dims, arr.shape, strict=True):
+            dims[str(d)] = int(n)
+        arr_attrs = dict(arr.attrs)
+        variables[name] = {
+            "dims": var_dims,
+            "shape": list(arr.shape),
+            "dtype": str(np.dtype(arr.dtype)),
+            "chunks": list(arr.chunks),
+            "codecs": _codec_names(arr),
+            "bytes_in_memory": int(np.prod(arr.shape, dtype=np.int64)) * arr.dtype.itemsize,
+            "bytes_on_disk": _dir_bytes(p / name),
+            "encoding": {
+                k: arr_attrs[k]
+                for k in ("cubepipe_encoding", "scale_factor", "add_offset", "max_abs_error")
+                if k in arr_attrs
+            },
+        }
+    meta = attrs.get(ATTR) if isinstance(attrs.get(ATTR), dict) else {}
+    return {
+        "path": str(p),
+        "state": state,
+        "complete": None if state == "foreign" else state == "complete",
+        "dims": dims,
+        "variables": variables,
+        "fitted": [n for n in variables if n.startswith(FITTED_PREFIXES)],
+        "bytes_in_memory": sum(v["bytes_in_memory"] for v in variables.values()),
+        "bytes_on_disk": _dir_bytes(p),
+        "version": meta.get("version"),
+        "history": history(attrs),
+    }

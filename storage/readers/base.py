@@ -1,0 +1,104 @@
+"""The reader contract: every input format opens as a lazy, dask-backed Dataset.
+
+A reader is registered once in :data:`READERS` with the suffixes it claims and a sniffer
+that recognises its files by their first bytes. :func:`open_source` picks one by content
+first, then by suffix (``format=`` overrides both), and returns a Dataset with one data
+variable ``cube`` whose last three dims are ``("band", "y", "x")`` (plus a leading
+``image`` or ``frame`` dim for collections and videos), backed by a dask array whose
+chunks are read from the file only when computed. Readers never load the whole input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import xarray as xr
+
+from ..errors import FormatError, InputError, StoreNotFoundError
+
+__all__ = ["READERS", "ReaderSpec", "detect_format", "open_source", "register"]
+
+#: How many leading bytes a sniffer sees.
+SNIFF_BYTES = 64
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """One input format.
+
+    Attributes
+    ----------
+    name
+        The ``--format`` value (``npy``, ``tiff``, ``png``, ``jpeg``, ``envi``, ``video``).
+    suffixes
+        Lower-case file suffixes claimed, with the dot (``.tif``).
+    sniff
+        ``sniff(first_bytes, path) -> bool``: does this file look like the format?
+    open
+        ``open(path, *, chunks) -> xarray.Dataset``: lazy, as the module docstring says.
+        ``chunks`` maps dim names to the chunk sizes the store will use.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    sniff: Callable[[bytes, Path], bool]
+    open: Callable[..., xr.Dataset]
+    aliases: tuple[str, ...] = field(default=())
+
+
+READERS: dict[str, ReaderSpec] = {}
+
+
+def register(spec: ReaderSpec) -> ReaderSpec:
+    """Add a reader to :data:`READERS` (one per name)."""
+    READERS[spec.name] = spec
+    return spec
+
+
+def _by_name(name: str) -> ReaderSpec:
+    key = name.lower()
+    for spec in READERS.values():
+        if key == spec.name or key in spec.aliases:
+            return spec
+    known = ", ".join(sorted(READERS))
+    raise InputError(f"unknown --format {name!r}; expected auto or one of: {known}")
+
+
+def detect_format(path: str | Path) -> ReaderSpec:
+    """The reader for ``path``: by content (magic bytes) first, then by suffix."""
+    p = Path(path)
+    if not p.exists():
+        raise StoreNotFoundError(p, what="input file")
+    if p.is_file():
+        if p.stat().st_size == 0:
+            raise FormatError(f"{p}: the file is empty (0 bytes); nothing to ingest")
+        with p.open("rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+        for spec in READERS.values():
+            if spec.sniff(head, p):
+                return spec
+    suffix = p.suffix.lower()
+    for spec in READERS.values():
+        if suffix in spec.suffixes:
+            return spec
+    known = ", ".join(sorted({s for r in READERS.values() for s in r.suffixes}))
+    raise FormatError(
+        f"{p}: unknown format (suffix {suffix or 'none'!r} and content match no reader); "
+        f"known suffixes: {known}; pass --format to choose one"
+    )
+
+
+def open_source(
+    path: str | Path,
+    *,
+    format: str = "auto",
+    chunks: Mapping[str, int] | None = None,
+) -> xr.Dataset:
+    """Open one input file lazily with the reader for it (see module docstring)."""
+    spec = detect_format(path) if format in ("auto", None) else _by_name(format)
+    p = Path(path)
+    if not p.exists():
+        raise StoreNotFoundError(p, what="input file")
+    return spec.open(p, chunks=dict(chunks or {}))

@@ -1,0 +1,377 @@
+"""Open and write cube stores: zarr v3 groups that plain xarray/zarr can read.
+
+The writer streams chunk by chunk through dask, records provenance and marks the store
+complete only after its last chunk is on disk; readers refuse incomplete stores unless
+told otherwise. See DESIGN.md, "The cube store contract".
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import warnings
+from collections.abc import Hashable, Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import ZstdCodec
+
+from ._version import __version__
+from .errors import (
+    IncompleteStoreError,
+    InputError,
+    InvalidStoreError,
+    StoreExistsError,
+    StoreNotFoundError,
+)
+from .layout import default_chunks
+
+__all__ = [
+    "ATTR",
+    "default_compressors",
+    "history",
+    "is_complete",
+    "open_cube",
+    "read_attrs",
+    "store_state",
+    "write_cube",
+]
+
+#: Name of the root attribute holding cubepipe's provenance and completion flag.
+ATTR = "cubepipe"
+
+
+def default_compressors() -> list[Any]:
+    """The codec every cube variable is written with: zstd with a frame checksum.
+
+    The checksum lets ``--resume`` tell a chunk that was cut short by a kill from a whole
+    one; level 1 keeps compression far faster than the disk.
+    """
+    return [ZstdCodec(level=1, checksum=True)]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    """The root attributes of the store at ``path`` (no data is read)."""
+    return dict(_open_group(path, mode="r").attrs)
+
+
+def store_state(path: str | Path) -> str:
+    """``"missing"``, ``"not-a-store"``, ``"foreign"`` (a zarr group cubepipe did not
+    write), ``"incomplete"`` or ``"complete"``."""
+    p = Path(path)
+    if not p.exists():
+        return "missing"
+    if not (p / "zarr.json").is_file() and not (p / ".zgroup").is_file():
+        return "not-a-store"
+    try:
+        attrs = read_attrs(p)
+    except InvalidStoreError:
+        return "not-a-store"
+    meta = attrs.get(ATTR)
+    if not isinstance(meta, Mapping):
+        return "foreign"
+    return "complete" if meta.get("complete") is True else "incomplete"
+
+
+def is_complete(path: str | Path) -> bool | None:
+    """True/False for stores cubepipe wrote; None for zarr stores written by other tools."""
+    state = store_state(path)
+    if state in ("missing", "not-a-store"):
+        _open_group(path, mode="r")  # raises the right error
+    return None if state == "foreign" else state == "complete"
+
+
+def history(ds_or_attrs: xr.Dataset | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The provenance history (oldest first) carried by a dataset or attrs mapping."""
+    attrs = ds_or_attrs.attrs if isinstance(ds_or_attrs, xr.Dataset) else ds_or_attrs
+    meta = attrs.get(ATTR)
+    if isinstance(meta, Mapping):
+        return [dict(h) for h in meta.get("history", [])]
+    return []
+
+
+def _open_group(path: str | Path, *, mode: str) -> zarr.Group:
+    p = Path(path)
+    if not p.exists():
+        raise StoreNotFoundError(p)
+    if not p.is_dir():
+        raise InvalidStoreError(
+            f"{p} is a file, not a zarr store (a directory); ingest it first with "
+            f"`cubepipe ingest {p} -o OUT.zarr`"
+        )
+    try:
+        node = zarr.open(store=str(p), mode=mode)
+    except Exception as exc:  # zarr raises several types for "no metadata here"
+        raise InvalidStoreError(
+            f"{p} is not a readable zarr store ({type(exc).__name__}: {exc}); "
+            "cube stores are written by `cubepipe ingest`"
+        ) from exc
+    if not isinstance(node, zarr.Group):
+        raise InvalidStoreError(f"{p} holds a single zarr array, not a group of cube variables")
+    return node
+
+
+def _has_consolidated_metadata(path: Path) -> bool:
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(meta.get("consolidated_metadata"))
+
+
+def open_cube(path: str | Path, *, allow_incomplete: bool = False) -> xr.Dataset:
+    """Open a cube store lazily.
+
+    Parameters
+    ----------
+    path
+        A zarr v3 store written by cubepipe (or any zarr group xarray can open).
+    allow_incomplete
+        Read a store whose writer has not finished. Chunks not yet written read as the
+        variable's fill value (NaN for floats).
+
+    Returns
+    -------
+    xarray.Dataset
+        Every variable backed by a dask array chunked exactly as on disk; nothing is read
+        until computed.
+
+    Raises
+    ------
+    StoreNotFoundError, InvalidStoreError, IncompleteStoreError
+    """
+    p = Path(path)
+    state = store_state(p)
+    if state in ("missing", "not-a-store"):
+        _open_group(p, mode="r")  # raises StoreNotFoundError / InvalidStoreError
+    if state == "incomplete" and not allow_incomplete:
+        raise IncompleteStoreError(p)
+    try:
+        return xr.open_zarr(
+            str(p), chunks={}, consolidated=_has_consolidated_metadata(p), zarr_format=None
+        )
+    except Exception as exc:
+        raise InvalidStoreError(f"{p} could not be opened as a cube store: {exc}") from exc
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def _target_chunks(var: xr.Variable, overrides: Mapping[Hashable, int] | None) -> tuple[int, ...]:
+    sizes = dict(zip(var.dims, var.shape, strict=True))
+    chunks = default_chunks(sizes, var.dtype.itemsize, overrides=overrides)
+    return tuple(chunks[d] for d in var.dims)
+
+
+def _prepare(ds: xr.Dataset, chunks: Mapping[Hashable, int] | None) -> tuple[xr.Dataset, dict]:
+    """Rechunk every data variable to its store chunking, as dask arrays."""
+    if not ds.data_vars:
+        raise InputError("nothing to write: the dataset has no data variables")
+    out = ds.drop_encoding()
+    encoding: dict[str, dict[str, Any]] = {}
+    for name, var in out.variables.items():
+        if name in out.dims and name not in out.data_vars:
+            continue  # index coordinates are small and written eagerly
+        data = var.data
+        if var.ndim == 0:
+            continue
+        target = _target_chunks(var, chunks)
+        if isinstance(data, da.Array):
+            if any(np.isnan(c) for cs in data.chunks for c in cs):
+                raise InputError(f"variable {name!r} has unknown chunk sizes; compute them first")
+            arr = data.rechunk(target) if data.chunksize != target else data
+        elif name in out.data_vars:
+            arr = da.from_array(np.asarray(data), chunks=target, name=False)
+        else:
+            continue
+        out[name] = out[name].copy(data=arr)
+        encoding[str(name)] = {"chunks": target, "compressors": default_compressors()}
+    return out, encoding
+
+
+def _to_numpy(block: Any) -> np.ndarray:
+    # Device arrays (CuPy) expose .get(); storage never imports CuPy itself.
+    if not isinstance(block, np.ndarray) and hasattr(block, "get"):
+        block = block.get()
+    return np.asarray(block)
+
+
+def _write_block(block: Any, *, target: zarr.Array, block_info: dict | None = None) -> np.ndarray:
+    assert block_info is not None
+    loc = block_info[0]["array-location"]
+    target[tuple(slice(a, b) for a, b in loc)] = _to_numpy(block)
+    return np.ones((1,) * block.ndim, dtype=np.int8)
+
+
+def _block_done(target: zarr.Array, store_root: Path, name: str, idx: tuple[int, ...]) -> bool:
+    """A chunk counts as written only if its file exists and decodes (checksum included)."""
+    key = target.metadata.encode_chunk_key(idx)
+    if not (store_root / name / key).is_file():
+        return False
+    try:
+        target.get_block_selection(idx)
+    except Exception:
+        return False
+    return True
+
+
+def _history_entry(
+    op: str, params: Mapping[str, Any] | None, inputs: Iterable[Any], device: str
+) -> dict[str, Any]:
+    return {
+        "op": op,
+        "params": json.loads(json.dumps(dict(params or {}), default=str)),
+        "inputs": [str(i) for i in inputs],
+        "device": device,
+        "started": _now(),
+        "finished": None,
+    }
+
+
+def _check_resumable(path: Path, ds: xr.Dataset) -> dict[str, Any]:
+    group = _open_group(path, mode="r")
+    for name, var in ds.data_vars.items():
+        if name not in group:
+            raise InputError(
+                f"cannot resume {path}: it has no variable {name!r}, so it was started by a "
+                "different command; use --overwrite to start over"
+            )
+        arr = group[str(name)]
+        if tuple(arr.shape) != tuple(var.shape) or np.dtype(arr.dtype) != var.dtype:
+            raise InputError(
+                f"cannot resume {path}: variable {name!r} there is {arr.dtype}{tuple(arr.shape)}"
+                f" but this run writes {var.dtype}{tuple(var.shape)}; use --overwrite"
+            )
+    return dict(group.attrs)
+
+
+def write_cube(
+    ds: xr.Dataset,
+    path: str | Path,
+    *,
+    op: str = "write",
+    params: Mapping[str, Any] | None = None,
+    inputs: Iterable[Any] = (),
+    device: str = "cpu",
+    chunks: Mapping[Hashable, int] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``ds`` to a new cube store at ``path``, chunk by chunk.
+
+    Parameters
+    ----------
+    ds
+        Dataset whose data variables are dask (or NumPy) arrays. Its ``cubepipe``
+        provenance attrs, if any, are carried over and one history entry is appended.
+    path
+        Output directory.
+    op, params, inputs, device
+        Recorded in the new history entry.
+    chunks
+        Per-dim chunk sizes overriding the defaults (band whole, y/x 512, <= 128 MiB).
+    resume
+        Continue an interrupted write of the same computation: chunks already on disk
+        (and decodable) are skipped, and only the missing ones are computed.
+    overwrite
+        Replace an existing store at ``path``.
+
+    Returns
+    -------
+    pathlib.Path
+        The store, marked complete (``attrs["cubepipe"]["complete"] is True``).
+
+    Notes
+    -----
+    Order of writing: metadata with ``complete: false``, then every chunk (one dask
+    computation, so data variables sharing inputs read them once), then the attrs with
+    ``complete: true`` and consolidated metadata last. A writer killed at any point
+    leaves a store that :func:`open_cube` refuses.
+    """
+    p = Path(path)
+    prepared, encoding = _prepare(ds, chunks)
+    state = store_state(p)
+    resuming = False
+    if state != "missing":
+        if state == "not-a-store":
+            raise StoreExistsError(f"{p} exists and is not a zarr store; refusing to replace it")
+        if resume and state == "complete":
+            return p  # nothing left to do: resuming a finished job is a no-op
+        if resume and state == "incomplete":
+            resuming = True
+        elif overwrite:
+            shutil.rmtree(p)
+        elif state == "incomplete":
+            raise StoreExistsError(
+                f"{p} exists and is incomplete (an interrupted run?): pass --resume to finish "
+                "it or --overwrite to start over"
+            )
+        else:
+            raise StoreExistsError(f"{p} already exists: pass --overwrite to replace it")
+
+    if resuming:
+        attrs = _check_resumable(p, prepared)
+        meta = copy.deepcopy(attrs[ATTR])
+        meta["history"][-1].setdefault("resumed", []).append(_now())
+    else:
+        meta = {
+            "version": __version__,
+            "complete": False,
+            "history": history(ds) + [_history_entry(op, params, inputs, device)],
+        }
+        prepared.attrs = {**{k: v for k, v in ds.attrs.items() if k != ATTR}, ATTR: meta}
+        prepared.to_zarr(
+            str(p), mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding
+        )
+
+    writes = []
+    for name in encoding:
+        data = prepared[name].data
+        if not isinstance(data, da.Array):
+            continue
+        target = zarr.open_array(
+            store=str(p), path=name, mode="r+", config={"write_empty_chunks": True}
+        )
+        done = da.map_blocks(
+            _write_block,
+            data,
+            target=target,
+            dtype=np.int8,
+            chunks=tuple((1,) * len(c) for c in data.chunks),
+            token=f"cubepipe-{op}-write",
+            meta=np.empty((0,) * data.ndim, dtype=np.int8),
+        )
+        if resuming:
+            for idx in np.ndindex(*done.numblocks):
+                if not _block_done(target, p, name, idx):
+                    writes.append(done.blocks[idx])
+        else:
+            writes.append(done)
+    if writes:
+        dask.compute(*writes)
+
+    meta["complete"] = True
+    meta["history"][-1]["finished"] = _now()
+    group = zarr.open_group(str(p), mode="r+")
+    group.attrs[ATTR] = meta
+    with warnings.catch_warnings():
+        # zarr warns that consolidated metadata is not (yet) in the v3 spec; we write it
+        # so that plain `xarray.open_zarr(path)` opens the store without a warning, and
+        # other v3 readers ignore it.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(str(p))
+    return p
