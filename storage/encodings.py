@@ -1,0 +1,1 @@
+"""Encodings of cube variables (being written: issue 3)."""

@@ -1,0 +1,1 @@
+"""Export: cube stores -> files (being written: issue 3)."""

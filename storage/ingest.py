@@ -1,0 +1,1 @@
+"""Ingest: inputs -> cube stores (being written: issue 3)."""

@@ -1,0 +1,1 @@
+"""Reader module 'envi' (being written: issue 3)."""

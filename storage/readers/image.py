@@ -1,0 +1,1 @@
+"""Reader module 'image' (being written: issue 3)."""

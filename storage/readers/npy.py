@@ -1,0 +1,1 @@
+"""Reader module 'npy' (being written: issue 3)."""

@@ -1,0 +1,1 @@
+"""Reader module 'tiff' (being written: issue 3)."""

@@ -1,0 +1,1 @@
+"""Reader module 'video' (being written: issue 3)."""
