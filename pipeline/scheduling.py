@@ -11,7 +11,23 @@ import dask
 
 from cubepipe.storage.errors import InputError, MissingDependencyError
 
-__all__ = ["scheduler"]
+__all__ = ["check_scheduler", "scheduler"]
+
+_THREADED = ("threads", "threaded", "sync", "synchronous")
+
+
+def check_scheduler(spec: str) -> str:
+    """Validate a ``--scheduler`` value before any work starts; returns it normalised."""
+    spec = (spec or "threads").strip()
+    if spec in _THREADED:
+        return spec
+    if spec != "local" and "://" not in spec and ":" not in spec:
+        raise InputError(
+            f"--scheduler: {spec!r} is not threads, local or a scheduler address such as "
+            "tcp://HOST:8786"
+        )
+    _distributed()
+    return spec
 
 
 def _distributed() -> Any:
@@ -39,8 +55,8 @@ def scheduler(
     prints its dashboard link to stderr. Anything else is taken as the address of a running
     scheduler (``tcp://HOST:PORT``) to join. Yields the ``distributed.Client`` or None.
     """
-    spec = (spec or "threads").strip()
-    if spec in ("threads", "threaded", "sync", "synchronous"):
+    spec = check_scheduler(spec)
+    if spec in _THREADED:
         name = "threads" if spec.startswith("thread") else "synchronous"
         with dask.config.set(scheduler=name):
             yield None
@@ -60,11 +76,6 @@ def scheduler(
                 print(f"cubepipe: dask dashboard at {client.dashboard_link}", file=sys.stderr)
             yield client
         return
-    if "://" not in spec and ":" not in spec:
-        raise InputError(
-            f"--scheduler: {spec!r} is not threads, local or a scheduler address such as "
-            "tcp://HOST:8786"
-        )
     try:
         client = distributed.Client(spec, timeout="10s")
     except OSError as exc:

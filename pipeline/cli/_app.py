@@ -19,7 +19,7 @@ import click
 from cubepipe.storage.errors import CubepipeError
 
 from ..backend import Device, resolve_device
-from ..scheduling import scheduler
+from ..scheduling import check_scheduler, scheduler
 
 __all__ = ["CliState", "cli", "main", "pass_state", "run"]
 
@@ -96,7 +96,7 @@ def cli(
     _debug_requested = debug
     ctx.obj = CliState(
         device=resolve_device(device),
-        scheduler_spec=scheduler_spec,
+        scheduler_spec=check_scheduler(scheduler_spec),
         workers=workers,
         memory_limit=memory_limit,
         debug=debug,

@@ -1,0 +1,136 @@
+"""Shared benchmark plumbing: run each case in its own process, time it, read its peak RSS,
+and write the result table (markdown + JSON) under benchmarks/results/.
+
+A benchmark script defines ``CASES = {name: function(size, workdir) -> dict}`` and calls
+:func:`main`. Every case runs in a fresh child process so that its peak resident memory
+(``ru_maxrss`` of that child alone) is its own; the parent reports ratios to a baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+Case = Callable[[str, Path], dict[str, Any]]
+
+
+def _child(cases: dict[str, Case], case: str, size: str, workdir: Path) -> None:
+    t0 = time.perf_counter()
+    extra = cases[case](size, workdir) or {}
+    seconds = time.perf_counter() - t0
+    print("BENCH-RESULT " + json.dumps({"seconds": seconds, **extra}), flush=True)
+
+
+def _run_child(script: str, case: str, size: str, workdir: Path) -> dict[str, Any]:
+    out_file = workdir / "child-stdout.txt"
+    with out_file.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, script, "--child", case, "--size", size, "--workdir", str(workdir)],
+            stdout=out,
+        )
+        # wait4 reaps the child and returns its own resource usage (peak RSS included).
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"benchmark case {case} ({size}) failed with exit {proc.returncode}")
+    lines = out_file.read_text().splitlines()
+    line = next(line for line in lines if line.startswith("BENCH-RESULT "))
+    result = json.loads(line.removeprefix("BENCH-RESULT "))
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    return result
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+    }
+
+
+def main(
+    name: str,
+    cases: dict[str, Case],
+    *,
+    baseline: str,
+    sizes: tuple[str, ...],
+    quick_size: str,
+    notes: str = "",
+) -> None:
+    """Entry point of a benchmark script (see module docstring)."""
+    ap = argparse.ArgumentParser(description=f"cubepipe benchmark: {name}")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--size", action="append", help=f"sizes to run (default {sizes})")
+    ap.add_argument("--quick", action="store_true", help="tiny size, no result files")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per case; the median is kept")
+    args = ap.parse_args()
+    if args.child:
+        _child(cases, args.child, args.size[0], args.workdir)
+        return
+    run_sizes = [quick_size] if args.quick else (args.size or list(sizes))
+    repeat = 1 if args.quick else args.repeat
+    rows = []
+    for size in run_sizes:
+        per_case: dict[str, dict[str, Any]] = {}
+        for case in cases:
+            runs = []
+            for _ in range(repeat):
+                workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+                try:
+                    runs.append(_run_child(sys.argv[0], case, size, workdir))
+                finally:
+                    shutil.rmtree(workdir, ignore_errors=True)
+            runs.sort(key=lambda r: r["seconds"])
+            per_case[case] = {**runs[len(runs) // 2], "runs": [r["seconds"] for r in runs]}
+        base = per_case[baseline]["seconds"]
+        for case, r in per_case.items():
+            rows.append(
+                {
+                    "size": size,
+                    "case": case,
+                    "seconds": round(r["seconds"], 3),
+                    "ratio_to_" + baseline: round(r["seconds"] / base, 3),
+                    "peak_rss_mb": round(r["peak_rss_mb"], 1),
+                    **{k: v for k, v in r.items() if k not in ("seconds", "peak_rss_mb")},
+                }
+            )
+            print(
+                f"{size:>8} {case:<28} {r['seconds']:8.2f} s  x{r['seconds'] / base:5.2f} "
+                f"of {baseline}  peak RSS {r['peak_rss_mb']:7.0f} MB",
+                flush=True,
+            )
+    if args.quick:
+        return
+    RESULTS.mkdir(exist_ok=True)
+    meta = machine()
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": meta, "rows": rows}, indent=2))
+    cols = ["size", "case", "seconds", "ratio_to_" + baseline, "peak_rss_mb"]
+    lines = [
+        f"# {name}",
+        "",
+        f"Machine: {meta['cpus']} CPUs, Python {meta['python']}, {meta['platform']}, "
+        f"{meta['date']}. Median of {repeat} runs; each case in its own process.",
+        "",
+        notes,
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / (name + '.md')}")
