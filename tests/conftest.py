@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -50,13 +51,19 @@ def small_store(tmp_path: Path, small_cube: xr.Dataset) -> Path:
 
 
 def _raise_on_compute(dsk, keys, **kwargs):  # noqa: ANN001, ANN202 (dask scheduler signature)
-    raise AssertionError(f"a dask computation ran during graph construction ({len(dsk)} tasks)")
+    raise AssertionError(f"a dask computation ran during graph construction (keys {keys!r})")
+
+
+@contextlib.contextmanager
+def _no_compute_context():
+    with dask.config.set(scheduler=_raise_on_compute):
+        yield
 
 
 @pytest.fixture
 def no_compute():
-    """Inside this fixture's context any dask computation fails the test."""
-    return dask.config.set(scheduler=_raise_on_compute)
+    """``with no_compute:`` fails the test if any dask computation runs inside."""
+    return _no_compute_context()
 
 
 def cubepipe_exe() -> str:

@@ -5,6 +5,7 @@ from . import demo as _demo  # noqa: F401  (registers the command)
 from . import export as _export  # noqa: F401
 from . import info as _info  # noqa: F401
 from . import ingest as _ingest  # noqa: F401
+from . import stats as _stats  # noqa: F401
 from ._app import CliState, cli, main, pass_state, run
 
 __all__ = ["CliState", "cli", "main", "pass_state", "run"]

@@ -1,0 +1,153 @@
+"""``cubepipe stats``, ``standardize`` and ``destandardize``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from cubepipe.storage import InputError, open_cube, parse_chunks, store_state, write_cube
+from cubepipe.storage.update import add_variables
+
+from ..standardize import METHOD_ATTR, METHODS, destandardize, standardize
+from ..stats import STAT_VARS, fit_stats, stats_from_json, stats_to_json, take_stats
+from ._app import CliState, cli, pass_state
+from ._io import in_argument, open_in, write_options
+
+
+def _stats_table(d: dict) -> str:
+    has_wl = any("wavelength" in r for r in d["bands"])
+    head = f"{'band':>6} " + (f"{'nm':>9} " if has_wl else "")
+    head += f"{'count':>12} {'mean':>14} {'std':>14} {'min':>14} {'max':>14}"
+    lines = [head]
+    for r in d["bands"]:
+        cells = [f"{r['band']!s:>6}"]
+        if has_wl:
+            cells.append(f"{r.get('wavelength', float('nan')):9.2f}")
+        cells.append(f"{r['count']:12d}")
+        cells += [
+            f"{r[k]:14.6g}" if r[k] is not None else f"{'-':>14}"
+            for k in ("mean", "std", "min", "max")
+        ]
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+@cli.command("stats")
+@click.argument("store", type=str)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--variable", default="cube", show_default=True, help="Variable to summarise.")
+@click.option("--split-every", type=click.IntRange(min=2), help="Fan-in of the tree reduction.")
+@click.option("--no-save", is_flag=True, help="Print the statistics without saving them.")
+@pass_state
+def stats_cmd(
+    state: CliState, store: str, as_json: bool, variable: str, split_every: int, no_save: bool
+) -> None:
+    """Fit per-band count/mean/std/min/max in one pass and save them into STORE.
+
+    The statistics are stored as float64 variables stats_* beside the data, so
+    `standardize --stats STORE` can re-apply them to other data later.
+    """
+    ds = open_cube(store)
+    if not no_save and METHOD_ATTR in ds.get(variable, ds).attrs:
+        raise InputError(
+            f"{store} holds standardized data whose stats_* are the statistics it was "
+            "standardized with (destandardize needs them); use --no-save to only print"
+        )
+    t0 = time.perf_counter()
+    with state.compute():
+        st = fit_stats(ds, variable=variable, split_every=split_every).compute()
+    if not no_save:
+        add_variables(
+            store, st, op="stats", params={"variable": variable}, device=str(state.device)
+        )
+    d = stats_to_json(st)
+    click.echo(json.dumps(d, indent=2) if as_json else _stats_table(d))
+    saved = "" if no_save else f"; saved {', '.join(STAT_VARS)}"
+    state.say(f"cubepipe stats: {store} in {time.perf_counter() - t0:.1f} s{saved}")
+
+
+def _load_stats(spec: str):  # noqa: ANN202
+    if Path(spec).is_file():
+        return stats_from_json(spec)
+    return take_stats(open_cube(spec))
+
+
+@cli.command("standardize")
+@in_argument
+@write_options
+@click.option("--method", type=click.Choice(METHODS), default="zscore", show_default=True)
+@click.option(
+    "--stats",
+    "stats_from",
+    help="Use statistics from this store (stats_* variables) or JSON (`cubepipe stats --json`).",
+)
+@pass_state
+def standardize_cmd(
+    state: CliState,
+    source: str,
+    output: Path,
+    resume: bool,
+    overwrite: bool,
+    chunks: str | None,
+    method: str,
+    stats_from: str | None,
+) -> None:
+    """Standardize IN per band (zscore: mean 0, std 1; minmax: [0, 1]) into OUT (float32).
+
+    Without --stats, statistics saved in IN are used if present, else fitted first (one
+    extra read of IN). OUT carries the statistics, so `destandardize` inverts it.
+    """
+    ds = open_in(source)
+    t0 = time.perf_counter()
+    with state.compute():
+        if stats_from:
+            st = _load_stats(stats_from)
+        elif all(v in ds for v in STAT_VARS):
+            st = take_stats(ds)
+            state.say(f"cubepipe standardize: using the statistics saved in {source}")
+        else:
+            st = None
+        out = standardize(ds, st, method=method)
+        write_cube(
+            out,
+            output,
+            op="standardize",
+            params={
+                "method": method,
+                "stats": stats_from or ("saved" if st is not None else "fit"),
+            },
+            inputs=[source] + ([stats_from] if stats_from else []),
+            device=str(state.device),
+            chunks=parse_chunks(chunks),
+            resume=resume,
+            overwrite=overwrite,
+        )
+    state.say(f"cubepipe standardize: wrote {output} in {time.perf_counter() - t0:.1f} s")
+
+
+@cli.command("destandardize")
+@in_argument
+@write_options
+@pass_state
+def destandardize_cmd(
+    state: CliState, source: str, output: Path, resume: bool, overwrite: bool, chunks: str | None
+) -> None:
+    """Invert `standardize`: IN must be a store it wrote (it carries the statistics)."""
+    if store_state(source) == "missing":
+        open_cube(source)  # raises the one-line not-found error
+    ds = open_cube(source)
+    with state.compute():
+        write_cube(
+            destandardize(ds),
+            output,
+            op="destandardize",
+            inputs=[source],
+            device=str(state.device),
+            chunks=parse_chunks(chunks),
+            resume=resume,
+            overwrite=overwrite,
+        )
+    state.say(f"cubepipe destandardize: wrote {output}")

@@ -1,0 +1,216 @@
+"""Standardization with saved statistics: apply, invert, and re-apply to streams.
+
+``zscore`` maps each band to ``(x - mean) / std``; ``minmax`` to ``(x - min) / (max -
+min)``, i.e. [0, 1]. The output is float32 and carries the statistics it used (the
+``stats_*`` variables) and the method (attr ``cubepipe_standardized``), so
+:func:`destandardize` inverts it from the output alone and :func:`iter_standardized`
+applies exactly the same preprocessing to new images or video frames later.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from cubepipe.storage.errors import CubepipeWarning, InputError
+
+from .backend import array_namespace
+from .stats import STAT_VARS, cube_and_valid, fit_stats, take_stats
+
+__all__ = ["METHODS", "destandardize", "iter_standardized", "standardize", "transform_params"]
+
+METHODS = ("zscore", "minmax")
+METHOD_ATTR = "cubepipe_standardized"
+DTYPE_ATTR = "cubepipe_original_dtype"
+
+
+def _band_label(stats: xr.Dataset, i: int) -> str:
+    label = f"band {stats['band'].values[i]!r}" if "band" in stats.coords else f"band {i}"
+    if "wavelength" in stats.coords:
+        label += f" ({float(stats['wavelength'].values[i]):g} nm)"
+    return label
+
+
+def transform_params(stats: xr.Dataset, method: str = "zscore") -> tuple[np.ndarray, np.ndarray]:
+    """``(center, scale)`` float64 arrays over band for ``method``, checked.
+
+    A band with no valid value is an error naming it; a band of zero spread gets scale 1
+    (so it standardizes to 0, never inf/NaN) and a :class:`CubepipeWarning`.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    s = take_stats(stats).compute()
+    count = s["stats_count"].values
+    empty = np.flatnonzero(count == 0)
+    if empty.size:
+        raise InputError(
+            f"{_band_label(s, int(empty[0]))} has no valid values (all NaN or masked); "
+            "drop it or fix the mask before standardizing"
+        )
+    if method == "zscore":
+        center, scale = s["stats_mean"].values, s["stats_std"].values
+    else:
+        center = s["stats_min"].values
+        scale = s["stats_max"].values - s["stats_min"].values
+    center = np.asarray(center, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64).copy()
+    flat = np.flatnonzero(~(scale > 0))
+    if flat.size:
+        names = ", ".join(_band_label(s, int(i)) for i in flat[:5])
+        warnings.warn(
+            f"{flat.size} band(s) have zero spread ({names}); they standardize to 0",
+            CubepipeWarning,
+            stacklevel=2,
+        )
+        scale[flat] = 1.0
+    return center, scale
+
+
+def _affine(block: Any, *, center: Any, scale: Any, band_axis: int, inverse: bool, out_dtype: Any):
+    xp = array_namespace(block)
+    shape = [1] * block.ndim
+    shape[band_axis] = -1
+    c = xp.reshape(xp.asarray(center, dtype=xp.float64), tuple(shape))
+    s = xp.reshape(xp.asarray(scale, dtype=xp.float64), tuple(shape))
+    x = xp.astype(block, xp.float64)
+    y = x * s + c if inverse else (x - c) / s
+    return xp.astype(y, out_dtype)
+
+
+def _apply(
+    cube: xr.DataArray, center: np.ndarray, scale: np.ndarray, *, inverse: bool, dtype: Any, op: str
+) -> da.Array:
+    data = cube.data
+    axis = cube.get_axis_num("band")
+    return data.map_blocks(
+        _affine,
+        center=center,
+        scale=scale,
+        band_axis=axis,
+        inverse=inverse,
+        out_dtype=dtype,
+        dtype=dtype,
+        meta=data._meta.astype(dtype),
+        token=f"cubepipe-{op}",
+    )
+
+
+def standardize(
+    ds: xr.Dataset,
+    stats: xr.Dataset | None = None,
+    *,
+    method: str = "zscore",
+    variable: str = "cube",
+    split_every: int | None = None,
+) -> xr.Dataset:
+    """Standardize ``ds[variable]`` per band, lazily.
+
+    Parameters
+    ----------
+    ds
+        Input with ``variable`` of dims ``(..., band, y, x)``; NaN and ``mask`` honoured.
+    stats
+        Statistics to use (``stats_*`` variables, e.g. from another store or
+        :func:`~cubepipe.pipeline.stats.stats_from_json`). If None they are fitted on
+        ``ds`` first: one read of the input, computed now; applying reads it once more.
+    method
+        ``zscore`` or ``minmax``.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``variable`` as float32 (NaN stays NaN), the ``mask`` if there was one, and the
+        ``stats_*`` used (float64). Per-band arithmetic is done in float64.
+    """
+    cube, _ = cube_and_valid(ds, variable)
+    if stats is None:
+        stats = fit_stats(ds, variable=variable, split_every=split_every).compute()
+    stats = take_stats(stats).compute()
+    if stats.sizes["band"] != cube.sizes["band"]:
+        raise InputError(
+            f"statistics have {stats.sizes['band']} bands but the input has {cube.sizes['band']}"
+        )
+    center, scale = transform_params(stats, method)
+    out = cube.copy(
+        data=_apply(cube, center, scale, inverse=False, dtype=np.float32, op="standardize")
+    )
+    out.attrs = {
+        **{k: v for k, v in cube.attrs.items() if k not in ("scale_factor", "add_offset")},
+        METHOD_ATTR: method,
+        DTYPE_ATTR: str(cube.dtype),
+    }
+    result = xr.Dataset({variable: out}, attrs=ds.attrs)
+    if "mask" in ds and variable != "mask":
+        result["mask"] = ds["mask"]
+    # By position: statistics from another store or a JSON file may label bands differently.
+    return result.assign({k: ("band", stats[k].values, stats[k].attrs) for k in STAT_VARS})
+
+
+def destandardize(ds: xr.Dataset, *, variable: str = "cube") -> xr.Dataset:
+    """Invert :func:`standardize` using the statistics and method stored with ``ds``.
+
+    Returns the original dtype (recorded at standardization), float64 arithmetic.
+    """
+    cube, _ = cube_and_valid(ds, variable)
+    method = cube.attrs.get(METHOD_ATTR)
+    if method is None:
+        raise InputError(
+            f"variable {variable!r} was not standardized by cubepipe (no {METHOD_ATTR} attr); "
+            "nothing to invert"
+        )
+    center, scale = transform_params(ds, method)
+    dtype = np.dtype(cube.attrs.get(DTYPE_ATTR, "float32"))
+    if dtype.kind != "f":
+        dtype = np.dtype(np.float32)
+    out = cube.copy(data=_apply(cube, center, scale, inverse=True, dtype=dtype, op="destandardize"))
+    out.attrs = {k: v for k, v in cube.attrs.items() if k not in (METHOD_ATTR, DTYPE_ATTR)}
+    result = xr.Dataset({variable: out}, attrs=ds.attrs)
+    if "mask" in ds and variable != "mask":
+        result["mask"] = ds["mask"]
+    return result
+
+
+def iter_standardized(
+    frames: Iterable[Any] | xr.Dataset,
+    stats: xr.Dataset,
+    *,
+    method: str = "zscore",
+    variable: str = "cube",
+) -> Iterator[Any]:
+    """Yield standardized float32 frames, one at a time, for feeding a model.
+
+    Parameters
+    ----------
+    frames
+        An iterable of arrays of dims ``(band, y, x)`` (NumPy or CuPy), or a Dataset whose
+        ``variable`` has one leading dim (``frame`` or ``image``) before ``band``, e.g. a
+        video opened with ``cubepipe.storage.ingest.open_input``; frames are then read
+        one at a time, so memory stays at one frame.
+    stats
+        Saved statistics (``stats_*`` variables).
+    """
+    center, scale = transform_params(stats, method)
+    if isinstance(frames, xr.Dataset):
+        cube = frames[variable]
+        lead = [d for d in cube.dims if d not in ("band", "y", "x")]
+        if len(lead) != 1:
+            raise InputError(f"expected one leading dim before band, got dims {cube.dims}")
+        source: Iterable[Any] = (
+            cube.isel({lead[0]: i}).transpose("band", "y", "x").values
+            for i in range(cube.sizes[lead[0]])
+        )
+    else:
+        source = frames
+    for i, frame in enumerate(source):
+        if frame.ndim != 3 or frame.shape[0] != center.size:
+            raise InputError(
+                f"frame {i} has shape {tuple(frame.shape)}; expected ({center.size}, y, x)"
+            )
+        yield _affine(
+            frame, center=center, scale=scale, band_axis=0, inverse=False, out_dtype=np.float32
+        )

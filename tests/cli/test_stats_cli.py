@@ -1,0 +1,74 @@
+"""`cubepipe stats / standardize / destandardize` end to end through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from cubepipe.storage import describe, open_cube, write_cube
+
+
+def test_stats_saves_prints_and_feeds_standardize(cli, small_store: Path, tmp_path: Path) -> None:
+    proc = cli("stats", str(small_store), "--json")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert len(d["bands"]) == 15 and d["ddof"] == 0
+    ref = open_cube(small_store)["cube"].values.astype(np.float64)
+    np.testing.assert_allclose(
+        [b["mean"] for b in d["bands"]], np.nanmean(ref, axis=(1, 2)), rtol=1e-12
+    )
+    info = describe(small_store)
+    assert {"stats_mean", "stats_std", "stats_count"} <= set(info["fitted"])
+    assert [h["op"] for h in info["history"]][-1] == "stats"
+    assert info["complete"] is True
+
+    table = cli("stats", str(small_store), "--no-save")
+    assert table.returncode == 0 and "mean" in table.stdout and "nm" in table.stdout
+
+    z = tmp_path / "z.zarr"
+    proc = cli("standardize", str(small_store), "-o", str(z))
+    assert proc.returncode == 0, proc.stderr
+    assert "using the statistics saved in" in proc.stderr
+    v = open_cube(z)["cube"].values.astype(np.float64)
+    np.testing.assert_allclose(np.nanmean(v, axis=(1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(np.nanstd(v, axis=(1, 2)), 1, atol=1e-5)
+
+    # Statistics from a JSON file, applied to a different store.
+    stats_json = tmp_path / "stats.json"
+    stats_json.write_text(json.dumps(d))
+    z2 = tmp_path / "z2.zarr"
+    assert (
+        cli("standardize", str(small_store), "-o", str(z2), "--stats", str(stats_json)).returncode
+        == 0
+    )
+    np.testing.assert_array_equal(open_cube(z2)["cube"].values, open_cube(z)["cube"].values)
+
+    back = tmp_path / "back.zarr"
+    assert cli("destandardize", str(z), "-o", str(back)).returncode == 0
+    np.testing.assert_allclose(
+        open_cube(back)["cube"].values, ref.astype(np.float32), rtol=1e-5, atol=1e-5
+    )
+    # Re-fitting a standardized store would destroy what destandardize needs: refused.
+    proc = cli("stats", str(z))
+    assert proc.returncode == 2 and "--no-save" in proc.stderr
+
+
+def test_standardize_errors_are_one_line_exit_2(cli, tmp_path: Path) -> None:
+    a = np.ones((2, 4, 4), np.float32)
+    a[1] = np.nan
+    path = write_cube(
+        xr.Dataset({"cube": (("band", "y", "x"), da.from_array(a))}), tmp_path / "bad.zarr"
+    )
+    proc = cli("standardize", str(path), "-o", str(tmp_path / "o.zarr"))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()[-1:]) == 1
+    assert "band 1" in proc.stderr and "no valid values" in proc.stderr
+    assert not (tmp_path / "o.zarr").exists()
+    proc = cli("destandardize", str(path), "-o", str(tmp_path / "o.zarr"))
+    assert proc.returncode == 2 and "not standardized" in proc.stderr
+    proc = cli("standardize", str(path), "-o", str(tmp_path / "o.zarr"), "--stats", str(path))
+    assert proc.returncode == 2 and "cubepipe stats" in proc.stderr

@@ -1,0 +1,137 @@
+"""Standardization: exact inverse, unit statistics, NaN/constant/all-invalid bands,
+re-application of saved statistics to other stores and streams, and the read budget."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from cubepipe.pipeline.standardize import destandardize, iter_standardized, standardize
+from cubepipe.pipeline.stats import fit_stats, stats_from_json, stats_to_json
+from cubepipe.storage import CubepipeWarning, InputError, open_cube, write_cube
+
+from .test_stats import counting_open, cube_chunk_reads
+
+
+def _ds(a: np.ndarray, chunks) -> xr.Dataset:  # noqa: ANN001
+    dims = ("band", "y", "x") if a.ndim == 3 else ("frame", "band", "y", "x")
+    return xr.Dataset({"cube": (dims, da.from_array(a, chunks=chunks))})
+
+
+@pytest.fixture
+def data() -> np.ndarray:
+    rng = np.random.default_rng(4)
+    a = (rng.normal(0, 1, size=(4, 60, 70)) * [[[3.0]], [[0.01]], [[250.0]], [[1.0]]]).astype(
+        np.float32
+    )
+    a += np.array([1000.0, -5.0, 0.0, -4096.0], dtype=np.float32)[:, None, None]
+    a[:, 10:20, 30:40] = np.nan
+    return a
+
+
+def test_zscore_has_unit_statistics_and_inverts(data: np.ndarray) -> None:
+    z = standardize(_ds(data, (4, 16, 16)))
+    v = z["cube"].values
+    assert v.dtype == np.float32
+    np.testing.assert_allclose(np.nanmean(v.astype(np.float64), axis=(1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(np.nanstd(v.astype(np.float64), axis=(1, 2)), 1, atol=1e-5)
+    assert np.array_equal(np.isnan(v), np.isnan(data))  # NaN stays NaN, nothing else is
+    back = destandardize(z)["cube"].values
+    assert back.dtype == np.float32
+    # Within float32 rounding of the original magnitude.
+    err = np.abs(back.astype(np.float64) - data)
+    tol = (
+        4 * np.finfo(np.float32).eps * (np.abs(data) + np.nanstd(data, axis=(1, 2))[:, None, None])
+    )
+    assert np.all((err <= tol) | np.isnan(data))
+
+
+def test_minmax_maps_to_unit_interval(data: np.ndarray) -> None:
+    v = standardize(_ds(data, (4, 30, 30)), method="minmax")["cube"].values
+    assert np.nanmin(v) == pytest.approx(0, abs=1e-7)
+    assert np.nanmax(v) == pytest.approx(1, abs=1e-6)
+    back = destandardize(standardize(_ds(data, (4, 30, 30)), method="minmax"))["cube"].values
+    np.testing.assert_allclose(back, data, rtol=1e-6, atol=1e-3)
+
+
+def test_constant_band_gives_zero_and_a_warning() -> None:
+    a = np.random.default_rng(0).normal(size=(2, 10, 10)).astype(np.float32)
+    a[1] = 7.5
+    with pytest.warns(CubepipeWarning, match="zero spread"):
+        v = standardize(_ds(a, (2, 5, 5)))["cube"].values
+    assert np.isfinite(v).all()
+    assert np.all(v[1] == 0)
+
+
+def test_all_invalid_band_is_an_error_naming_it() -> None:
+    a = np.ones((3, 6, 6), np.float32)
+    a[2] = np.nan
+    ds = _ds(a, (3, 3, 3)).assign_coords(wavelength=("band", [450.0, 550.0, 650.0]))
+    with pytest.raises(InputError, match=r"band 2 .*650 nm.* no valid values"):
+        standardize(ds)
+
+
+def test_output_carries_its_statistics_and_mask(data: np.ndarray, tmp_path: Path) -> None:
+    ds = _ds(data, (4, 20, 20))
+    ds["mask"] = (("y", "x"), np.ones((60, 70), bool))
+    path = write_cube(standardize(ds), tmp_path / "z.zarr")
+    z = open_cube(path)
+    assert {"stats_mean", "stats_std", "stats_count", "mask"} <= set(z.data_vars)
+    assert z["stats_mean"].dtype == np.float64
+    assert z["cube"].attrs["cubepipe_standardized"] == "zscore"
+    np.testing.assert_allclose(
+        destandardize(z)["cube"].values, data, rtol=1e-6, atol=1e-3 * np.nanstd(data)
+    )
+
+
+def test_saved_statistics_reapply_to_another_store_and_a_stream(
+    data: np.ndarray, tmp_path: Path
+) -> None:
+    stats = fit_stats(_ds(data, (4, 20, 20))).compute()
+    stats = stats_from_json(stats_to_json(stats))  # as if shipped beside a model
+    mean, std = stats["stats_mean"].values, stats["stats_std"].values
+    rng = np.random.default_rng(9)
+    new = (data[:, :30, :30] + rng.normal(0, 1, size=(4, 30, 30))).astype(np.float32)
+    by_hand = ((new.astype(np.float64) - mean[:, None, None]) / std[:, None, None]).astype(
+        np.float32
+    )
+    path = write_cube(standardize(_ds(new, (4, 10, 10)), stats), tmp_path / "new.zarr")
+    np.testing.assert_array_equal(open_cube(path)["cube"].values, by_hand)
+
+    frames = np.stack([new, new * 2, new - 1])  # (frame, band, y, x)
+    got = list(iter_standardized(_ds(frames, (1, 4, 30, 30)), stats))
+    assert len(got) == 3
+    for f, g in zip(frames, got, strict=True):
+        expected = ((f.astype(np.float64) - mean[:, None, None]) / std[:, None, None]).astype(
+            np.float32
+        )
+        np.testing.assert_array_equal(g, expected)
+    plain = list(iter_standardized(iter(frames), stats))
+    np.testing.assert_array_equal(plain[1], got[1])
+    with pytest.raises(InputError, match="frame 0"):
+        next(iter_standardized([np.ones((3, 2, 2))], stats))
+
+
+def test_fit_and_apply_reads_each_chunk_at_most_twice(data: np.ndarray, tmp_path: Path) -> None:
+    path = write_cube(_ds(data, (4, 20, 20)), tmp_path / "in.zarr", chunks={"y": 20, "x": 20})
+    ds, reads = counting_open(path)
+    reads.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_cube(standardize(ds), tmp_path / "out.zarr")
+    got = cube_chunk_reads(reads)
+    assert len(got) == 12 and max(got.values()) <= 2
+
+
+def test_applying_given_statistics_builds_graph_without_computing(
+    data: np.ndarray, no_compute
+) -> None:
+    stats = fit_stats(_ds(data, (4, 20, 20))).compute()
+    with no_compute:
+        z = standardize(_ds(data, (4, 20, 20)), stats)
+        assert isinstance(z["cube"].data, da.Array)
