@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Inputs shared by the cases of one size (made once by ``prepare``).
+INPUTS = Path(tempfile.gettempdir()) / "cubepipe-bench-inputs"
 
 Case = Callable[[str, Path], dict[str, Any]]
 
@@ -70,6 +72,7 @@ def main(
     sizes: tuple[str, ...],
     quick_size: str,
     notes: str = "",
+    prepare: Callable[[str], None] | None = None,
 ) -> None:
     """Entry point of a benchmark script (see module docstring)."""
     ap = argparse.ArgumentParser(description=f"cubepipe benchmark: {name}")
@@ -86,6 +89,8 @@ def main(
     repeat = 1 if args.quick else args.repeat
     rows = []
     for size in run_sizes:
+        if prepare is not None:
+            prepare(size)  # inputs are made once, outside every timed case
         per_case: dict[str, dict[str, Any]] = {}
         for case in cases:
             runs = []

@@ -18,6 +18,7 @@ analysis and recommendations", The American Statistician 37 (1983) 242-247.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import dask.array as da
@@ -75,25 +76,76 @@ def merge_moments(a: Any, b: Any) -> Any:
     return xp.stack([n, mean, m2, lo, hi], axis=-1)
 
 
-def _partial(block: Any, *valid: Any, band_axis: int, ndim: int) -> Any:
-    packed = block_moments(block, valid[0] if valid else None, band_axis=band_axis)
+def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
+    """Per-band moments plus the centred co-moments of pixels valid in EVERY band.
+
+    Packed ``(band, 5 + 2 + band)``: columns 0-4 are :func:`block_moments` (each band's
+    own valid values); column 5 is ``n`` (pixels valid in all bands), column 6 their
+    per-band mean, columns 7.. the centred cross-product matrix
+    ``C[i, j] = sum((x_i - mean_i) * (x_j - mean_j))``, formed by one float64 matmul.
+    """
+    xp = array_namespace(block)
+    nb = block.shape[band_axis]
+    stats = block_moments(block, valid, band_axis=band_axis)
+    x = xp.astype(xp.reshape(xp.moveaxis(block, band_axis, 0), (nb, -1)), xp.float64)
+    ok = xp.all(~xp.isnan(x), axis=0)
+    if valid is not None:
+        v = xp.reshape(xp.moveaxis(valid, band_axis, 0), (nb, -1))
+        ok = ok & xp.all(xp.astype(v, xp.bool), axis=0)
+    n = xp.sum(xp.astype(ok, xp.float64))
+    mean = xp.sum(xp.where(ok[None, :], x, 0.0), axis=1) / xp.where(n > 0, n, 1.0)
+    dev = xp.where(ok[None, :], x - mean[:, None], 0.0)
+    cross = dev @ xp.permute_dims(dev, (1, 0))
+    ncol = xp.full((nb, 1), n, dtype=xp.float64)
+    return xp.concat([stats, ncol, mean[:, None], cross], axis=1)
+
+
+def merge_comoments(a: Any, b: Any) -> Any:
+    """Merge two :func:`block_comoments` partials ``(..., band, 7 + band)``."""
+    xp = array_namespace(a, b)
+    stats = merge_moments(a[..., :NFIELDS], b[..., :NFIELDS])
+    na, nb = a[..., :1, NFIELDS], b[..., :1, NFIELDS]  # (..., 1): same n on every row
+    n = na + nb
+    w = na * nb / xp.where(n > 0, n, 1.0)
+    ma, mb = a[..., NFIELDS + 1], b[..., NFIELDS + 1]  # (..., band)
+    d = mb - ma
+    mean = ma + d * (nb / xp.where(n > 0, n, 1.0))
+    cross = (
+        a[..., NFIELDS + 2 :]
+        + b[..., NFIELDS + 2 :]
+        + d[..., :, None] * d[..., None, :] * w[..., None]
+    )
+    ncol = xp.broadcast_to(n[..., None], mean.shape + (1,))
+    return xp.concat([stats, ncol, mean[..., None], cross], axis=-1)
+
+
+#: name -> (block function, merge function, packed width for a band count)
+_KINDS: dict[str, tuple[Any, Any, Any]] = {
+    "moments": (block_moments, merge_moments, lambda nb: NFIELDS),
+    "comoments": (block_comoments, merge_comoments, lambda nb: NFIELDS + 2 + nb),
+}
+
+
+def _partial(block: Any, *valid: Any, band_axis: int, ndim: int, kind: str) -> Any:
+    packed = _KINDS[kind][0](block, valid[0] if valid else None, band_axis=band_axis)
     # One cell per chunk along every reduced axis, then the packed field axis.
-    shape = [1] * ndim + [NFIELDS]
+    shape = [1] * ndim + [packed.shape[1]]
     shape[band_axis] = packed.shape[0]
     xp = array_namespace(packed)
     return xp.reshape(packed, tuple(shape))
 
 
-def _combine(p: Any, axis: tuple[int, ...], keepdims: bool = True) -> Any:
+def _combine(p: Any, axis: tuple[int, ...], keepdims: bool = True, *, kind: str) -> Any:
     """Merge partials laid out along ``axis`` (a concatenation of chunk cells)."""
     xp = array_namespace(p)
+    merge = _KINDS[kind][1]
     # Bring the reduced axes to the front and fold them in one at a time.
     rest = [i for i in range(p.ndim) if i not in axis]
     q = xp.permute_dims(p, tuple(axis) + tuple(rest))
     q = xp.reshape(q, (-1,) + tuple(p.shape[i] for i in rest))
     acc = q[0]
     for i in range(1, q.shape[0]):
-        acc = merge_moments(acc, q[i])
+        acc = merge(acc, q[i])
     if keepdims:
         shape = list(p.shape)
         for ax in axis:
@@ -102,8 +154,12 @@ def _combine(p: Any, axis: tuple[int, ...], keepdims: bool = True) -> Any:
     return acc
 
 
-def _aggregate(p: Any, axis: tuple[int, ...], keepdims: bool = False) -> Any:
-    return _combine(p, axis, keepdims=keepdims)
+def _aggregate(p: Any, axis: tuple[int, ...], keepdims: bool = False, *, kind: str) -> Any:
+    return _combine(p, axis, keepdims=keepdims, kind=kind)
+
+
+def _identity(p: Any, axis: tuple[int, ...], keepdims: bool = True) -> Any:
+    return p
 
 
 def band_moments(
@@ -113,22 +169,31 @@ def band_moments(
     valid: da.Array | None = None,
     split_every: int | None = None,
     name: str = "cubepipe-stats",
+    kind: str = "moments",
 ) -> da.Array:
-    """Lazy packed moments ``(band, 5)`` of ``data`` over every axis but ``band_axis``.
+    """Lazy packed partials of ``data`` merged over every axis but ``band_axis``.
 
-    ``valid`` (same shape and chunks as ``data``, bool) marks pixels to include; NaN is
-    always excluded. The result reads every chunk of ``data`` exactly once.
+    ``kind="moments"`` gives ``(band, 5)`` per-band statistics; ``kind="comoments"``
+    gives ``(band, 7 + band)`` (see :func:`block_comoments`), the statistics and the
+    covariance in the same single pass. ``valid`` (same shape and chunks as ``data``,
+    bool) marks pixels to include; NaN is always excluded. Every chunk of ``data`` is
+    read exactly once.
     """
+    if kind == "comoments" and len(data.chunks[band_axis]) > 1:
+        data = data.rechunk({band_axis: -1})  # co-moments need every band of a pixel
+        valid = None if valid is None else valid.rechunk(data.chunks)
     ndim = data.ndim
+    width = _KINDS[kind][2](data.shape[band_axis])
     args = [data] if valid is None else [data, valid]
     partial = da.map_blocks(
         _partial,
         *args,
         band_axis=band_axis,
         ndim=ndim,
+        kind=kind,
         new_axis=ndim,
         chunks=tuple(c if i == band_axis else (1,) * len(c) for i, c in enumerate(data.chunks))
-        + ((NFIELDS,),),
+        + ((width,),),
         dtype=np.float64,
         meta=data._meta.astype(np.float64).reshape((0,) * (ndim + 1)),
         token=f"{name}-partial",
@@ -137,8 +202,8 @@ def band_moments(
     return da.reduction(
         partial,
         chunk=_identity,
-        combine=_combine,
-        aggregate=_aggregate,
+        combine=functools.partial(_combine, kind=kind),
+        aggregate=functools.partial(_aggregate, kind=kind),
         axis=reduced,
         keepdims=False,
         dtype=np.float64,
@@ -147,7 +212,3 @@ def band_moments(
         name=name,
         meta=partial._meta.reshape((0, 0)),
     )
-
-
-def _identity(p: Any, axis: tuple[int, ...], keepdims: bool = True) -> Any:
-    return p
