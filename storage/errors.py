@@ -81,10 +81,11 @@ class DeviceError(CubepipeError, RuntimeError):
 class MissingDependencyError(CubepipeError, ImportError):
     """A feature needs an optional dependency that is not installed."""
 
-    def __init__(self, feature: str, module: str, extra: str) -> None:
+    def __init__(self, feature: str, module: str, extra: str | None) -> None:
+        how = f"pip install 'cubepipe[{extra}]'" if extra else f"pip install {module}"
         super().__init__(
             f"{feature} needs the Python package '{module}', which is not installed; "
-            f"install it with: pip install 'cubepipe[{extra}]'"
+            f"install it with: {how}"
         )
         self.module = module
         self.extra = extra

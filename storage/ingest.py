@@ -1,1 +1,387 @@
-"""Ingest: inputs -> cube stores (being written: issue 3)."""
+"""Ingest: input files -> cube stores, lazily and chunk by chunk.
+
+:func:`open_input` opens any input (a file, several files, a directory or a glob) as the
+float cube ingest would write, without reading pixels; :func:`ingest` encodes it and
+writes a store. Later pipeline stages stream plain files through :func:`open_input`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .encodings import encode
+from .errors import CubepipeError, FormatError, InputError
+from .readers import detect_format, open_source
+from .readers.image import check_same, expand_sources, stack_images
+from .readers.npy import open_npy
+from .sidecar import read_sidecar, sidecar_path
+from .store import write_cube
+
+__all__ = ["ingest", "ingest_params", "open_input", "write_input"]
+
+Sources = str | os.PathLike | Sequence[str | os.PathLike]
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _requested(dtype: Any) -> np.dtype | None:
+    """``dtype=`` checked: None, float32 or float64."""
+    if dtype is None:
+        return None
+    try:
+        target = np.dtype(dtype)
+    except TypeError:
+        target = None
+    if target not in _FLOATS:
+        raise InputError(f"dtype must be float32 or float64 (cubes are floats); got {dtype!r}")
+    return target
+
+
+def _target_dtype(path: Path, native: np.dtype, dtype: np.dtype | None) -> np.dtype:
+    """The dtype policy (see :func:`open_input`)."""
+    if dtype is not None:
+        return dtype
+    if native.kind == "f":
+        return np.dtype(np.float64 if native.itemsize == 8 else np.float32)
+    if native.kind == "b" or (native.kind in "iu" and native.itemsize <= 2):
+        return np.dtype(np.float32)
+    if native.kind in "iu":
+        raise InputError(
+            f"{path}: {native} values above 2**24 are not exact in float32; pass "
+            "dtype='float64' (CLI: --dtype float64) to keep them exact, or dtype='float32' "
+            "to accept rounding"
+        )
+    raise FormatError(f"{path}: dtype {native} is not supported; expected real numbers")
+
+
+def _nodata_value(native: np.dtype, nodata: Any) -> Any:
+    """``nodata`` as a value of ``native`` (NaN allowed), or None if no value equals it."""
+    if nodata is None or native.kind == "b":
+        return None
+    value = float(nodata)
+    if native.kind == "f":
+        return native.type(value)
+    info = np.iinfo(native)
+    if value.is_integer() and info.min <= value <= info.max:
+        return native.type(int(value))
+    return None
+
+
+def _invalid(block: np.ndarray, nodata: Any) -> np.ndarray:
+    return np.isnan(block) if np.isnan(nodata) else block == nodata
+
+
+def _cast_block(block: np.ndarray, *, out_dtype: np.dtype, nodata: Any) -> np.ndarray:
+    out = block.astype(out_dtype)
+    if nodata is not None:
+        out[_invalid(block, nodata)] = np.nan
+    return out
+
+
+def _valid_block(block: np.ndarray, *, nodata: Any, axis: int) -> np.ndarray:
+    return ~_invalid(block, nodata).any(axis=axis)
+
+
+def _restore_block(
+    block: np.ndarray,
+    *,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    nan_value: Any,
+    axis: int,
+    out_dtype: np.dtype,
+    block_info: Any = None,
+) -> np.ndarray:
+    b0, b1 = block_info[0]["array-location"][axis]
+    shape = [1] * block.ndim
+    shape[axis] = b1 - b0
+    scale = scale[b0:b1].reshape(shape) if scale.size > 1 else scale
+    offset = offset[b0:b1].reshape(shape) if offset.size > 1 else offset
+    out = (block.astype(np.float64) * scale + offset).astype(out_dtype)
+    if nan_value is not None:
+        out[block == nan_value] = np.nan
+    return out
+
+
+def _per_band(side: Mapping[str, Any], key: str, nbands: int, path: Path) -> np.ndarray:
+    values = np.atleast_1d(np.asarray(side[key], dtype=np.float64))
+    if values.size not in (1, nbands):
+        raise FormatError(
+            f"{sidecar_path(path)}: {key} has {values.size} values for {nbands} bands; "
+            "re-export the image"
+        )
+    return values
+
+
+def _restore(
+    path: Path, cube: xr.DataArray, side: Mapping[str, Any], dtype: np.dtype | None
+) -> da.Array:
+    native = cube.dtype
+    if native.kind not in "iu" or int(side["bits"]) != native.itemsize * 8:
+        raise FormatError(
+            f"{sidecar_path(path)}: the sidecar describes {side['bits']}-bit integers but "
+            f"{path} holds {native}; the sidecar belongs to another file (delete it)"
+        )
+    target = dtype if dtype is not None else np.dtype(np.float32)
+    axis = cube.dims.index("band")
+    return da.map_blocks(
+        _restore_block,
+        cube.data,
+        scale=_per_band(side, "scale", cube.sizes["band"], path),
+        offset=_per_band(side, "offset", cube.sizes["band"], path),
+        nan_value=side.get("nan_value"),
+        axis=axis,
+        out_dtype=target,
+        dtype=target,
+        meta=np.empty((0,) * cube.ndim, dtype=target),
+        token="cubepipe-ingest-sidecar",
+    )
+
+
+def _decode(path: Path, ds: xr.Dataset, dtype: np.dtype | None) -> xr.Dataset:
+    """Cast one reader's Dataset to the float cube (sidecar, nodata and dtype policy)."""
+    cube = ds["cube"]
+    native = cube.dtype
+    attrs = dict(cube.attrs)
+    nodata = attrs.pop("nodata", None)
+    attrs["cubepipe_source_dtype"] = str(native)
+    out = ds.copy()
+    side = read_sidecar(path)
+    if side is not None:
+        data = _restore(path, cube, side, dtype)
+        attrs.update(max_abs_error=float(side["max_abs_error"]), cubepipe_encoding="sidecar")
+        out["cube"] = (cube.dims, data, attrs)
+        return out
+    target = _target_dtype(path, native, dtype)
+    value = _nodata_value(native, nodata)
+    if nodata is not None:
+        attrs["source_nodata"] = nodata
+    data = cube.data
+    if target != native or value is not None:
+        data = da.map_blocks(
+            _cast_block,
+            data,
+            out_dtype=target,
+            nodata=value,
+            dtype=target,
+            meta=np.empty((0,) * cube.ndim, dtype=target),
+            token="cubepipe-ingest-cast",
+        )
+    out["cube"] = (cube.dims, data, attrs)
+    if value is not None:
+        axis = cube.dims.index("band")
+        raw = cube.data.rechunk({axis: -1})
+        mask = da.map_blocks(
+            _valid_block,
+            raw,
+            nodata=value,
+            axis=axis,
+            drop_axis=axis,
+            dtype=bool,
+            meta=np.empty((0,) * (cube.ndim - 1), dtype=bool),
+            token="cubepipe-ingest-mask",
+        )
+        out["mask"] = (tuple(d for d in cube.dims if d != "band"), mask)
+    return out
+
+
+def _open_raw(path: Path, *, format: str, chunks: Mapping[str, int], layout: str | None):
+    try:
+        if layout is None:
+            return open_source(path, format=format, chunks=chunks)
+        name = detect_format(path).name if format in ("auto", None) else format
+        if name != "npy":
+            raise InputError(
+                f"{path}: layout= (--layout) applies to .npy files only; this is {name}"
+            )
+        return open_npy(path, chunks=chunks, layout=layout)
+    except CubepipeError:
+        raise
+    except Exception as exc:  # a reader bug or an unforeseen damage: still name the file
+        raise FormatError(f"{path}: could not be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _open(
+    sources: Sources, format: str, chunks: Any, dtype: Any, layout: str | None
+) -> tuple[xr.Dataset, list[Path]]:
+    dtype = _requested(dtype)
+    paths, collection = expand_sources(sources)
+    chunks = dict(chunks or {})
+    raws = [_open_raw(p, format=format, chunks=chunks, layout=layout) for p in paths]
+    if not collection:
+        return _decode(paths[0], raws[0], dtype), paths
+    check_same(raws, paths)
+    stacked = stack_images(
+        [_decode(p, ds, dtype) for p, ds in zip(paths, raws, strict=True)], paths
+    )
+    stacked.attrs.pop("source", None)
+    return stacked, paths
+
+
+def open_input(
+    sources: Sources,
+    *,
+    format: str = "auto",
+    chunks: Mapping[str, int] | None = None,
+    dtype: Any = None,
+    layout: str | None = None,
+) -> xr.Dataset:
+    """Open input files lazily as the float cube :func:`ingest` would write.
+
+    Parameters
+    ----------
+    sources
+        A file, a directory, a glob pattern or a sequence of these. Several files, a
+        directory or a glob form a collection: same-shaped images stacked along a
+        leading ``image`` dim (see :func:`~cubepipe.storage.readers.image.expand_sources`).
+    format
+        ``auto`` (by content, then suffix) or a reader name: ``npy``, ``tiff``, ``png``,
+        ``jpeg``, ``envi``, ``video``.
+    chunks
+        ``{dim: size}`` chunk sizes (``band`` whole and ``y``/``x`` 512 by default).
+    dtype
+        ``"float32"`` or ``"float64"``: overrides the dtype policy below.
+    layout
+        Axis order of ``.npy`` files (``"byx"``, ``"yxb"``, ...; see
+        :mod:`~cubepipe.storage.readers.npy`).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``cube`` with dims ``(band, y, x)`` (``(image|frame, band, y, x)`` for
+        collections and videos), float32 or float64, dask-backed: nothing is read until
+        it is computed. Attr ``cubepipe_source_dtype`` records the file's dtype. A
+        boolean ``mask`` (cube dims without ``band``, True = valid) is added when the
+        reader reported a nodata value.
+
+    Raises
+    ------
+    StoreNotFoundError, FormatError, InputError, MissingDependencyError
+
+    Notes
+    -----
+    Dtype policy: (u)int8, (u)int16 and bool become float32 (exact); (u)int32 and
+    (u)int64 are refused unless ``dtype`` is given (float32 would round values above
+    2**24; pass ``dtype="float64"`` to keep them exact); float16 becomes float32;
+    float32 and float64 are kept. ``dtype`` overrides all of these.
+
+    Nodata: when a reader puts ``nodata`` in the cube's attrs (ENVI ``data ignore
+    value``, GeoTIFF ``GDAL_NODATA``), values equal to it become NaN and ``mask`` is
+    False wherever any band holds it; the value moves to attr ``source_nodata``.
+
+    Sidecars: an image with a sidecar ``IMAGE.cubepipe.json`` (written by ``cubepipe
+    export``) is restored as ``value = q * scale + offset`` in float32 (``dtype`` may ask
+    for float64), NaN where ``q == nan_value``; attrs ``max_abs_error`` (from the
+    sidecar) and ``cubepipe_encoding = "sidecar"`` record it.
+    """
+    return _open(sources, format, chunks, dtype, layout)[0]
+
+
+def write_input(
+    ds: xr.Dataset,
+    out: str | os.PathLike,
+    *,
+    inputs: Sequence[str | os.PathLike] = (),
+    encoding: str = "float32",
+    chunks: Mapping[str, int] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str = "cpu",
+    params: Mapping[str, Any] | None = None,
+) -> Path:
+    """Encode a Dataset from :func:`open_input` and write it as a cube store.
+
+    Parameters
+    ----------
+    ds
+        The lazy cube from :func:`open_input`.
+    out
+        The store to write (a directory, conventionally ``NAME.zarr``).
+    inputs
+        The input files, recorded in the provenance entry.
+    encoding
+        ``float32`` (lossless), ``float16`` or ``int16-quantized`` (see
+        :mod:`~cubepipe.storage.encodings`).
+    chunks
+        ``{dim: size}`` store chunks (pass the ones given to :func:`open_input`).
+    resume, overwrite
+        Finish an interrupted ingest into ``out``, or replace an existing store.
+    device, params
+        Recorded in the provenance entry (``op = "ingest"``).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``, marked complete. A failure part-way (a damaged block in a file) leaves
+        it marked incomplete; ``resume=True`` finishes it later.
+    """
+    return write_cube(
+        encode(ds, encoding),
+        out,
+        op="ingest",
+        params={**dict(params or {}), "encoding": encoding, "chunks": dict(chunks or {})},
+        inputs=[str(p) for p in inputs],
+        device=device,
+        chunks=chunks,
+        resume=resume,
+        overwrite=overwrite,
+    )
+
+
+def ingest(
+    sources: Sources,
+    out: str | os.PathLike,
+    *,
+    format: str = "auto",
+    chunks: Mapping[str, int] | None = None,
+    encoding: str = "float32",
+    dtype: Any = None,
+    layout: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str = "cpu",
+) -> Path:
+    """Read input files into a new cube store, chunk by chunk.
+
+    :func:`open_input` followed by :func:`write_input`; peak memory is a few chunks
+    whatever the size of the input.
+
+    Parameters
+    ----------
+    sources, format, chunks, dtype, layout
+        As for :func:`open_input`.
+    out, encoding, resume, overwrite, device
+        As for :func:`write_input`.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``, marked complete.
+    """
+    ds, paths = _open(sources, format, chunks, dtype, layout)
+    return write_input(
+        ds,
+        out,
+        inputs=paths,
+        encoding=encoding,
+        chunks=chunks,
+        resume=resume,
+        overwrite=overwrite,
+        device=device,
+        params=ingest_params(format=format, dtype=dtype, layout=layout),
+    )
+
+
+def ingest_params(*, format: str, dtype: Any, layout: str | None) -> dict[str, Any]:
+    """The reading options as recorded in an ingest's provenance entry."""
+    return {
+        "format": format,
+        "dtype": None if dtype is None else str(_requested(dtype)),
+        "layout": layout,
+    }

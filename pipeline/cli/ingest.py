@@ -1,1 +1,99 @@
-"""``cubepipe ingest`` (being written: issue 3)."""
+"""``cubepipe ingest SRC... -o OUT.zarr``: files -> a cube store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from cubepipe.storage import describe, parse_chunks
+from cubepipe.storage.ingest import ingest_params, open_input, write_input
+from cubepipe.storage.readers.image import expand_sources
+
+from ._app import CliState, cli, pass_state
+from ._format import human_bytes
+
+FORMATS = ["auto", "npy", "tiff", "png", "jpeg", "envi", "video"]
+ENCODINGS = ["float32", "float16", "int16-quantized"]
+
+
+@cli.command()
+@click.argument("sources", metavar="SRC...", nargs=-1, required=True)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path), help="Store to write."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS, case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="Input format; auto detects it from the file's first bytes, then its suffix.",
+)
+@click.option("--chunks", help="Chunk sizes, e.g. y=512,x=512 (default: band whole, y/x 512).")
+@click.option(
+    "--encoding",
+    type=click.Choice(ENCODINGS),
+    default="float32",
+    show_default=True,
+    help="float32 is lossless; float16 and int16-quantized record their max error.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float64"]),
+    default=None,
+    help="Float type of the cube (default: float32 for 8/16-bit integers, float64 kept).",
+)
+@click.option(
+    "--layout",
+    help="Axis order of .npy inputs, e.g. byx, yxb, yx (default: guessed, see the docs).",
+)
+@click.option("--resume", is_flag=True, help="Finish an interrupted ingest into OUT.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@pass_state
+def ingest(
+    state: CliState,
+    sources: tuple[str, ...],
+    output: Path,
+    fmt: str,
+    chunks: str | None,
+    encoding: str,
+    dtype: str | None,
+    layout: str | None,
+    resume: bool,
+    overwrite: bool,
+) -> None:
+    """Read SRC (files, a directory of images or a quoted glob) into the store OUT.
+
+    One file becomes a (band, y, x) cube; several files, a directory or a glob become a
+    stack of same-shaped images (image, band, y, x). Data are read and written chunk by
+    chunk, so inputs larger than memory are fine.
+    """
+    sizes = parse_chunks(chunks)
+    # Open (and so validate) every input before the compute status line: a bad file is
+    # then reported on stderr as a single line.
+    files, _ = expand_sources(list(sources))
+    ds = open_input(list(sources), format=fmt.lower(), chunks=sizes, dtype=dtype, layout=layout)
+    with state.compute():
+        t0 = time.perf_counter()
+        store = write_input(
+            ds,
+            output,
+            inputs=files,
+            encoding=encoding,
+            chunks=sizes,
+            resume=resume,
+            overwrite=overwrite,
+            device=str(state.device),
+            params=ingest_params(format=fmt.lower(), dtype=dtype, layout=layout),
+        )
+        elapsed = time.perf_counter() - t0
+    d = describe(store)
+    cube = d["variables"]["cube"]
+    shape = ", ".join(f"{dim}={n}" for dim, n in zip(cube["dims"], cube["shape"], strict=True))
+    click.echo(
+        f"ingested {len(files)} file(s) -> {store}: cube ({shape}) {cube['dtype']}, "
+        f"{human_bytes(d['bytes_in_memory'])} in memory, {human_bytes(d['bytes_on_disk'])} "
+        f"on disk, {elapsed:.1f} s"
+    )

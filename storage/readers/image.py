@@ -1,1 +1,356 @@
-"""Reader module 'image' (being written: issue 3)."""
+"""PNG and JPEG reader (Pillow), and collections: directories or globs of images.
+
+PNG and JPEG cannot be decoded partially, so one image is one dask block whatever
+``chunks`` says (the store is rechunked as it is written); these formats hold photos and
+exports, which are small next to the cubes cubepipe streams.
+
+Bands: grey images have one band (``band_name`` ``grey``), grey+alpha two (``grey``,
+``A``), RGB three (``R``, ``G``, ``B``), RGBA four, CMYK JPEGs four (``C``, ``M``, ``Y``,
+``K``). Palette images are expanded to RGB (RGBA if they carry transparency), bilevel
+images read as 0/1. 8-bit images are ``uint8``, 16-bit PNGs ``uint16`` (16-bit colour
+PNGs need the ``imagecodecs`` package, since Pillow would drop their low byte).
+
+Collections (:func:`expand_sources`, :func:`stack_images`): a directory, a glob or several
+paths become one Dataset with a leading ``image`` dim (one chunk per image), in sorted
+path order, and a ``source`` coordinate holding each file's path relative to their
+common folder. All images must share shape and dtype.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from PIL import Image
+
+from ..errors import FormatError, InputError, MissingDependencyError
+from ..sidecar import SIDECAR_SUFFIX
+from .base import READERS, SNIFF_BYTES, ReaderSpec, register
+from .npy import block_array
+
+__all__ = ["check_same", "expand_sources", "open_image", "stack_images"]
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG = b"\xff\xd8\xff"
+#: Pillow mode -> (mode to convert to or None, band names).
+_MODES: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "1": (None, ("grey",)),
+    "L": (None, ("grey",)),
+    "LA": (None, ("grey", "A")),
+    "P": ("RGB", ("R", "G", "B")),
+    "PA": ("RGBA", ("R", "G", "B", "A")),
+    "RGB": (None, ("R", "G", "B")),
+    "RGBX": ("RGB", ("R", "G", "B")),
+    "RGBA": (None, ("R", "G", "B", "A")),
+    "CMYK": (None, ("C", "M", "Y", "K")),
+    "YCbCr": ("RGB", ("R", "G", "B")),
+    "I;16": (None, ("grey",)),
+    "I;16L": (None, ("grey",)),
+    "I;16B": (None, ("grey",)),
+    "I": ("I;16", ("grey",)),  # 16-bit grey PNGs in older Pillow versions
+}
+#: Pillow format names each reader accepts (phone cameras write JPEGs as MPO).
+_PIL_FORMATS = {"png": ["PNG"], "jpeg": ["JPEG", "MPO"]}
+_COLOUR16 = {2: ("R", "G", "B"), 4: ("grey", "A"), 6: ("R", "G", "B", "A")}
+
+
+def _png_ihdr(path: Path) -> tuple[int, int]:
+    """``(bit depth, colour type)`` from a PNG's IHDR chunk."""
+    with path.open("rb") as fh:
+        head = fh.read(26)
+    return head[24], head[25]
+
+
+def _inspect(path: Path, fmt: str) -> dict[str, Any]:
+    try:
+        with Image.open(path, formats=_PIL_FORMATS[fmt]) as im:
+            mode, (nx, ny) = im.mode, im.size
+            transparent = "transparency" in im.info
+    except Exception as exc:
+        raise FormatError(
+            f"{path}: not a readable {fmt.upper()} image ({type(exc).__name__}: {exc}); "
+            "the file is damaged or its suffix is wrong (pass --format to choose a reader)"
+        ) from exc
+    decoder = "pillow"
+    if fmt == "png":
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 4096))
+            if b"IEND" not in fh.read():
+                raise FormatError(
+                    f"{path}: truncated PNG (no IEND chunk at the end of the file); copy or "
+                    "export it again"
+                )
+        depth, colour = _png_ihdr(path)
+        if depth == 16 and colour in _COLOUR16:
+            if importlib.util.find_spec("imagecodecs") is None:
+                raise MissingDependencyError(
+                    f"{path}: reading 16-bit colour PNG", "imagecodecs", None
+                )
+            decoder, mode = "imagecodecs", "16-bit"
+            names: tuple[str, ...] = _COLOUR16[colour]
+    if decoder == "pillow":
+        if mode not in _MODES:
+            raise FormatError(
+                f"{path}: image mode {mode!r} is not supported; expected grey, grey+alpha, "
+                "RGB, RGBA, CMYK or palette images (convert it, e.g. to RGB)"
+            )
+        convert, names = _MODES[mode]
+        if mode == "P" and transparent:
+            convert, names = _MODES["PA"]
+        mode = convert or mode
+    dtype = np.dtype(np.uint16 if mode.startswith("I;16") or decoder != "pillow" else np.uint8)
+    return {"decoder": decoder, "mode": mode, "names": names, "shape": (ny, nx), "dtype": dtype}
+
+
+def _decode(path: str, fmt: str, decoder: str, mode: str) -> np.ndarray:
+    if decoder == "imagecodecs":
+        import imagecodecs  # checked at open
+
+        return imagecodecs.png_decode(Path(path).read_bytes())
+    with Image.open(path, formats=_PIL_FORMATS[fmt]) as im:
+        if im.mode != mode:
+            im = im.convert(mode)
+        return np.asarray(im)
+
+
+def _read_image(
+    path: str, fmt: str, decoder: str, mode: str, dtype: str, block_info: Any = None
+) -> np.ndarray:
+    """The whole image as one ``(band, y, x)`` block."""
+    try:
+        pixels = _decode(path, fmt, decoder, mode)
+    except Exception as exc:
+        raise FormatError(f"{path}: decoding the {fmt.upper()} image failed ({exc})") from exc
+    pixels = pixels[np.newaxis] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
+    return np.ascontiguousarray(pixels, dtype=np.dtype(dtype))
+
+
+def open_image(
+    path: str | Path, *, chunks: Mapping[str, int] | None = None, fmt: str | None = None
+) -> xr.Dataset:
+    """Open a PNG or JPEG image lazily as a cube Dataset (one block, decoded on compute).
+
+    Parameters
+    ----------
+    path
+        A PNG (8/16-bit) or JPEG file.
+    chunks
+        Ignored: an image is always one block (see the module docstring).
+    fmt
+        ``"png"`` or ``"jpeg"``; default: from the file's first bytes.
+
+    Returns
+    -------
+    xarray.Dataset
+        Variable ``cube`` ``(band, y, x)`` in ``uint8`` or ``uint16`` with coordinate
+        ``band_name`` along ``band``.
+
+    Raises
+    ------
+    FormatError
+        Not a decodable PNG/JPEG, truncated PNG, or an unsupported mode.
+    """
+    p = Path(path)
+    if fmt is None:
+        with p.open("rb") as fh:
+            fmt = "png" if fh.read(len(_PNG)) == _PNG else "jpeg"
+    info = _inspect(p, fmt)
+    ny, nx = info["shape"]
+    nb = len(info["names"])
+    data = block_array(
+        _read_image,
+        str(p),
+        fmt,
+        info["decoder"],
+        info["mode"],
+        info["dtype"].str,
+        shape=(nb, ny, nx),
+        dtype=info["dtype"],
+        dims=("band", "y", "x"),
+        chunks={"band": nb, "y": ny, "x": nx},
+        token=f"cubepipe-ingest-read-{fmt}",
+    )
+    return xr.Dataset(
+        {"cube": (("band", "y", "x"), data)},
+        # object strings are zarr v3's "string" type (fixed-width numpy strings are not)
+        coords={"band_name": ("band", np.array(info["names"], dtype=object))},
+        attrs={"source": str(p), "format": fmt},
+    )
+
+
+def _open_png(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> xr.Dataset:
+    return open_image(path, chunks=chunks, fmt="png")
+
+
+def _open_jpeg(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> xr.Dataset:
+    return open_image(path, chunks=chunks, fmt="jpeg")
+
+
+def _sniff_png(head: bytes, path: Path) -> bool:
+    return head.startswith(_PNG)
+
+
+def _sniff_jpeg(head: bytes, path: Path) -> bool:
+    return head.startswith(_JPEG)
+
+
+register(ReaderSpec("png", (".png",), _sniff_png, _open_png))
+register(ReaderSpec("jpeg", (".jpg", ".jpeg", ".jpe", ".jfif"), _sniff_jpeg, _open_jpeg, ("jpg",)))
+
+
+# -- collections ---------------------------------------------------------------------------
+
+
+def _readable(path: Path) -> bool:
+    """Would a reader claim this file (by suffix or by its first bytes)?"""
+    if path.suffix.lower() in {s for spec in READERS.values() for s in spec.suffixes}:
+        return True
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError:
+        return False
+    return any(spec.sniff(head, path) for spec in READERS.values())
+
+
+def _listing(folder: Path) -> list[Path]:
+    files = [
+        f
+        for f in sorted(folder.iterdir())
+        if f.is_file() and not f.name.startswith(".") and not f.name.endswith(SIDECAR_SUFFIX)
+    ]
+    files = [f for f in files if _readable(f)]
+    if not files:
+        raise InputError(f"{folder}: the directory holds no file any reader recognises")
+    return files
+
+
+def expand_sources(
+    sources: str | os.PathLike | Sequence[str | os.PathLike],
+) -> tuple[list[Path], bool]:
+    """The input files named by ``sources``, and whether they form a collection.
+
+    Parameters
+    ----------
+    sources
+        A path, a directory, a glob pattern (``"scans/*.tif"``) or a sequence of these.
+        Directories contribute their non-hidden files that a reader recognises (by
+        suffix or content), sidecars excluded; globs contribute every file they match.
+
+    Returns
+    -------
+    (list of pathlib.Path, bool)
+        Files in sorted order within each directory/glob (otherwise as given, duplicates
+        dropped), and True when they are a collection (a directory, a glob, or several
+        paths), which ingests as an ``image`` stack even if it holds a single file. An
+        ENVI data file is dropped when its ``.hdr`` header is listed too.
+    """
+    items = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
+    if not items:
+        raise InputError("no input given; expected a file, a directory or a glob pattern")
+    files: list[Path] = []
+    collection = len(items) > 1
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files += _listing(p)
+            collection = True
+        elif not p.exists() and any(c in str(item) for c in "*?["):
+            matched = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
+            matched = [m for m in matched if m.is_file() and not m.name.endswith(SIDECAR_SUFFIX)]
+            if not matched:
+                raise InputError(
+                    f"{item}: no file matches this pattern; check the folder and the pattern"
+                )
+            files += matched
+            collection = True
+        else:
+            files.append(p)
+    files = list(dict.fromkeys(files))
+    headers = {f for f in files if f.suffix.lower() == ".hdr"}
+    files = [
+        f
+        for f in files
+        if f in headers or not ({f.with_suffix(".hdr"), f.with_name(f.name + ".hdr")} & headers)
+    ]
+    return files, collection
+
+
+def _describe(ds: xr.Dataset) -> str:
+    cube = ds["cube"]
+    return "(" + ", ".join(f"{d}={n}" for d, n in cube.sizes.items()) + f") {cube.dtype}"
+
+
+def check_same(datasets: Sequence[xr.Dataset], paths: Sequence[Path]) -> None:
+    """Raise :class:`FormatError` naming the first file unlike the first one.
+
+    Every ``cube`` must have dims ``(band, y, x)`` and the first file's shape and dtype.
+    """
+    first = datasets[0]["cube"]
+    for ds, path in zip(datasets, paths, strict=True):
+        cube = ds["cube"]
+        if cube.dims != ("band", "y", "x"):
+            raise FormatError(
+                f"{path}: is a {_describe(ds)} cube; a directory or glob stacks (band, y, x) "
+                "images only: ingest this file on its own"
+            )
+        if cube.shape != first.shape or cube.dtype != first.dtype:
+            raise FormatError(
+                f"{path}: image is {_describe(ds)} but the first file {paths[0]} is "
+                f"{_describe(datasets[0])}; a directory or glob ingests as one stack of "
+                "same-shaped images: resize/convert them or ingest them separately"
+            )
+
+
+def stack_images(datasets: Sequence[xr.Dataset], paths: Sequence[Path]) -> xr.Dataset:
+    """Stack same-shaped ``(band, y, x)`` Datasets along a new leading ``image`` dim.
+
+    Parameters
+    ----------
+    datasets
+        One Dataset per file, as checked by :func:`check_same`; a ``mask`` variable in
+        any of them is stacked too (all-valid for those without one).
+    paths
+        The files, giving coordinate ``source`` (paths relative to their common folder).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``cube`` ``(image, band, y, x)``, one chunk per image; band coordinates and cube
+        attrs from the first file (``max_abs_error``: the largest of all files).
+    """
+    first = datasets[0]
+    cube = da.stack([ds["cube"].data for ds in datasets], axis=0)
+    attrs = dict(first["cube"].attrs)
+    errors = [
+        ds["cube"].attrs["max_abs_error"] for ds in datasets if "max_abs_error" in ds["cube"].attrs
+    ]
+    if errors:
+        attrs["max_abs_error"] = max(errors)
+    common = os.path.commonpath([str(p.resolve().parent) for p in paths])
+    out = xr.Dataset(
+        {"cube": (("image", "band", "y", "x"), cube, attrs)},
+        coords={
+            "source": (
+                "image",
+                np.array([os.path.relpath(p.resolve(), common) for p in paths], dtype=object),
+            ),
+            **{k: v for k, v in first.coords.items() if v.dims == ("band",)},
+        },
+        attrs=dict(first.attrs),
+    )
+    if any("mask" in ds for ds in datasets):
+        ny, nx = first["cube"].sizes["y"], first["cube"].sizes["x"]
+        masks = [
+            ds["mask"].data if "mask" in ds else da.ones((ny, nx), dtype=bool, chunks=-1)
+            for ds in datasets
+        ]
+        out["mask"] = (("image", "y", "x"), da.stack(masks, axis=0))
+    return out

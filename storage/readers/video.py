@@ -1,1 +1,280 @@
-"""Reader module 'video' (being written: issue 3)."""
+"""Video reader (optional extra ``video``: PyAV): frames decoded lazily, block by block.
+
+Opening a video makes one demux pass over its packets (no decoding) to learn every
+frame's presentation timestamp (pts) and where the keyframes are. Each dask block then
+opens the container, seeks to the keyframe at or before its first frame and decodes
+forward only as far as its last frame, so a block costs O(GOP + block) decoding, never
+O(video). PyAV is imported only here, and only when a video is opened.
+"""
+
+from __future__ import annotations
+
+import bisect
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+
+from ..errors import CubepipeWarning, FormatError, MissingDependencyError
+from ..layout import MAX_CHUNK_BYTES, default_chunks
+from .base import ReaderSpec, register
+
+__all__ = ["FRAMES_PER_BLOCK", "open_video"]
+
+#: Frames decoded per dask block unless ``chunks["frame"]`` says otherwise.
+FRAMES_PER_BLOCK = 8
+#: In the per-frame seek plan: "no keyframe at or before this frame, decode from the start".
+_FROM_START = np.iinfo(np.int64).min
+#: ISO base-media brands that are still images, not videos (HEIF, AVIF).
+_IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+
+
+def _import_av() -> ModuleType:
+    try:
+        import av
+    except ImportError:
+        raise MissingDependencyError("video ingest", "av", "video") from None
+    return av
+
+
+@dataclass(frozen=True)
+class _Pixels:
+    """How decoded frames become arrays: PyAV format, band names, dtype, bit depth."""
+
+    fmt: str
+    bands: tuple[str, ...]
+    dtype: str
+    bits: int
+
+    @classmethod
+    def of(cls, fmt: object) -> _Pixels:
+        """For a stream's pixel format (``None`` = unknown: 8-bit colour is assumed)."""
+        bits = max([8, *(c.bits for c in fmt.components)] if fmt is not None else [8])
+        deep = bits > 8
+        if fmt is not None and len(fmt.components) <= 2 and not fmt.has_palette:
+            # gray, gray10le, gray16le, ya8, monob ...
+            return cls("gray16le" if deep else "gray", ("grey",), "u2" if deep else "u1", bits)
+        return cls("rgb48le" if deep else "rgb24", ("R", "G", "B"), "u2" if deep else "u1", bits)
+
+    def array(self, frame: object, height: int, width: int) -> np.ndarray:
+        """One decoded frame as ``(band, y, x)``, at the stream's own bit depth."""
+        image = frame.to_ndarray(format=self.fmt, width=width, height=height)
+        if 8 < self.bits < 16:  # FFmpeg scaled it to 16 bits by bit replication: undo it
+            image = image >> (16 - self.bits)
+        return image.transpose(2, 0, 1) if image.ndim == 3 else image[None]
+
+
+def _scan(av: ModuleType, path: Path) -> dict:
+    """One demux pass: stream facts, sorted frame pts and each frame's keyframe seek point."""
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as exc:
+        raise FormatError(
+            f"{path}: expected a video FFmpeg can open (mp4/mkv/avi/mov/webm), but it failed: "
+            f"{exc}; check that the file is complete, or convert it with ffmpeg"
+        ) from None
+    with container:
+        if not container.streams.video:
+            raise FormatError(
+                f"{path}: expected a video stream, found none (streams: "
+                f"{[s.type for s in container.streams] or 'none'}); pass a file with video"
+            )
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        facts = {
+            "index": stream.index,
+            "height": ctx.height,
+            "width": ctx.width,
+            "time_base": stream.time_base,
+            "rate": stream.average_rate,
+            "codec": ctx.name,
+            "pix_fmt": ctx.format.name if ctx.format else "unknown",
+            "pixels": _Pixels.of(ctx.format),
+        }
+        pts, keys = [], []
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.is_discard:
+                continue  # the flush packet at the end; packets an edit list hides
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if ts is None:
+                raise FormatError(
+                    f"{path}: expected timestamps on every video packet, found one without; "
+                    "remux the file first, e.g. ffmpeg -i IN -c copy OUT.mkv"
+                )
+            pts.append(ts)
+            if packet.is_keyframe:
+                keys.append((ts, packet.dts if packet.dts is not None else ts))
+    pts.sort()
+    if not pts or len(set(pts)) != len(pts) or min(facts["height"], facts["width"]) < 1:
+        raise FormatError(
+            f"{path}: expected frames with distinct timestamps, got {len(pts)} packets "
+            f"({len(pts) - len(set(pts))} repeated timestamps, frame size "
+            f"{facts['width']}x{facts['height']}); re-encode it, e.g. "
+            "ffmpeg -i IN -c:v ffv1 OUT.mkv"
+        )
+    keys.sort()
+    key_pts = [k[0] for k in keys]
+    if keys and pts[0] < key_pts[0]:
+        # A cut stream: frames before its first keyframe reference data that is gone.
+        skipped = bisect.bisect_left(pts, key_pts[0])
+        warnings.warn(
+            f"{path}: skipped the first {skipped} of {len(pts)} frames: they come before "
+            "the first keyframe, so they cannot be decoded correctly",
+            CubepipeWarning,
+            stacklevel=3,
+        )
+        pts = pts[skipped:]
+    seek = [
+        keys[i - 1][1] if i else _FROM_START for i in (bisect.bisect_right(key_pts, t) for t in pts)
+    ]
+    facts["plan"] = np.array([pts, seek], dtype=np.int64).T.copy()
+    return facts
+
+
+def _decode_into(
+    out: np.ndarray, av: ModuleType, path: str, index: int, want: dict, seek: int, pixels: _Pixels
+) -> None:
+    """Decode the frames whose pts are keys of ``want`` into ``out``, popping them."""
+    last = max(want)
+    with av.open(path) as container:
+        stream = container.streams[index]
+        if seek != _FROM_START:
+            container.seek(int(seek), stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            ts = frame.pts if frame.pts is not None else frame.dts
+            if ts in want:
+                out[want.pop(ts)] = pixels.array(frame, *out.shape[-2:])
+            if not want or (ts is not None and ts > last):
+                break
+
+
+def _read_frames(
+    plan: np.ndarray, *, path: str, index: int, pixels: _Pixels, shape: tuple
+) -> np.ndarray:
+    """Decode one block of frames (a dask block); ``plan`` rows are ``(pts, seek point)``."""
+    av = _import_av()
+    out = np.empty((len(plan), *shape), dtype=np.dtype(pixels.dtype))
+    seek = int(plan[:, 1].min())
+    for start in (seek, _FROM_START) if seek != _FROM_START else (seek,):
+        # Decoding from the start is the fallback for a seek that lands after a wanted
+        # frame (a demuxer with an inexact index); it costs O(video), not O(GOP).
+        want = {int(ts): i for i, ts in enumerate(plan[:, 0])}
+        _decode_into(out, av, path, index, want, start, pixels)
+        if not want:
+            return out
+    raise FormatError(
+        f"{path}: expected frames with pts {sorted(want)[:5]} but decoding did not "
+        "produce them; the file may be damaged: re-encode it, e.g. "
+        "ffmpeg -i IN -c:v ffv1 OUT.mkv"
+    )
+
+
+def open_video(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> xr.Dataset:
+    """Open the first video stream of a file lazily as a cube Dataset.
+
+    Parameters
+    ----------
+    path
+        An mp4, mkv, avi, mov or webm file (anything FFmpeg demuxes).
+    chunks
+        Chunk size per dim. ``frame`` sets the frames decoded per block (default
+        :data:`FRAMES_PER_BLOCK`, fewer when a block would pass
+        :data:`~cubepipe.storage.layout.MAX_CHUNK_BYTES`); the others follow
+        :func:`~cubepipe.storage.layout.default_chunks`.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``cube`` with dims ``(frame, band, y, x)``: ``band`` is ``R, G, B`` (or one
+        ``grey`` band for grey pixel formats), uint8, or uint16 when the stream has more
+        than 8 bits per sample, holding values at the stream's own depth (0..1023 for
+        10-bit video; ``cube.attrs["bit_depth"]`` says which); alpha is dropped.
+        Coordinates ``time`` (presentation time in seconds, float64, over ``frame``) and
+        ``band_name``.
+
+    Raises
+    ------
+    MissingDependencyError
+        When PyAV (``av``) is not installed: ``pip install 'cubepipe[video]'``.
+    FormatError
+        When FFmpeg cannot open the file, it has no video stream, or its timestamps are
+        unusable.
+
+    Warns
+    -----
+    CubepipeWarning
+        When frames before the stream's first keyframe (a cut stream) are skipped.
+
+    Notes
+    -----
+    The frame count is the number of video packets found by one demux pass (which
+    reads the file once but decodes nothing), less any before the first keyframe; the
+    container's own ``frames`` field is not trusted since many containers (mkv, webm)
+    leave it 0.
+    """
+    av = _import_av()
+    p = Path(path)
+    facts = _scan(av, p)
+    pixels = facts["pixels"]
+    dtype = np.dtype(pixels.dtype)
+    n_frames, h, w = len(facts["plan"]), facts["height"], facts["width"]
+    shape = (len(pixels.bands), h, w)
+    frame_bytes = int(np.prod(shape)) * dtype.itemsize
+    per_block = dict(chunks or {}).get("frame", FRAMES_PER_BLOCK)
+    per_block = max(1, min(int(per_block), MAX_CHUNK_BYTES // frame_bytes or 1))
+    sizes = {"frame": n_frames, "band": shape[0], "y": h, "x": w}
+    want = default_chunks(sizes, dtype.itemsize, overrides={**(chunks or {}), "frame": per_block})
+    frame_chunks = da.core.normalize_chunks(want["frame"], (n_frames,))[0]
+    plan = da.from_array(facts["plan"], chunks=(frame_chunks, 2))
+    st = p.stat()
+    name = "cubepipe-ingest-read-video-" + tokenize(
+        str(p.resolve()), st.st_mtime_ns, st.st_size, want
+    )
+    frames = da.map_blocks(
+        _read_frames,
+        plan,
+        name=name,
+        chunks=(frame_chunks, *((n,) for n in shape)),
+        new_axis=[2, 3],
+        dtype=dtype,
+        meta=np.empty((0, 0, 0, 0), dtype=dtype),
+        path=str(p),
+        index=facts["index"],
+        pixels=pixels,
+        shape=shape,
+    )
+    frames = frames.rechunk(tuple(want[d] for d in sizes))
+    time = facts["plan"][:, 0].astype(np.float64) * float(facts["time_base"])
+    coords = {
+        "time": ("frame", time, {"units": "s", "long_name": "presentation time"}),
+        "band_name": ("band", np.array(pixels.bands, dtype=object)),
+    }
+    attrs = {"source": str(path), "format": "video", "codec": facts["codec"]}
+    attrs |= {"pix_fmt": facts["pix_fmt"]}
+    if facts["rate"]:
+        attrs["fps"] = float(facts["rate"])
+    cube = xr.Variable(("frame", "band", "y", "x"), frames, {"bit_depth": pixels.bits})
+    return xr.Dataset({"cube": cube}, coords=coords, attrs=attrs)
+
+
+def _sniff(head: bytes, path: Path) -> bool:
+    """MP4/MOV (``ftyp`` box, not a HEIF/AVIF image), Matroska/WebM or AVI."""
+    if head[4:8] == b"ftyp":
+        return head[8:12] not in _IMAGE_BRANDS
+    return head.startswith(b"\x1aE\xdf\xa3") or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+
+
+SPEC = register(
+    ReaderSpec(
+        name="video",
+        suffixes=(".mp4", ".m4v", ".mkv", ".avi", ".mov", ".webm"),
+        sniff=_sniff,
+        open=open_video,
+    )
+)
