@@ -1,1 +1,334 @@
-"""Export: cube stores -> files (being written: issue 3)."""
+"""Export: a cube store -> files other tools read (``cubepipe export``).
+
+The writer is chosen by the suffix of the output:
+
+``.tif``/``.tiff``
+    Float TIFF, one page per band (per image/frame, then band, for stores with a leading
+    dim), bit for bit: negatives, NaN, -0.0, subnormals, +-3.4e38. Streamed: the cube is
+    read once, chunk by chunk, and never held in memory. BigTIFF above 4 GiB. Read by
+    tifffile, Pillow (mode ``F``) and OpenCV (``IMREAD_UNCHANGED``, ``imreadmulti``).
+``.npy``
+    The same values as a NumPy array with the store's dims (``(..., band, y, x)``).
+``.png``, ``.jpg``/``.jpeg``
+    Unsigned 8-bit (PNG: or 16-bit with ``bits=16``) previews. They cannot hold negative
+    or fractional values, so they need an explicit ``scale`` (the range mapped onto the
+    integers); each image gets a JSON sidecar (:mod:`~cubepipe.storage.sidecar`) from
+    which ``q * scale + offset`` restores floats within its ``max_abs_error``; code 0
+    marks NaN. File layout (grey/RGB/per band/per frame): :mod:`.writers.scaled`.
+
+Float dtypes of ``.tif``/``.npy``: :mod:`.writers.floats`. Every file is written under a
+temporary name in the output directory and renamed into place only when all files are
+complete; existing files are replaced only with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .errors import InputError
+from .layout import CORE_DIMS, LEADING_DIMS
+from .sidecar import sidecar_path
+from .store import open_cube
+from .writers._staging import check_free
+from .writers.floats import export_floats
+from .writers.scaled import ImagePlan, export_images, plan_images
+from .writers.scaling import ScaleSpec, parse_scale
+
+__all__ = ["SUFFIXES", "ExportJob", "ExportResult", "export", "prepare_export"]
+
+#: Output suffix -> format.
+SUFFIXES = {
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".npy": "npy",
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+}
+
+
+class ExportResult(list[Path]):
+    """The files written (a ``list[Path]``) plus what the export did.
+
+    Attributes
+    ----------
+    dtype
+        dtype of the values in the files (``float32``, ``uint8``, ...).
+    max_abs_error
+        Largest ``|exported - store value|`` (scaled images: after restoring
+        ``q * scale + offset`` in float64); 0.0 for an exact export.
+    clipped
+        Values outside the chosen ``scale`` range, clipped (scaled images only).
+    sidecars
+        The sidecar files written (scaled images only).
+    summary
+        One line describing the export.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        *,
+        dtype: str,
+        max_abs_error: float,
+        summary: str,
+        clipped: int = 0,
+        sidecars: Sequence[Path] = (),
+    ) -> None:
+        super().__init__(files)
+        self.dtype = dtype
+        self.max_abs_error = max_abs_error
+        self.clipped = clipped
+        self.sidecars = list(sidecars)
+        self.summary = summary
+
+
+def _format_of(out: Path) -> str:
+    fmt = SUFFIXES.get(out.suffix.lower())
+    if fmt is None:
+        raise InputError(
+            f"cannot export to {out.name}: unknown suffix {out.suffix or '(none)'!r}; "
+            f"supported: {', '.join(SUFFIXES)}"
+        )
+    return fmt
+
+
+def _check_options(out: Path, fmt: str, scale: str | None, bits: int | None) -> int | None:
+    """Validate ``scale``/``bits`` for ``fmt`` before any data is read; the bits to use."""
+    if fmt in ("tiff", "npy"):
+        if scale is not None:
+            raise InputError(
+                f"--scale applies to .png/.jpg exports; {out.name} holds exact floats "
+                "(drop --scale, or export .png with --scale for a scaled preview)"
+            )
+        if bits not in (None, 32, 64):
+            raise InputError(
+                f"--bits {bits} is not a float width: {out.suffix} exports write floats "
+                "(--bits 32 or 64); for 8/16-bit integers export .png with --scale"
+            )
+        return bits
+    if scale is None:
+        raise InputError(
+            f"cannot export {out.name} without --scale: PNG/JPEG hold only non-negative "
+            "integers, so negative and fractional values would be lost; choose the range to "
+            "map onto them with --scale minmax (or percentile:1,99 or fixed:A,B), or export "
+            ".tif/.npy for exact floats"
+        )
+    allowed = (8,) if fmt == "jpeg" else (8, 16)
+    if bits is not None and bits not in allowed:
+        hint = "use .png for 16 bits" if fmt == "jpeg" else "use .tif/.npy for floats"
+        raise InputError(
+            f"--bits {bits} is not possible for {out.name} (PNG: 8 or 16, JPEG: 8); {hint}"
+        )
+    return 8 if bits is None else bits
+
+
+def _select(
+    ds: xr.Dataset, variable: str, bands: Sequence[int] | None, store: Path
+) -> tuple[xr.DataArray, list[int]]:
+    if variable not in ds.data_vars:
+        have = ", ".join(map(str, ds.data_vars)) or "none"
+        raise InputError(f"{store} has no variable {variable!r} to export (has: {have})")
+    var = ds[variable]
+    dims = tuple(map(str, var.dims))
+    lead_ok = var.ndim == 3 or (var.ndim == 4 and dims[0] in LEADING_DIMS)
+    if dims[-3:] != CORE_DIMS or not lead_ok:
+        raise InputError(
+            f"{store}:{variable} has dims {dims}; export needs (band, y, x), optionally with "
+            f"a leading {' or '.join(LEADING_DIMS)} dim"
+        )
+    if var.dtype.kind not in "fiu":
+        raise InputError(f"{store}:{variable} has dtype {var.dtype}; only real values export")
+    n = var.sizes["band"]
+    idx = list(range(n)) if bands is None else [int(b) for b in bands]
+    if not idx or any(not 0 <= b < n for b in idx):
+        raise InputError(
+            f"bad --bands {','.join(map(str, idx)) or '(empty)'}: {store}:{variable} has {n} "
+            f"band(s), indices 0..{n - 1}"
+        )
+    if len(set(idx)) != len(idx) and len(idx) != 3:
+        raise InputError(f"--bands lists a band twice ({','.join(map(str, idx))}); list each once")
+    return (var if bands is None else var.isel(band=idx)), idx
+
+
+@dataclass
+class ExportJob:
+    """A validated export, ready to :meth:`run` (made by :func:`prepare_export`)."""
+
+    var: xr.DataArray
+    out: Path
+    fmt: str
+    bands: list[int]
+    source: str
+    bits: int | None
+    spec: ScaleSpec | None
+    plans: list[ImagePlan]
+
+    def run(self) -> ExportResult:
+        """Read the store and write the file(s)."""
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        return self._floats() if self.spec is None else self._images()
+
+    def _floats(self) -> ExportResult:
+        r = export_floats(
+            self.var,
+            self.out,
+            fmt=self.fmt,
+            bits=self.bits,
+            bands=self.bands,
+            source=self.source,
+        )
+        src, dtype, err = self.var.dtype, r["dtype"], r["max_abs_error"]
+        if not r["exact"]:
+            how = f"rounded from the store's {src} values, max abs error {err:.3g}"
+        elif src == dtype:
+            how = f"bit-exact copy of the store's {src} values"
+        else:
+            how = f"the store's {src} values, widened exactly"
+        stored = self.var.attrs.get("max_abs_error")
+        if stored:
+            enc = self.var.attrs.get("cubepipe_encoding", "its encoding")
+            how += f"; the store itself is within {stored:.3g} of its source ({enc})"
+        n_pages = int(np.prod(self.var.shape[:-2]))
+        pages = f", {n_pages} page(s)" if self.fmt == "tiff" else ""
+        shape = "x".join(map(str, self.var.shape))
+        summary = f"wrote {self.out} ({self.fmt}, {dtype} {shape}{pages}; {how})"
+        return ExportResult(
+            [self.out], dtype=str(r["dtype"]), max_abs_error=r["max_abs_error"], summary=summary
+        )
+
+    def _images(self) -> ExportResult:
+        assert self.bits is not None and self.spec is not None
+        r = export_images(
+            self.var,
+            self.plans,
+            fmt=self.fmt,
+            spec=self.spec,
+            bits=self.bits,
+            bands=self.bands,
+            source=self.source,
+        )
+        files = r["files"]
+        names = str(files[0]) if len(files) == 1 else f"{files[0]} .. {files[-1].name}"
+        kind = "RGB preview" if len(self.bands) == 3 else "grey"
+        lo, hi = r["range"]
+        summary = (
+            f"wrote {len(files)} {self.fmt.upper()} file(s) {names} ({self.bits}-bit {kind}, "
+            f"--scale {self.spec} -> [{lo:.6g}, {hi:.6g}], NaN -> 0) + *.cubepipe.json sidecars; "
+            f"q*scale+offset restores floats within {r['max_abs_error']:.3g}; "
+            f"{r['clipped']} value(s) clipped"
+        )
+        return ExportResult(
+            files,
+            dtype=f"uint{self.bits}",
+            max_abs_error=r["max_abs_error"],
+            clipped=r["clipped"],
+            sidecars=[sidecar_path(f) for f in files],
+            summary=summary,
+        )
+
+
+def prepare_export(
+    store: str | Path,
+    out: str | Path,
+    *,
+    bands: Sequence[int] | None = None,
+    scale: str | None = None,
+    bits: int | None = None,
+    variable: str = "cube",
+    overwrite: bool = False,
+    allow_incomplete: bool = False,
+) -> ExportJob:
+    """Validate an export without reading any data (see :func:`export`): options, the
+    store and variable, bands, and that no output file exists (unless ``overwrite``)."""
+    out, store = Path(out), Path(store)
+    fmt = _format_of(out)
+    bits = _check_options(out, fmt, scale, bits)
+    spec = parse_scale(scale) if scale is not None else None
+    var, idx = _select(open_cube(store, allow_incomplete=allow_incomplete), variable, bands, store)
+    plans: list[ImagePlan] = []
+    if spec is None:
+        check_free([out], overwrite=overwrite)
+    else:
+        if bits == 16 and len(idx) == 3:
+            raise InputError(
+                f"cannot write {out.name} as a 16-bit RGB PNG (Pillow writes RGB in 8 bits); "
+                "use --bits 8 for the RGB preview, or export bands one at a time as 16-bit greys"
+            )
+        lead = str(var.dims[0]) if var.ndim == 4 else None
+        n_lead = var.shape[0] if lead else 1
+        plans = plan_images(out, lead_dim=lead, n_lead=n_lead, bands=idx)
+        outputs = [p for pl in plans for p in (pl.path, sidecar_path(pl.path))]
+        check_free(outputs, overwrite=overwrite)
+    return ExportJob(var, out, fmt, idx, str(store), bits, spec, plans)
+
+
+def export(
+    store: str | Path,
+    out: str | Path,
+    *,
+    bands: Sequence[int] | None = None,
+    scale: str | None = None,
+    bits: int | None = None,
+    variable: str = "cube",
+    overwrite: bool = False,
+    allow_incomplete: bool = False,
+) -> ExportResult:
+    """Export a store's variable to ``out``; the format follows its suffix.
+
+    Parameters
+    ----------
+    store
+        A cube store (opened with :func:`~cubepipe.storage.store.open_cube`, so encoded
+        variables are decoded first).
+    out
+        Output file: ``.tif``/``.tiff``, ``.npy``, ``.png``, ``.jpg``/``.jpeg``. Image
+        exports of several bands or of image/frame stores write numbered files beside it.
+    bands
+        Band indices to export, in that order (default: all). For PNG/JPEG one band makes
+        a grey image, three an RGB preview, any other number one grey image per band.
+    scale
+        PNG/JPEG only, required: ``"minmax"``, ``"percentile:LO,HI"`` or ``"fixed:A,B"``.
+    bits
+        ``.tif``/``.npy``: 32 or 64 (float width). PNG: 8 (default) or 16. JPEG: 8.
+    variable
+        Data variable to export, dims ``(band, y, x)`` or ``(image|frame, band, y, x)``.
+    overwrite
+        Replace existing output files (and sidecars).
+    allow_incomplete
+        Read a store whose writer did not finish.
+
+    Returns
+    -------
+    ExportResult
+        The files written (a list of paths), with ``dtype``, ``max_abs_error``,
+        ``clipped``, ``sidecars`` and a one-line ``summary``.
+
+    Raises
+    ------
+    InputError
+        Unknown suffix, missing or bad ``scale``/``bits``/``bands``, a float narrowing
+        that would overflow, a scale range over no finite values.
+    StoreExistsError
+        An output exists and ``overwrite`` is False.
+
+    Notes
+    -----
+    Clipping (values outside the chosen scale range) also emits a
+    :class:`~cubepipe.storage.errors.CubepipeWarning`.
+    """
+    return prepare_export(
+        store,
+        out,
+        bands=bands,
+        scale=scale,
+        bits=bits,
+        variable=variable,
+        overwrite=overwrite,
+        allow_incomplete=allow_incomplete,
+    ).run()

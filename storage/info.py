@@ -61,7 +61,14 @@ def describe(path: str | Path) -> dict[str, Any]:
             "bytes_on_disk": _dir_bytes(p / name),
             "encoding": {
                 k: arr_attrs[k]
-                for k in ("cubepipe_encoding", "scale_factor", "add_offset", "max_abs_error")
+                for k in (
+                    "cubepipe_encoding",
+                    "cubepipe_source_dtype",
+                    "scale_factor",
+                    "add_offset",
+                    "_FillValue",
+                    "max_abs_error",
+                )
                 if k in arr_attrs
             },
         }

@@ -200,6 +200,10 @@ def _prepare(ds: xr.Dataset, chunks: Mapping[Hashable, int] | None) -> tuple[xr.
             continue
         out[name] = out[name].copy(data=arr)
         encoding[str(name)] = {"chunks": target, "compressors": default_compressors()}
+        if "_FillValue" in var.attrs and var.dtype.kind in "iu":
+            # A CF-encoded integer variable (storage.encodings): make the zarr array's
+            # fill_value agree with its _FillValue, so readers that mask by either agree.
+            encoding[str(name)]["fill_value"] = var.dtype.type(var.attrs["_FillValue"])
     return out, encoding
 
 

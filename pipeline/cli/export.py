@@ -1,1 +1,89 @@
-"""``cubepipe export`` (being written: issue 3)."""
+"""``cubepipe export STORE -o FILE [--bands ...] [--scale ...] [--bits ...]``."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import click
+
+from cubepipe.storage.errors import CubepipeWarning, InputError
+from cubepipe.storage.export import SUFFIXES, prepare_export
+
+from ._app import CliState, cli, pass_state
+
+
+def _parse_bands(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InputError(
+            f"bad --bands {text!r}: expected comma-separated band indices such as 0,3,7"
+        ) from None
+
+
+@cli.command("export")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"Output file; its suffix picks the format ({', '.join(SUFFIXES)}).",
+)
+@click.option("--bands", metavar="0,3,7", help="Band indices to export, in order (default all).")
+@click.option(
+    "--scale",
+    metavar="minmax|percentile:LO,HI|fixed:A,B",
+    help="PNG/JPEG only (required there): the value range mapped onto the integer codes.",
+)
+@click.option(
+    "--bits",
+    type=click.Choice(["8", "16", "32", "64"]),
+    help="PNG: 8 (default) or 16; JPEG: 8; TIFF/NPY: 32 or 64 (float width).",
+)
+@click.option("--variable", default="cube", show_default=True, help="Data variable to export.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--allow-incomplete", is_flag=True, help="Read a store whose writer did not finish.")
+@pass_state
+def export_cmd(
+    state: CliState,
+    store: Path,
+    output: Path,
+    bands: str | None,
+    scale: str | None,
+    bits: str | None,
+    variable: str,
+    overwrite: bool,
+    allow_incomplete: bool,
+) -> None:
+    """Export STORE to a file other tools read.
+
+    .tif/.npy hold the exact floats (TIFF: one page per band; read by tifffile, Pillow,
+    OpenCV). .png/.jpg are scaled integer previews: they need --scale and get a
+    FILE.cubepipe.json sidecar from which q*scale+offset restores floats within its
+    max_abs_error (code 0 = NaN). One band -> grey, three -> RGB, others -> one file per
+    band (FILE_bNN.png); image/frame stores -> numbered files per image/frame.
+    """
+    # Validate everything that needs no data first, so bad input is one stderr line.
+    job = prepare_export(
+        store,
+        output,
+        bands=_parse_bands(bands),
+        scale=scale,
+        bits=int(bits) if bits else None,
+        variable=variable,
+        overwrite=overwrite,
+        allow_incomplete=allow_incomplete,
+    )
+    with state.compute(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CubepipeWarning)
+        result = job.run()
+    for w in caught:
+        if issubclass(w.category, CubepipeWarning):
+            click.echo(f"cubepipe: warning: {' '.join(str(w.message).split())}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    click.echo(result.summary)

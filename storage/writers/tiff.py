@@ -1,0 +1,62 @@
+"""Float TIFF: one page per band (per leading index, then band), written in one pass.
+
+The file is laid out by :func:`tifffile.memmap` (uncompressed, native byte order, strips of
+about 1 MiB, pages contiguous) and every chunk of the cube is converted and written into
+its place by :func:`~._stream.stream_into`, so the cube is read once and never held in
+memory. Files above :data:`BIGTIFF_BYTES` are BigTIFF. tifffile's JSON description records
+the full shape (e.g. ``(frame, band, y, x)``) and ``metadata`` (source, variable, bands). tifffile, Pillow (mode ``F``,
+float32 pages) and OpenCV (``cv2.imread``/``cv2.imreadmulti`` with
+``cv2.IMREAD_UNCHANGED``) read the result bit for bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import tifffile
+
+from ._stream import Converter, MemmapTarget, stream_into
+
+__all__ = ["BIGTIFF_BYTES", "write_tiff"]
+
+#: Classic TIFF offsets are 32-bit: leave 32 MiB of headroom for tags and strip tables.
+BIGTIFF_BYTES = 2**32 - 2**25
+_STRIP_BYTES = 2**20
+
+
+def write_tiff(
+    data: da.Array,
+    path: Path,
+    *,
+    dtype: np.dtype,
+    convert: Converter,
+    k: int,
+    metadata: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """Write ``convert(data)`` (``(..., band, y, x)``) to a new TIFF at ``path``.
+
+    Returns the converter's statistics (see :func:`~._stream.stream_into`).
+    """
+    dtype = np.dtype(dtype)
+    shape = tuple(int(n) for n in data.shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    rows = max(1, min(shape[-2], _STRIP_BYTES // max(1, shape[-1] * dtype.itemsize)))
+    if shape[-1] == 1:
+        # tifffile's "shaped" layout drops trailing length-1 dims (x == 1 would become the
+        # page width of y); without it the pages keep their (y, x) geometry for all readers.
+        metadata = None
+    mm = tifffile.memmap(
+        str(path),
+        shape=shape,
+        dtype=dtype,
+        photometric="minisblack",
+        rowsperstrip=rows,
+        bigtiff=nbytes > BIGTIFF_BYTES,
+        metadata=metadata,
+    )
+    target = MemmapTarget(str(path), int(mm.offset), dtype.str, shape)
+    del mm
+    return stream_into(data, target, convert, k=k, token="cubepipe-export-tiff")
