@@ -17,7 +17,7 @@ $(VENV)/.installed-core: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e ".[dev,distributed]"
+	$(PIP) install -e ".[dev,distributed,video]"
 	touch $@ $(VENV)/.installed-core
 
 demo: $(VENV)/.installed-core

@@ -2,8 +2,8 @@
 and write the result table (markdown + JSON) under benchmarks/results/.
 
 A benchmark script defines ``CASES = {name: function(size, workdir) -> dict}`` and calls
-:func:`main`. Every case runs in a fresh child process so that its peak resident memory
-(``ru_maxrss`` of that child alone) is its own; the parent reports ratios to a baseline.
+:func:`main`. Every case runs in a fresh child process that reports its own peak resident
+memory (``VmHWM``); the parent reports ratios to a baseline.
 """
 
 from __future__ import annotations
@@ -33,7 +33,18 @@ def _child(cases: dict[str, Case], case: str, size: str, workdir: Path) -> None:
     t0 = time.perf_counter()
     extra = cases[case](size, workdir) or {}
     seconds = time.perf_counter() - t0
-    print("BENCH-RESULT " + json.dumps({"seconds": seconds, **extra}), flush=True)
+    result = {"seconds": seconds, "peak_rss_mb": _vm_hwm_mb(), **extra}
+    print("BENCH-RESULT " + json.dumps(result), flush=True)
+
+
+def _vm_hwm_mb() -> float:
+    """This process's own peak RSS. (``ru_maxrss`` of a child is not: on Linux it starts
+    from the parent's high-water mark at fork/exec, so it over-reports.)"""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _run_child(script: str, case: str, size: str, workdir: Path) -> dict[str, Any]:
@@ -43,16 +54,12 @@ def _run_child(script: str, case: str, size: str, workdir: Path) -> dict[str, An
             [sys.executable, script, "--child", case, "--size", size, "--workdir", str(workdir)],
             stdout=out,
         )
-        # wait4 reaps the child and returns its own resource usage (peak RSS included).
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.wait()
     if proc.returncode:
         raise SystemExit(f"benchmark case {case} ({size}) failed with exit {proc.returncode}")
     lines = out_file.read_text().splitlines()
     line = next(line for line in lines if line.startswith("BENCH-RESULT "))
-    result = json.loads(line.removeprefix("BENCH-RESULT "))
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
-    return result
+    return json.loads(line.removeprefix("BENCH-RESULT "))
 
 
 def machine() -> dict[str, Any]:

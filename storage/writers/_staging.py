@@ -64,6 +64,13 @@ class Staging:
 
     def commit(self) -> None:
         for tmp, final in self._pairs:
+            # Blocks were written through shared memory maps without per-block flushes;
+            # one fsync here puts the finished file on disk before it gets its real name.
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, final)
         self._pairs.clear()
         self.abort()  # what is left are scratch files
