@@ -26,6 +26,7 @@ __all__ = [
     "cube_and_valid",
     "fit_stats",
     "stats_from_json",
+    "stats_from_packed",
     "stats_to_json",
     "take_stats",
 ]
@@ -86,15 +87,22 @@ def fit_stats(
     packed = band_moments(
         cube.data, band_axis=cube.get_axis_num("band"), valid=valid, split_every=split_every
     )
+    return stats_from_packed(packed, cube, variable)
+
+
+def stats_from_packed(packed: Any, cube: xr.DataArray, variable: str = "cube") -> xr.Dataset:
+    """The ``stats_*`` Dataset from packed moments ``(band, 5)`` (NumPy: computed; dask:
+    lazy), with the band coordinates of ``cube``."""
+    xp = da if isinstance(packed, da.Array) else np
     n = packed[:, N]
     empty = n == 0
     nan = np.float64(np.nan)
     fields = {
         "stats_count": n.astype(np.int64),
-        "stats_mean": da.where(empty, nan, packed[:, MEAN]),
-        "stats_std": da.where(empty, nan, da.sqrt(packed[:, M2] / da.maximum(n, 1))),
-        "stats_min": da.where(empty, nan, packed[:, MIN]),
-        "stats_max": da.where(empty, nan, packed[:, MAX]),
+        "stats_mean": xp.where(empty, nan, packed[:, MEAN]),
+        "stats_std": xp.where(empty, nan, xp.sqrt(packed[:, M2] / xp.maximum(n, 1))),
+        "stats_min": xp.where(empty, nan, packed[:, MIN]),
+        "stats_max": xp.where(empty, nan, packed[:, MAX]),
     }
     coords = {k: v for k, v in cube.coords.items() if v.dims == ("band",)}
     out = xr.Dataset({k: ("band", v) for k, v in fields.items()}, coords=coords)

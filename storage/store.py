@@ -11,7 +11,7 @@ import copy
 import json
 import shutil
 import warnings
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,10 @@ def default_compressors() -> list[Any]:
     one; level 1 keeps compression far faster than the disk.
     """
     return [ZstdCodec(level=1, checksum=True)]
+
+
+def _jsonable(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") and np.ndim(v) == 0 else np.asarray(v).tolist()
 
 
 def _now() -> str:
@@ -274,6 +278,8 @@ def write_cube(
     chunks: Mapping[Hashable, int] | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    results: Mapping[str, Any] | None = None,
+    summarize: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write ``ds`` to a new cube store at ``path``, chunk by chunk.
 
@@ -293,6 +299,11 @@ def write_cube(
         (and decodable) are skipped, and only the missing ones are computed.
     overwrite
         Replace an existing store at ``path``.
+    results, summarize
+        Extra dask collections (e.g. error-metric partials) computed in the same pass as
+        the writes, so tasks they share with the data are run once; ``summarize`` turns
+        their values into a JSON-ready mapping, recorded as the history entry's
+        ``results``.
 
     Returns
     -------
@@ -365,11 +376,15 @@ def write_cube(
                     writes.append(done.blocks[idx])
         else:
             writes.append(done)
-    if writes:
-        dask.compute(*writes)
+    extra = dict(results or {})
+    computed = dask.compute(*writes, *extra.values()) if (writes or extra) else ()
+    values = dict(zip(extra, computed[len(writes) :], strict=True))
 
     meta["complete"] = True
     meta["history"][-1]["finished"] = _now()
+    if extra:
+        summary = summarize(values) if summarize else values
+        meta["history"][-1]["results"] = json.loads(json.dumps(summary, default=_jsonable))
     group = zarr.open_group(str(p), mode="r+")
     group.attrs[ATTR] = meta
     with warnings.catch_warnings():

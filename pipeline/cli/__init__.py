@@ -1,7 +1,8 @@
 """The ``cubepipe`` command line. Each command lives in its own module and registers on
 :data:`cli`; :func:`main` maps errors to exit codes."""
 
-from . import demo as _demo  # noqa: F401  (registers the command)
+from . import compress as _compress  # noqa: F401  (registers the command)
+from . import demo as _demo  # noqa: F401
 from . import export as _export  # noqa: F401
 from . import info as _info  # noqa: F401
 from . import ingest as _ingest  # noqa: F401

@@ -1,0 +1,202 @@
+"""PCA: exact float64 co-moments in one pass, agreement with scikit-learn on synthetic and
+real hyperspectral cubes, invalid pixels, model re-use, and the two-read budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler
+
+from cubepipe.pipeline.backend import resolve_device, to_device
+from cubepipe.pipeline.moments import NFIELDS, band_moments
+from cubepipe.pipeline.pca import (
+    choose_components,
+    fit_pca,
+    pca_project,
+    pca_reconstruct,
+    reconstruction_metrics,
+    summarize_metrics,
+)
+from cubepipe.pipeline.synthetic import make_cube
+from cubepipe.storage import InputError, history, read_attrs, write_cube
+from cubepipe.storage.ingest import open_input
+
+from .test_stats import counting_open, cube_chunk_reads
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+TESTDATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _pixels(cube: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ok = ~np.isnan(cube).any(axis=0)
+    return cube[:, ok].T.astype(np.float64), ok
+
+
+def _compare_with_sklearn(ds: xr.Dataset, k: int, *, standardize: bool = False) -> None:
+    model, _ = fit_pca(ds, n_components=k, standardize=standardize)
+    x, ok = _pixels(ds["cube"].values)
+    xs = StandardScaler().fit_transform(x) if standardize else x
+    ref = PCA(n_components=k, svd_solver="full").fit(xs)
+    np.testing.assert_allclose(
+        model["pca_explained_variance"].values, ref.explained_variance_, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        model["pca_explained_variance_ratio"].values, ref.explained_variance_ratio_, rtol=1e-6
+    )
+    ev = ref.explained_variance_
+    gaps = np.minimum(np.abs(np.diff(ev, prepend=np.inf)), np.abs(np.diff(ev, append=0)))
+    separated = gaps > 1e-3 * ev[0]
+    cos = np.abs(np.sum(model["pca_components"].values * ref.components_, axis=1))
+    assert np.all(cos[separated] >= 1 - 1e-6), cos
+    if standardize:
+        return
+    scores = pca_project(ds, model)
+    recon = pca_reconstruct(scores, model).values
+    ours = np.sqrt(np.mean((recon[:, ok].T.astype(np.float64) - x) ** 2))
+    theirs = np.sqrt(np.mean((ref.inverse_transform(ref.transform(x)) - x) ** 2))
+    assert ours == pytest.approx(theirs, rel=1e-3)
+    metrics = summarize_metrics(reconstruction_metrics(ds, scores, model).compute())
+    assert metrics["rmse"] == pytest.approx(theirs, rel=1e-3)
+
+
+def test_matches_sklearn_on_a_synthetic_cube() -> None:
+    _compare_with_sklearn(make_cube((15, 120, 140), seed=2, chunks={"y": 50, "x": 64}), 5)
+
+
+def test_matches_sklearn_standardized() -> None:
+    _compare_with_sklearn(make_cube((15, 80, 90), seed=3, chunks={"y": 40}), 4, standardize=True)
+
+
+def test_matches_sklearn_on_the_real_corn_kernel_envi_cube() -> None:
+    ds = open_input(TESTDATA / "envi" / "corn-kernel-hyperspectral.hdr", chunks={"y": 16})
+    _compare_with_sklearn(ds, 5)
+
+
+def test_matches_sklearn_on_indian_pines() -> None:
+    path = SHARED / "indian_pines" / "Indian_pines_corrected.npy"
+    if not path.exists():
+        pytest.skip(f"real data not present: {path}")
+    ds = open_input(path, chunks={"y": 64, "x": 64})
+    ds["cube"] = (ds["cube"] - 1000) / 500  # DN -> radiance: a signed float cube
+    _compare_with_sklearn(ds, 5)
+
+
+def test_offset_covariance_is_exact_where_the_uncentred_formula_fails() -> None:
+    rng = np.random.default_rng(5)
+    mix = rng.normal(size=(4, 4))
+    x = (1000 + 0.01 * np.einsum("ij,jyx->iyx", mix, rng.normal(size=(4, 200, 250)))).astype(
+        np.float32
+    )
+    ref = np.cov(x.reshape(4, -1).astype(np.float64), ddof=0)
+    packed = band_moments(
+        da.from_array(x, chunks=(4, 37, 41)), band_axis=0, kind="comoments", split_every=2
+    ).compute()
+    n = packed[0, NFIELDS]
+    ours = packed[:, NFIELDS + 2 :] / n
+    assert np.max(np.abs(ours - ref)) / np.max(np.abs(ref)) < 1e-9
+    flat = x.reshape(4, -1)
+    for dtype in (np.float32, np.float64):
+        f = flat.astype(dtype)
+        mu = f.mean(axis=1, dtype=dtype)
+        uncentred = (f @ f.T) / f.shape[1] - np.outer(mu, mu)
+        assert np.max(np.abs(uncentred - ref)) / np.max(np.abs(ref)) > 1e-9
+
+
+def test_variance_fraction_picks_sklearns_k() -> None:
+    ds = make_cube((15, 60, 70), seed=4)
+    x, _ = _pixels(ds["cube"].values)
+    for frac in (0.5, 0.9, 0.99, 0.999, 0.9999):
+        ref = PCA(n_components=frac, svd_solver="full").fit(x)
+        model, _ = fit_pca(ds, variance=frac)
+        assert model.sizes["component"] == ref.n_components_, frac
+    with pytest.raises(InputError, match="exactly one"):
+        choose_components(np.ones(3) / 3, n_components=2, variance=0.5)
+    with pytest.raises(InputError, match="between 1 and 3"):
+        choose_components(np.ones(3) / 3, n_components=4, variance=None)
+
+
+def test_whitened_scores_match_sklearn() -> None:
+    ds = make_cube((10, 50, 60), seed=6, nan_disc=False)
+    model, _ = fit_pca(ds, n_components=3, whiten=True)
+    x, _ = _pixels(ds["cube"].values)
+    ref = PCA(3, svd_solver="full", whiten=True).fit(x)
+    ours = pca_project(ds, model).values.reshape(3, -1).T
+    theirs = ref.transform(x)
+    signs = np.sign(np.sum(ours * theirs, axis=0))
+    np.testing.assert_allclose(ours * signs, theirs, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours.std(axis=0, ddof=1), 1, rtol=1e-4)
+
+
+def test_invalid_pixels_are_left_out_and_stay_invalid() -> None:
+    ds = make_cube((6, 40, 50), seed=7, nan_disc=False)
+    cube = ds["cube"].values.copy()
+    cube[2, 25, 27] = np.nan  # one band missing: the whole pixel is invalid for PCA
+    mask = np.ones((40, 50), bool)
+    mask[:10, :10] = False
+    ds = xr.Dataset(
+        {
+            "cube": (("band", "y", "x"), da.from_array(cube, chunks=(6, 16, 16))),
+            "mask": (("y", "x"), mask),
+        }
+    )
+    model, stats = fit_pca(ds, n_components=2)
+    assert model["pca_components"].attrs["n_samples"] == 40 * 50 - 100 - 1
+    assert int(stats["stats_count"].values[2]) == 40 * 50 - 100 - 1
+    assert int(stats["stats_count"].values[0]) == 40 * 50 - 100
+    s = pca_project(ds, model).values
+    assert np.isnan(s[:, 25, 27]).all() and np.isnan(s[:, :10, :10]).all()
+    assert np.isfinite(s[:, 30:, 30:]).all()
+
+
+def test_model_reapplies_to_another_store(tmp_path: Path) -> None:
+    a = make_cube((8, 40, 40), seed=8)
+    b = make_cube((8, 30, 20), seed=9)
+    model, _ = fit_pca(a, n_components=3)
+    s = pca_project(b, model).values
+    x = b["cube"].values.astype(np.float64)
+    w = model["pca_components"].values
+    by_hand = np.einsum("kb,byx->kyx", w, x - model["pca_mean"].values[:, None, None])
+    np.testing.assert_allclose(s, by_hand.astype(np.float32), rtol=1e-5, atol=1e-5)
+
+
+def test_fit_and_project_read_each_chunk_at_most_twice(tmp_path: Path) -> None:
+    path = write_cube(
+        make_cube((15, 100, 120), seed=1), tmp_path / "in.zarr", chunks={"y": 50, "x": 40}
+    )
+    ds, reads = counting_open(path)
+    reads.clear()
+    model, _ = fit_pca(ds, n_components=4)
+    scores = pca_project(ds, model)
+    out = xr.Dataset({"scores": scores}).merge(model.drop_vars("component"), join="override")
+    write_cube(
+        out,
+        tmp_path / "out.zarr",
+        chunks={"component": 4},
+        results={"m": reconstruction_metrics(ds, scores, model)},
+        summarize=lambda v: summarize_metrics(v["m"]),
+    )
+    got = cube_chunk_reads(reads)
+    assert len(got) == 6 and max(got.values()) <= 2
+    assert history(read_attrs(tmp_path / "out.zarr"))[-1]["results"]["rmse"] > 0
+
+
+@pytest.mark.gpu
+def test_cpu_and_gpu_agree() -> None:
+    ds = make_cube((15, 128, 160), seed=10, chunks={"y": 64, "x": 80})
+    cpu_model, _ = fit_pca(ds, n_components=5)
+    gds = to_device(ds, resolve_device("gpu"))
+    gpu_model, _ = fit_pca(gds, n_components=5)
+    np.testing.assert_allclose(
+        gpu_model["pca_explained_variance"].values,
+        cpu_model["pca_explained_variance"].values,
+        rtol=1e-5,
+    )
+    cos = np.abs(np.sum(gpu_model["pca_components"].values * cpu_model["pca_components"].values, 1))
+    assert np.all(cos > 1 - 1e-5)
+    gs = pca_project(gds, cpu_model).data.compute().get()
+    np.testing.assert_allclose(gs, pca_project(ds, cpu_model).values, rtol=1e-5, atol=1e-5)
