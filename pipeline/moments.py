@@ -43,23 +43,46 @@ NFIELDS = 5
 
 
 def block_moments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
-    """Moments ``(band, 5)`` of one chunk, in float64, ignoring NaN and ``~valid``."""
+    """Moments ``(band, 5)`` of one chunk, in float64, ignoring NaN and ``~valid``.
+
+    Sums run over the input dtype with a float64 accumulator; the centred sum of squares
+    uses one float64 copy of the chunk. A chunk with no invalid value (the common case)
+    skips every masking step.
+    """
     xp = array_namespace(block)
     nb = block.shape[band_axis]
     x = xp.reshape(xp.moveaxis(block, band_axis, 0), (nb, -1))
-    x = xp.astype(x, xp.float64)
-    ok = ~xp.isnan(x)
+    f64 = xp.float64
+    bad = xp.isnan(x)
     if valid is not None:
         v = xp.reshape(xp.moveaxis(valid, band_axis, 0), (nb, -1))
-        ok = ok & xp.astype(v, xp.bool)
-    n = xp.sum(xp.astype(ok, xp.float64), axis=1)
-    safe_n = xp.where(n > 0, n, 1.0)
-    mean = xp.sum(xp.where(ok, x, 0.0), axis=1) / safe_n
-    dev = xp.where(ok, x - mean[:, None], 0.0)
-    m2 = xp.sum(dev * dev, axis=1)
-    lo = xp.min(xp.where(ok, x, xp.inf), axis=1) if x.shape[1] else xp.full(nb, xp.inf)
-    hi = xp.max(xp.where(ok, x, -xp.inf), axis=1) if x.shape[1] else xp.full(nb, -xp.inf)
+        bad = bad | ~xp.astype(v, xp.bool)
+    if x.shape[1] == 0:
+        zero = xp.zeros(nb, dtype=f64)
+        return xp.stack([zero, zero, zero, zero + xp.inf, zero - xp.inf], axis=1)
+    if bool(xp.any(bad)):
+        # Some values invalid: summarise each band's valid values (a compressed copy).
+        ok = ~bad
+        rows = [_row_moments(xp, x[i, ...][ok[i, ...]]) for i in range(nb)]
+        return xp.stack(rows, axis=0)
+    n = xp.full(nb, float(x.shape[1]), dtype=f64)
+    mean = xp.sum(x, axis=1, dtype=f64) / n
+    dev = xp.astype(x, f64)
+    dev -= mean[:, None]
+    lo = xp.astype(xp.min(x, axis=1), f64)
+    hi = xp.astype(xp.max(x, axis=1), f64)
+    m2 = xp.vecdot(dev, dev)
     return xp.stack([n, mean, m2, lo, hi], axis=1)
+
+
+def _row_moments(xp: Any, v: Any) -> Any:
+    f64 = xp.float64
+    if v.shape[0] == 0:
+        return xp.asarray([0.0, 0.0, 0.0, xp.inf, -xp.inf], dtype=f64)
+    mean = xp.sum(v, dtype=f64) / v.shape[0]
+    dev = xp.astype(v, f64) - mean
+    lo, hi = xp.astype(xp.min(v), f64), xp.astype(xp.max(v), f64)
+    return xp.stack([xp.asarray(float(v.shape[0]), dtype=f64), mean, xp.vecdot(dev, dev), lo, hi])
 
 
 def merge_moments(a: Any, b: Any) -> Any:
@@ -87,16 +110,20 @@ def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
     xp = array_namespace(block)
     nb = block.shape[band_axis]
     stats = block_moments(block, valid, band_axis=band_axis)
-    x = xp.astype(xp.reshape(xp.moveaxis(block, band_axis, 0), (nb, -1)), xp.float64)
-    ok = xp.all(~xp.isnan(x), axis=0)
+    x = xp.reshape(xp.moveaxis(block, band_axis, 0), (nb, -1))
+    bad = xp.any(xp.isnan(x), axis=0)
     if valid is not None:
         v = xp.reshape(xp.moveaxis(valid, band_axis, 0), (nb, -1))
-        ok = ok & xp.all(xp.astype(v, xp.bool), axis=0)
-    n = xp.sum(xp.astype(ok, xp.float64))
-    mean = xp.sum(xp.where(ok[None, :], x, 0.0), axis=1) / xp.where(n > 0, n, 1.0)
-    dev = xp.where(ok[None, :], x - mean[:, None], 0.0)
+        bad = bad | ~xp.all(xp.astype(v, xp.bool), axis=0)
+    if bool(xp.any(bad)):
+        x = x[:, ~bad]  # the pixels valid in every band
+    n = float(x.shape[1])
+    f64 = xp.float64
+    mean = xp.sum(x, axis=1, dtype=f64) / max(n, 1.0)
+    dev = xp.astype(x, f64)
+    dev -= mean[:, None]
     cross = dev @ xp.permute_dims(dev, (1, 0))
-    ncol = xp.full((nb, 1), n, dtype=xp.float64)
+    ncol = xp.full((nb, 1), n, dtype=f64)
     return xp.concat([stats, ncol, mean[:, None], cross], axis=1)
 
 

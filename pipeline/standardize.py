@@ -77,8 +77,13 @@ def _affine(block: Any, *, center: Any, scale: Any, band_axis: int, inverse: boo
     shape[band_axis] = -1
     c = xp.reshape(xp.asarray(center, dtype=xp.float64), tuple(shape))
     s = xp.reshape(xp.asarray(scale, dtype=xp.float64), tuple(shape))
-    x = xp.astype(block, xp.float64)
-    y = x * s + c if inverse else (x - c) / s
+    y = xp.astype(block, xp.float64)
+    if inverse:
+        y *= s
+        y += c
+    else:
+        y -= c
+        y /= s
     return xp.astype(y, out_dtype)
 
 
