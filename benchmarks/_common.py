@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,22 +30,48 @@ INPUTS = Path(tempfile.gettempdir()) / "cubepipe-bench-inputs"
 Case = Callable[[str, Path], dict[str, Any]]
 
 
+class _AnonSampler(threading.Thread):
+    """Samples this process's anonymous resident memory (``RssAnon``: heap, arrays; not
+    file pages it has mapped, which the kernel can drop) every 10 ms; keeps the peak."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_kb = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.01):
+            self.peak_kb = max(self.peak_kb, _status_kb("RssAnon:"))
+
+    def stop(self) -> float:
+        self._stop_event.set()
+        self.join()
+        return max(self.peak_kb, _status_kb("RssAnon:")) / 1024
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def _child(cases: dict[str, Case], case: str, size: str, workdir: Path) -> None:
+    sampler = _AnonSampler()
+    sampler.start()
     t0 = time.perf_counter()
     extra = cases[case](size, workdir) or {}
     seconds = time.perf_counter() - t0
-    result = {"seconds": seconds, "peak_rss_mb": _vm_hwm_mb(), **extra}
+    anon = sampler.stop()
+    result = {"seconds": seconds, "peak_rss_mb": _vm_hwm_mb(), "peak_anon_mb": anon, **extra}
     print("BENCH-RESULT " + json.dumps(result), flush=True)
 
 
 def _vm_hwm_mb() -> float:
     """This process's own peak RSS. (``ru_maxrss`` of a child is not: on Linux it starts
     from the parent's high-water mark at fork/exec, so it over-reports.)"""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return _status_kb("VmHWM:") / 1024
 
 
 def _run_child(script: str, case: str, size: str, workdir: Path) -> dict[str, Any]:
@@ -118,12 +145,18 @@ def main(
                     "seconds": round(r["seconds"], 3),
                     "ratio_to_" + baseline: round(r["seconds"] / base, 3),
                     "peak_rss_mb": round(r["peak_rss_mb"], 1),
-                    **{k: v for k, v in r.items() if k not in ("seconds", "peak_rss_mb")},
+                    "peak_anon_mb": round(r["peak_anon_mb"], 1),
+                    **{
+                        k: v
+                        for k, v in r.items()
+                        if k not in ("seconds", "peak_rss_mb", "peak_anon_mb")
+                    },
                 }
             )
             print(
                 f"{size:>8} {case:<28} {r['seconds']:8.2f} s  x{r['seconds'] / base:5.2f} "
-                f"of {baseline}  peak RSS {r['peak_rss_mb']:7.0f} MB",
+                f"of {baseline}  peak RSS {r['peak_rss_mb']:7.0f} MB "
+                f"(anon {r['peak_anon_mb']:6.0f} MB)",
                 flush=True,
             )
     if args.quick:
@@ -131,12 +164,14 @@ def main(
     RESULTS.mkdir(exist_ok=True)
     meta = machine()
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": meta, "rows": rows}, indent=2))
-    cols = ["size", "case", "seconds", "ratio_to_" + baseline, "peak_rss_mb"]
+    cols = ["size", "case", "seconds", "ratio_to_" + baseline, "peak_rss_mb", "peak_anon_mb"]
     lines = [
         f"# {name}",
         "",
         f"Machine: {meta['cpus']} CPUs, Python {meta['python']}, {meta['platform']}, "
-        f"{meta['date']}. Median of {repeat} runs; each case in its own process.",
+        f"{meta['date']}. Median of {repeat} runs; each case in its own process. "
+        "peak_rss_mb: the process's VmHWM (includes file pages it mapped); peak_anon_mb: "
+        "peak anonymous memory (RssAnon sampled every 10 ms: arrays and heap only).",
         "",
         notes,
         "",
