@@ -35,21 +35,22 @@ def default_chunks(
 ) -> dict[Hashable, int]:
     """Chunk sizes for a variable with the given dim sizes.
 
-    ``band`` stays whole, ``y``/``x`` get ``yx`` (512), leading dims (``image``,
-    ``frame``) and any other dim get 1, then ``y``/``x`` are halved until one chunk is at
-    most :data:`MAX_CHUNK_BYTES`. ``overrides`` (e.g. from ``--chunks y=256,x=256``) win.
+    ``band`` and any other dim (``component``, ...) stay whole, ``y``/``x`` get ``yx``
+    (512), the leading dims of collections (``image``, ``frame``) get 1, then ``y``/``x``
+    are halved until one chunk is at most :data:`MAX_CHUNK_BYTES`. ``overrides`` (e.g.
+    from ``--chunks y=256,x=256``) win.
     """
     overrides = dict(overrides or {})
     chunks: dict[Hashable, int] = {}
     for dim, n in sizes.items():
         if dim in overrides:
             chunks[dim] = min(int(overrides[dim]), n) if n else 1
-        elif dim == "band":
-            chunks[dim] = n
         elif dim in ("y", "x"):
             chunks[dim] = min(yx, n)
-        else:
+        elif dim in LEADING_DIMS:
             chunks[dim] = 1
+        else:
+            chunks[dim] = n
         chunks[dim] = max(chunks[dim], 1)
     while int(np.prod(list(chunks.values()), dtype=np.int64)) * itemsize > MAX_CHUNK_BYTES:
         shrinkable = [d for d in ("y", "x") if d not in overrides and chunks.get(d, 1) > 1]

@@ -165,11 +165,17 @@ def open_cube(path: str | Path, *, allow_incomplete: bool = False) -> xr.Dataset
     if state == "incomplete" and not allow_incomplete:
         raise IncompleteStoreError(p)
     try:
-        return xr.open_zarr(
-            str(p), chunks={}, consolidated=_has_consolidated_metadata(p), zarr_format=None
+        ds = xr.open_zarr(
+            str(p), chunks=None, consolidated=_has_consolidated_metadata(p), zarr_format=None
         )
     except Exception as exc:
         raise InvalidStoreError(f"{p} could not be opened as a cube store: {exc}") from exc
+    # Chunk exactly as on disk, with task names that say what they are on a dashboard
+    # (``cubepipe-read-cube-<token>`` rather than ``open_dataset-<token>cube``).
+    chunks: dict[Hashable, int] = {}
+    for var in ds.variables.values():
+        chunks.update(var.encoding.get("preferred_chunks") or {})
+    return ds.chunk(chunks, name_prefix="cubepipe-read-")
 
 
 # -- writing -------------------------------------------------------------------------------
