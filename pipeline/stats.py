@@ -93,22 +93,37 @@ def fit_stats(
 def stats_from_packed(packed: Any, cube: xr.DataArray, variable: str = "cube") -> xr.Dataset:
     """The ``stats_*`` Dataset from packed moments ``(band, 5)`` (NumPy: computed; dask:
     lazy), with the band coordinates of ``cube``."""
-    xp = da if isinstance(packed, da.Array) else np
-    n = packed[:, N]
-    empty = n == 0
-    nan = np.float64(np.nan)
-    fields = {
-        "stats_count": n.astype(np.int64),
-        "stats_mean": xp.where(empty, nan, packed[:, MEAN]),
-        "stats_std": xp.where(empty, nan, xp.sqrt(packed[:, M2] / xp.maximum(n, 1))),
-        "stats_min": xp.where(empty, nan, packed[:, MIN]),
-        "stats_max": xp.where(empty, nan, packed[:, MAX]),
-    }
+    if isinstance(packed, da.Array):
+        fields = {
+            name: packed.map_blocks(
+                _field,
+                field=name,
+                drop_axis=1,
+                dtype=np.int64 if name == "stats_count" else np.float64,
+                token=f"cubepipe-{name.replace('_', '-')}",
+            )
+            for name in STAT_VARS
+        }
+    else:
+        fields = {name: _field(packed, field=name) for name in STAT_VARS}
     coords = {k: v for k, v in cube.coords.items() if v.dims == ("band",)}
     out = xr.Dataset({k: ("band", v) for k, v in fields.items()}, coords=coords)
     out["stats_std"].attrs["ddof"] = 0
     out.attrs["stats_of"] = variable
     return out
+
+
+def _field(packed: Any, *, field: str) -> Any:
+    """One ``stats_*`` field (over band) from packed moments ``(band, 5)``."""
+    n = packed[:, N]
+    if field == "stats_count":
+        return n.astype(np.int64)
+    empty = n == 0
+    if field == "stats_std":
+        value = np.sqrt(packed[:, M2] / np.maximum(n, 1))
+    else:
+        value = packed[:, {"stats_mean": MEAN, "stats_min": MIN, "stats_max": MAX}[field]]
+    return np.where(empty, np.nan, value)
 
 
 def take_stats(source: xr.Dataset) -> xr.Dataset:

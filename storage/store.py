@@ -175,7 +175,7 @@ def open_cube(path: str | Path, *, allow_incomplete: bool = False) -> xr.Dataset
     chunks: dict[Hashable, int] = {}
     for var in ds.variables.values():
         chunks.update(var.encoding.get("preferred_chunks") or {})
-    return ds.chunk(chunks, name_prefix="cubepipe-read-")
+    return ds.chunk(chunks, name_prefix="cubepipe-read-", inline_array=True)
 
 
 # -- writing -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import click
 from cubepipe.storage.errors import CubepipeError
 
 from ..backend import Device, resolve_device
+from ..progress import Progress
 from ..scheduling import check_scheduler, scheduler
 
 __all__ = ["CliState", "cli", "main", "pass_state", "run"]
@@ -42,14 +43,21 @@ class CliState:
 
     @contextlib.contextmanager
     def compute(self) -> Iterator[Any]:
-        """Context for a command that computes: announces the device, starts the scheduler."""
+        """Context for a command that computes: announces the device, starts the scheduler
+        and reports progress (bar on a terminal, plain lines otherwise; none if quiet)."""
         self.say(f"cubepipe: device {self.device.reason}")
-        with scheduler(
-            self.scheduler_spec,
-            workers=self.workers,
-            memory_limit=self.memory_limit,
-            quiet=self.quiet,
-        ) as client:
+        label = click.get_current_context().info_name or "cubepipe"
+        with contextlib.ExitStack() as stack:
+            client = stack.enter_context(
+                scheduler(
+                    self.scheduler_spec,
+                    workers=self.workers,
+                    memory_limit=self.memory_limit,
+                    quiet=self.quiet,
+                )
+            )
+            if not self.quiet and client is None:
+                stack.enter_context(Progress(label))
             yield client
 
 
