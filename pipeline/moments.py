@@ -109,22 +109,39 @@ def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
     """
     xp = array_namespace(block)
     nb = block.shape[band_axis]
-    stats = block_moments(block, valid, band_axis=band_axis)
     x = xp.reshape(xp.moveaxis(block, band_axis, 0), (nb, -1))
-    bad = xp.any(xp.isnan(x), axis=0)
+    bad_values = xp.isnan(x)
     if valid is not None:
         v = xp.reshape(xp.moveaxis(valid, band_axis, 0), (nb, -1))
-        bad = bad | ~xp.all(xp.astype(v, xp.bool), axis=0)
-    if bool(xp.any(bad)):
+        bad_values = bad_values | ~xp.astype(v, xp.bool)
+    bad = xp.any(bad_values, axis=0)
+    any_bad = bool(xp.any(bad))
+    if any_bad:
         x = x[:, ~bad]  # the pixels valid in every band
     n = float(x.shape[1])
     f64 = xp.float64
     mean = xp.sum(x, axis=1, dtype=f64) / max(n, 1.0)
-    dev = xp.astype(x, f64)
-    dev -= mean[:, None]
-    cross = dev @ xp.permute_dims(dev, (1, 0))
+    cross = xp.zeros((nb, nb), dtype=f64)
+    for start in range(0, x.shape[1], strip_pixels(nb)):
+        dev = xp.astype(x[:, start : start + strip_pixels(nb)], f64)
+        dev -= mean[:, None]
+        cross += dev @ xp.permute_dims(dev, (1, 0))
+    if any_bad:  # each band's own valid values differ from the all-valid pixel set
+        stats = block_moments(block, valid, band_axis=band_axis)
+    else:  # the same pixels: the per-band moments are the diagonal
+        lo = xp.astype(xp.min(x, axis=1), f64) if n else xp.full(nb, xp.inf, dtype=f64)
+        hi = xp.astype(xp.max(x, axis=1), f64) if n else xp.full(nb, -xp.inf, dtype=f64)
+        stats = xp.stack(
+            [xp.full(nb, n, dtype=f64), mean, xp.linalg.diagonal(cross), lo, hi], axis=1
+        )
     ncol = xp.full((nb, 1), n, dtype=f64)
     return xp.concat([stats, ncol, mean[:, None], cross], axis=1)
+
+
+def strip_pixels(bands: int, budget: int = 16 * 2**20) -> int:
+    """Pixels per strip so that one float64 ``(bands, pixels)`` temporary is ~``budget``
+    bytes: kernels work strip by strip so their memory does not grow with chunk size."""
+    return max(1024, budget // (8 * max(bands, 1)))
 
 
 def merge_comoments(a: Any, b: Any) -> Any:

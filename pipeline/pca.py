@@ -27,7 +27,7 @@ from cubepipe.storage.errors import CubepipeWarning, InputError
 
 from .backend import array_namespace
 from .linalg import eigh
-from .moments import NFIELDS, band_moments
+from .moments import NFIELDS, band_moments, strip_pixels
 from .stats import cube_and_valid, stats_from_packed
 
 __all__ = [
@@ -200,34 +200,54 @@ def _model_arrays(model: xr.Dataset) -> dict[str, np.ndarray]:
     }
 
 
+def _as_rows(xp: Any, a: Any, axis: int) -> Any:
+    """``(..., B, ...)`` -> ``(B, N)`` (a view when ``a`` is contiguous)."""
+    return xp.reshape(xp.moveaxis(a, axis, 0), (a.shape[axis], -1))
+
+
+def _from_rows(xp: Any, rows: Any, like_shape: tuple[int, ...], axis: int) -> Any:
+    shape = (rows.shape[0],) + tuple(n for i, n in enumerate(like_shape) if i != axis)
+    return xp.moveaxis(xp.reshape(rows, shape), 0, axis)
+
+
+def _centred(xp: Any, x: Any, valid: Any, m: dict[str, np.ndarray]) -> tuple[Any, Any]:
+    """float64 ``z = (x - mean) / scale`` of a strip ``(B, n)`` and its pixels' validity."""
+    z = xp.astype(x, xp.float64)
+    z -= xp.asarray(m["mean"])[:, None]
+    z /= xp.asarray(m["scale"])[:, None]
+    ok = ~xp.any(xp.isnan(z), axis=0)
+    if valid is not None:
+        ok = ok & xp.all(xp.astype(valid, xp.bool), axis=0)
+    return z, ok
+
+
 def _project_block(block: Any, *valid: Any, m: dict[str, np.ndarray], axis: int) -> Any:
     xp = array_namespace(block)
-    shape = [1] * block.ndim
-    shape[axis] = -1
-    mean = xp.reshape(xp.asarray(m["mean"]), tuple(shape))
-    scale = xp.reshape(xp.asarray(m["scale"]), tuple(shape))
-    z = (xp.astype(block, xp.float64) - mean) / scale
-    bad = xp.any(xp.isnan(z), axis=axis, keepdims=True)
-    if valid:
-        bad = bad | ~xp.all(xp.astype(valid[0], xp.bool), axis=axis, keepdims=True)
-    z = xp.where(bad, 0.0, z)
-    w = xp.asarray(m["w"] / m["factor"][:, None])
-    s = xp.moveaxis(xp.tensordot(w, z, axes=([1], [axis])), 0, axis)
-    s = xp.where(bad, xp.nan, s)
-    return xp.astype(s, xp.float32)
+    x = _as_rows(xp, block, axis)
+    v = _as_rows(xp, valid[0], axis) if valid else None
+    w = xp.asarray(m["w"] / m["factor"][:, None])  # (K, B), whitening folded in
+    out = xp.empty((w.shape[0], x.shape[1]), dtype=xp.float32)
+    step = strip_pixels(x.shape[0])
+    for a in range(0, x.shape[1], step):
+        z, ok = _centred(xp, x[:, a : a + step], None if v is None else v[:, a : a + step], m)
+        z = xp.where(ok[None, :], z, 0.0)
+        out[:, a : a + step] = xp.astype(xp.where(ok[None, :], w @ z, xp.nan), xp.float32)
+    return _from_rows(xp, out, block.shape, axis)
 
 
 def _reconstruct_block(scores: Any, *, m: dict[str, np.ndarray], axis: int) -> Any:
     xp = array_namespace(scores)
-    shape = [1] * scores.ndim
-    shape[axis] = -1
-    wt = xp.asarray((m["w"] * m["factor"][:, None]).T)  # (band, component)
-    s = xp.astype(scores, xp.float64)
-    x = xp.moveaxis(xp.tensordot(wt, s, axes=([1], [axis])), 0, axis)
-    x = x * xp.reshape(xp.asarray(m["scale"]), tuple(shape)) + xp.reshape(
-        xp.asarray(m["mean"]), tuple(shape)
-    )
-    return xp.astype(x, xp.float32)
+    s = _as_rows(xp, scores, axis)
+    wt = xp.asarray((m["w"] * m["factor"][:, None]).T)  # (B, K)
+    mean, scale = xp.asarray(m["mean"])[:, None], xp.asarray(m["scale"])[:, None]
+    out = xp.empty((wt.shape[0], s.shape[1]), dtype=xp.float32)
+    step = strip_pixels(wt.shape[0])
+    for a in range(0, s.shape[1], step):
+        xhat = wt @ xp.astype(s[:, a : a + step], xp.float64)
+        xhat *= scale
+        xhat += mean
+        out[:, a : a + step] = xp.astype(xhat, xp.float32)
+    return _from_rows(xp, out, scores.shape, axis)
 
 
 def pca_project(ds: xr.Dataset, model: xr.Dataset, *, variable: str = "cube") -> xr.DataArray:
@@ -280,26 +300,39 @@ def pca_reconstruct(scores: xr.DataArray, model: xr.Dataset) -> xr.DataArray:
 
 
 def _metric_block(x: Any, s: Any, *, m: dict[str, np.ndarray], axis: int, ndim: int) -> Any:
+    """Error partials of one chunk, strip by strip, without rebuilding the whole chunk:
+    the reconstruction is ``x_hat = x - e`` with ``e = scale * (z - W^T s)``, so
+    ``x . x_hat = |x|^2 - x . e`` and ``|x_hat|^2 = |x|^2 - 2 x . e + |e|^2``."""
     xp = array_namespace(x)
-    xhat = xp.astype(_reconstruct_block(s, m=m, axis=axis), xp.float64)
-    x = xp.astype(x, xp.float64)
-    ok = ~xp.any(xp.isnan(xhat), axis=axis, keepdims=True) & ~xp.any(
-        xp.isnan(x), axis=axis, keepdims=True
-    )
-    d = xp.where(ok, x - xhat, 0.0)
-    sse = xp.sum(d * d)
-    nvals = xp.sum(xp.astype(ok, xp.float64)) * x.shape[axis]
-    dot = xp.sum(xp.where(ok, x * xhat, 0.0), axis=axis)
-    nx = xp.sqrt(xp.sum(xp.where(ok, x * x, 0.0), axis=axis))
-    ny = xp.sqrt(xp.sum(xp.where(ok, xhat * xhat, 0.0), axis=axis))
-    good = xp.squeeze(ok, axis=axis) & (nx > 0) & (ny > 0)
-    cos = xp.clip(dot / xp.where(good, nx * ny, 1.0), -1.0, 1.0)
-    sam = xp.sum(xp.where(good, xp.acos(cos), 0.0))
-    npix = xp.sum(xp.astype(good, xp.float64))
-    lo = xp.min(xp.where(ok, x, xp.inf))
-    hi = xp.max(xp.where(ok, x, -xp.inf))
-    out = xp.stack([sse, nvals, sam, npix, lo, hi])
-    return xp.reshape(out, (1,) * ndim + (6,))
+    rows = _as_rows(xp, x, axis)
+    srows = _as_rows(xp, s, axis)
+    wt = xp.asarray((m["w"] * m["factor"][:, None]).T)  # (B, K): unwhitens the scores
+    scale = xp.asarray(m["scale"])[:, None]
+    acc = [0.0, 0.0, 0.0, 0.0, float("inf"), float("-inf")]
+    step = strip_pixels(rows.shape[0])
+    for a in range(0, rows.shape[1], step):
+        z, ok = _centred(xp, rows[:, a : a + step], None, m)
+        sv = xp.astype(srows[:, a : a + step], xp.float64)
+        ok = ok & ~xp.any(xp.isnan(sv), axis=0)
+        if not bool(xp.any(ok)):
+            continue
+        z, sv = z[:, ok], sv[:, ok]
+        xv = xp.astype(rows[:, a : a + step][:, ok], xp.float64)
+        e = (z - wt @ sv) * scale
+        xx = xp.vecdot(xv, xv, axis=0)
+        xe = xp.vecdot(xv, e, axis=0)
+        ee = xp.vecdot(e, e, axis=0)
+        nx = xp.sqrt(xx)
+        ny = xp.sqrt(xp.clip(xx - 2 * xe + ee, 0.0, None))
+        good = (nx > 0) & (ny > 0)
+        cos = xp.clip((xx - xe) / xp.where(good, nx * ny, 1.0), -1.0, 1.0)
+        acc[0] += float(xp.sum(ee))
+        acc[1] += float(xv.shape[0] * xv.shape[1])
+        acc[2] += float(xp.sum(xp.where(good, xp.acos(cos), 0.0)))
+        acc[3] += float(xp.sum(xp.astype(good, xp.float64)))
+        acc[4] = min(acc[4], float(xp.min(xv)))
+        acc[5] = max(acc[5], float(xp.max(xv)))
+    return xp.reshape(xp.asarray(acc, dtype=xp.float64), (1,) * ndim + (6,))
 
 
 def reconstruction_metrics(
