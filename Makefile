@@ -30,7 +30,11 @@ lint: $(VENV)/.installed-dev
 test: lint
 	$(BIN)/python -m pytest -q
 
-bench: $(VENV)/.installed-dev
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(PIP) install -e ".[dev,distributed,video,bench]"
+	touch $@ $(VENV)/.installed-dev $(VENV)/.installed-core
+
+bench: $(VENV)/.installed-bench
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 # On the GPU machine (no network): install with pip --target as ../shared/device/README.md
