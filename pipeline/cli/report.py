@@ -1,0 +1,88 @@
+"""``cubepipe report STORE -o report.html``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from ._app import CliState, cli, pass_state
+
+
+@cli.command("report")
+@click.argument("store", type=str)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file to write (one self-contained page).",
+)
+@click.option(
+    "--original",
+    metavar="IN",
+    help="The data STORE was compressed/reconstructed from: adds the error map.",
+)
+@click.option("--variable", help="Variable to show (default: cube, else scores).")
+@click.option(
+    "--bins", type=click.IntRange(2, 4096), default=64, show_default=True, help="Histogram bins."
+)
+@click.option(
+    "--size",
+    type=click.IntRange(16, 4096),
+    default=256,
+    show_default=True,
+    help="Longest side of quick-looks in pixels (the data are strided to it).",
+)
+@click.option(
+    "--max-bands",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Quick-looks and histograms of at most this many bands, spread evenly.",
+)
+@click.option("--title", help="Page title (default: the store's name).")
+@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+@click.option("--allow-incomplete", is_flag=True, help="Read a store whose writer did not finish.")
+@pass_state
+def report_cmd(
+    state: CliState,
+    store: str,
+    output: Path,
+    original: str | None,
+    variable: str | None,
+    bins: int,
+    size: int,
+    max_bands: int,
+    title: str | None,
+    overwrite: bool,
+    allow_incomplete: bool,
+) -> None:
+    """Write one self-contained HTML page about STORE.
+
+    Band quick-looks (diverging colours centred at 0; first image/frame) and histograms,
+    the per-band statistics, and for a `compress` output the scree plot, component images
+    and (with --original) the reconstruction-error map; then the provenance history and
+    layout. Images are embedded; the page loads nothing else. The data are read chunk by
+    chunk, at most twice.
+    """
+    # matplotlib is imported here, not at start-up: every other command starts faster.
+    from ..report import write_report  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    with state.compute():
+        out = write_report(
+            store,
+            output,
+            overwrite=overwrite,
+            original=original,
+            variable=variable,
+            bins=bins,
+            size=size,
+            max_bands=max_bands,
+            title=title,
+            allow_incomplete=allow_incomplete,
+        )
+    click.echo(f"report: {store} -> {out} ({out.stat().st_size / 1024:.0f} KiB)")
+    state.say(f"cubepipe report: wrote {out} in {time.perf_counter() - t0:.1f} s")

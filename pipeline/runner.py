@@ -1,0 +1,512 @@
+"""Pipelines: a YAML list of steps, each run by the same click command as ``cubepipe OP``.
+
+A pipeline file is one mapping::
+
+    description: free text (optional, ignored)
+    device: cpu                  # optional defaults for the global options
+    scheduler: threads           # (--device, --scheduler, --workers, --memory-limit)
+    chunks: {y: 256, x: 256}     # --chunks for every step whose command takes it
+    steps:
+      - ingest: {in: scene.tif, out: scene.zarr}
+      - stats: {}                # reads scene.zarr, writes its statistics into it
+      - standardize: {out: z.zarr, method: zscore}
+      - compress: {out: c.zarr, components: 3}
+      - export: {in: z.zarr, out: z.tif}
+      - report: {in: c.zarr, out: report.html, original: z.zarr}
+
+Every step is a one-key mapping ``{op: {key: value, ...}}``. Keys are the command's long
+option names without the dashes (``mask-nan`` and ``mask_nan`` both work); ``in`` is its
+IN/STORE/SRC argument and ``out`` its ``-o/--output``. Flags take ``true``/``false``; a
+list becomes a comma-separated value (``bands: [0, 3]``) and a mapping ``k=v`` pairs
+(``chunks: {y: 256}``). A step's ``in`` defaults to the previous step's ``out``; a step
+without ``out`` (``stats``) hands its input on; one that writes a file (``export``,
+``report``) hands nothing on, so the next step names its ``in``. Relative paths are
+relative to the current directory, as on the command line.
+
+:func:`plan_pipeline` checks every step against its click command (names, required keys,
+each value through the option's own ``type.convert``) before anything runs, and turns
+each into the argument list of the command; :func:`run_pipeline` then invokes the
+commands in order. Errors are one line naming the file, the step (1-based), the op and
+the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import os
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from cubepipe.storage.errors import CubepipeError, InputError
+from cubepipe.storage.layout import parse_chunks
+
+__all__ = [
+    "OPS",
+    "Pipeline",
+    "Step",
+    "StepError",
+    "load_pipeline",
+    "plan_pipeline",
+    "run_pipeline",
+]
+
+#: The operations a step may name, in the order a pipeline usually uses them.
+OPS = (
+    "ingest",
+    "stats",
+    "standardize",
+    "destandardize",
+    "compress",
+    "reconstruct",
+    "filter",
+    "export",
+    "report",
+)
+#: Top-level keys besides the group's global options.
+_TOP_KEYS = ("steps", "chunks", "description")
+
+
+class StepError(CubepipeError):
+    """A step of a pipeline failed while running; the message names the step and op."""
+
+    def __init__(self, step: Step, cause: BaseException) -> None:
+        super().__init__(f"step {step.number} ({step.op}) failed: {cause}")
+        self.step = step
+
+
+@dataclass(frozen=True)
+class Step:
+    """One validated step: the command ``op`` and the arguments it is invoked with."""
+
+    number: int
+    op: str
+    args: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    output: str | None = None
+    output_is_file: bool = False
+
+    def command_line(self, global_args: Sequence[str] = ()) -> str:
+        """The equivalent shell command, e.g. ``cubepipe stats a.zarr``."""
+        return shlex.join(["cubepipe", *global_args, self.op, *self.args])
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A validated pipeline: the global options it sets and its steps."""
+
+    source: str
+    options: dict[str, Any] = field(default_factory=dict)
+    steps: tuple[Step, ...] = ()
+
+
+# -- loading and validation ----------------------------------------------------------------
+
+
+def load_pipeline(path: str | Path, group: click.Group, *, overwrite: bool = False) -> Pipeline:
+    """Read and validate the pipeline file at ``path`` (see :func:`plan_pipeline`).
+
+    Raises
+    ------
+    InputError
+        No file at ``path``, not valid YAML, or not a valid pipeline; one line.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"pipeline file not found: {p}")
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(f"{p}: not valid YAML: {_yaml_reason(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: cannot be read: {exc}") from None
+    return plan_pipeline(doc, group, source=str(p), overwrite=overwrite)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
+def plan_pipeline(
+    doc: Any, group: click.Group, *, source: str = "pipeline", overwrite: bool = False
+) -> Pipeline:
+    """Validate a parsed pipeline document against the commands of ``group``.
+
+    Parameters
+    ----------
+    doc
+        The document as ``yaml.safe_load`` returns it.
+    group
+        The click group whose commands the steps name (``cubepipe``'s ``cli``).
+    source
+        Name used in error messages (the file's path).
+    overwrite
+        Pass ``--overwrite`` to every step whose command takes it, unless the step sets
+        ``overwrite`` itself.
+
+    Returns
+    -------
+    Pipeline
+        Global options (click parameter name -> value) and one :class:`Step` per step,
+        with the full argument list of its command.
+
+    Raises
+    ------
+    InputError
+        The first problem found, as one line naming ``source``, the step number and op,
+        and the key. Every step is checked before this returns, so nothing runs when any
+        step is wrong.
+    """
+    if not isinstance(doc, Mapping):
+        got = "an empty document" if doc is None else f"a {_kind(doc)}"
+        raise InputError(f"{source}: expected a mapping with a 'steps:' list at the top, got {got}")
+    globals_ = _global_options(group)
+    valid_top = sorted([*_TOP_KEYS, *globals_])
+    for key in doc:
+        if _norm(key) not in valid_top:
+            raise InputError(
+                f"{source}: unknown top-level key {key!r}{_did_you_mean(key, valid_top)}; "
+                f"valid keys: {', '.join(valid_top)}"
+            )
+    top = {_norm(k): v for k, v in doc.items()}
+    options = _convert_globals(top, globals_, group, source)
+    chunks = top.get("chunks")
+    chunks_text = None
+    if chunks is not None:
+        chunks_text = _check_chunks(_as_text(chunks, f"{source}: top-level key 'chunks'"), source)
+    steps = top.get("steps")
+    if not isinstance(steps, list) or not steps:
+        got = f"got a {_kind(steps)}"
+        if "steps" not in top:
+            got = "but it is missing"
+        elif isinstance(steps, list):
+            got = "got an empty list"
+        raise InputError(f"{source}: 'steps' must be a non-empty list of steps, {got}")
+    ops = [op for op in OPS if op in group.commands]
+    planned: list[Step] = []
+    chain = _Chain()
+    for number, raw in enumerate(steps, 1):
+        step = _plan_step(number, raw, group, ops, chain, chunks_text, overwrite, source)
+        planned.append(step)
+    return Pipeline(source=source, options=options, steps=tuple(planned))
+
+
+def _global_options(group: click.Group) -> dict[str, click.Option]:
+    """YAML key -> option for the group's global options that take a value."""
+    out: dict[str, click.Option] = {}
+    for p in group.params:
+        if isinstance(p, click.Option) and not p.is_flag and not p.hidden:
+            for opt in p.opts:
+                if opt.startswith("--"):
+                    out[_norm(opt[2:])] = p
+    return out
+
+
+def _convert_globals(
+    top: Mapping[str, Any], globals_: Mapping[str, click.Option], group: click.Group, source: str
+) -> dict[str, Any]:
+    ctx = click.Context(group, info_name="cubepipe")
+    options: dict[str, Any] = {}
+    for key, param in globals_.items():
+        if top.get(key) is None:
+            continue
+        where = f"{source}: top-level key {key!r}"
+        text = _as_text(top[key], where)
+        try:
+            options[str(param.name)] = param.type.convert(text, param, ctx)
+        except click.BadParameter as exc:
+            raise InputError(f"{where}: {exc.message}") from None
+    return options
+
+
+def _check_chunks(text: str, where: str) -> str:
+    try:
+        parse_chunks(text)
+    except InputError as exc:
+        raise InputError(f"{where}: key 'chunks': {exc}") from None
+    return text
+
+
+@dataclass
+class _Chain:
+    """What the next step reads when it names no ``in``."""
+
+    current: str | None = None
+    why_none: str = "there is no earlier step"
+    produced: set[str] = field(default_factory=set)
+
+
+def _plan_step(
+    number: int,
+    raw: Any,
+    group: click.Group,
+    ops: Sequence[str],
+    chain: _Chain,
+    chunks_text: str | None,
+    overwrite: bool,
+    source: str,
+) -> Step:
+    where = f"{source}: step {number}"
+    if not isinstance(raw, Mapping) or len(raw) != 1:
+        got = f"a mapping with {len(raw)} keys" if isinstance(raw, Mapping) else f"a {_kind(raw)}"
+        raise InputError(
+            f"{where}: expected a mapping with one key, the op (e.g. '- stats: {{}}'), got {got}"
+        )
+    ((op_key, params),) = raw.items()
+    op = _norm(op_key)
+    if op not in ops:
+        missing = f" ('{op}' is not installed in this cubepipe)" if op in OPS else ""
+        raise InputError(
+            f"{where}: unknown op {op_key!r}{missing}{_did_you_mean(op, ops)}; "
+            f"valid ops: {', '.join(ops)}"
+        )
+    where = f"{where} ({op})"
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise InputError(
+            f"{where}: expected a mapping of key: value after '{op}:', got a {_kind(params)}"
+        )
+    cmd = group.commands[op]
+    table = _key_table(cmd)
+    given: dict[str, Any] = {}
+    for key, value in params.items():
+        name = _norm(key)
+        if name not in table:
+            raise InputError(
+                f"{where}: unknown key {key!r}{_did_you_mean(name, table)}; "
+                f"valid keys: {', '.join(table)}"
+            )
+        if name in given:
+            raise InputError(f"{where}: key {key!r} is given twice")
+        if value is not None:
+            given[name] = value
+    if "chunks" in table and "chunks" not in given and chunks_text is not None:
+        given["chunks"] = chunks_text
+    if "overwrite" in table and "overwrite" not in given and overwrite:
+        given["overwrite"] = True
+
+    ctx = click.Context(cmd, info_name=op)
+    options: list[str] = []
+    positional: list[str] = []
+    inputs: tuple[str, ...] = ()
+    if "in" in table:
+        inputs = _inputs(given, table["in"], chain, where)
+        positional = [_convert(v, table["in"], ctx, where, "in") for v in inputs]
+    for name, param in table.items():
+        if name == "in":
+            continue
+        if name not in given:
+            if param.required:
+                raise InputError(f"{where}: missing required key {name!r}")
+            continue
+        options += _option_args(given[name], param, ctx, where, name)
+
+    output = given.get("out")
+    out_type = getattr(table.get("out"), "type", None)
+    out_is_file = isinstance(out_type, click.Path) and not out_type.dir_okay
+    if output is not None:
+        output = str(output)
+        if out_is_file:
+            chain.current, chain.why_none = None, f"step {number} ({op}) writes a file, not a store"
+        else:
+            chain.current = output
+        chain.produced.add(_same(output))
+    elif inputs and len(inputs) == 1:
+        chain.current = inputs[0]  # stats-like: writes into its input, hands it on
+    sep = ["--"] if any(a.startswith("-") for a in positional) else []
+    return Step(
+        number=number,
+        op=op,
+        args=tuple(options + sep + positional),
+        inputs=inputs,
+        output=output,
+        output_is_file=out_is_file,
+    )
+
+
+def _key_table(cmd: click.Command) -> dict[str, click.Parameter]:
+    """YAML key -> click parameter: ``in`` (first argument), ``out`` (``--output``), and
+    every other option by its long name(s) without dashes."""
+    table: dict[str, click.Parameter] = {}
+    arguments = [a for a in cmd.params if isinstance(a, click.Argument)]
+    for i, a in enumerate(arguments):
+        table["in" if i == 0 else _norm(a.name)] = a
+    for p in cmd.params:
+        if not isinstance(p, click.Option) or p.hidden:
+            continue
+        if p.name == "output":
+            table["out"] = p
+            continue
+        for opt in p.opts:
+            if opt.startswith("--"):
+                table[_norm(opt[2:])] = p
+    return table
+
+
+def _inputs(
+    given: Mapping[str, Any], param: click.Parameter, chain: _Chain, where: str
+) -> tuple[str, ...]:
+    if "in" not in given:
+        if chain.current is None:
+            raise InputError(
+                f"{where}: missing required key 'in' ({chain.why_none} whose output it could read)"
+            )
+        return (chain.current,)
+    value = given["in"]
+    many = param.nargs == -1
+    if isinstance(value, list) and many:
+        if not value:
+            raise InputError(f"{where}: key 'in': the list of inputs is empty")
+        items = [_as_text(v, f"{where}: key 'in'", scalar=True) for v in value]
+    else:
+        items = [_as_text(value, f"{where}: key 'in'", scalar=True)]
+    for item in items:
+        if _same(item) in chain.produced or os.path.exists(item) or glob.has_magic(item):
+            continue
+        raise InputError(f"{where}: key 'in': {item} does not exist and no earlier step writes it")
+    return tuple(items)
+
+
+def _option_args(
+    value: Any, param: click.Parameter, ctx: click.Context, where: str, name: str
+) -> list[str]:
+    assert isinstance(param, click.Option)
+    longs = [o for o in param.opts if o.startswith("--")] or list(param.opts)
+    if param.is_flag and not param.count:
+        if not isinstance(value, bool):
+            raise InputError(f"{where}: key {name!r}: expected true or false, got {value!r}")
+        if value:
+            return [longs[0]]
+        return [param.secondary_opts[0]] if param.secondary_opts else []
+    if param.multiple and isinstance(value, list):
+        out: list[str] = []
+        for item in value:
+            out += [longs[0], _convert(item, param, ctx, where, name)]
+        return out
+    return [longs[0], _convert(value, param, ctx, where, name)]
+
+
+def _convert(value: Any, param: click.Parameter, ctx: click.Context, where: str, name: str) -> str:
+    """``value`` as the command-line text, checked with the parameter's own type."""
+    text = _as_text(value, f"{where}: key {name!r}", scalar=param.nargs == -1)
+    try:
+        param.type.convert(text, param, ctx)
+    except click.BadParameter as exc:
+        raise InputError(f"{where}: key {name!r}: {exc.message}") from None
+    if name == "chunks":
+        _check_chunks(text, where)
+    return text
+
+
+def _as_text(value: Any, where: str, *, scalar: bool = False) -> str:
+    if isinstance(value, bool):
+        raise InputError(f"{where}: expected a value, got the boolean {str(value).lower()}")
+    if isinstance(value, Mapping) and not scalar:
+        return ",".join(
+            f"{_as_text(k, where, scalar=True)}={_as_text(v, where, scalar=True)}"
+            for k, v in value.items()
+        )
+    if isinstance(value, list | tuple) and not scalar:
+        return ",".join(_as_text(v, where, scalar=True) for v in value)
+    if isinstance(value, Mapping | list | tuple | set):
+        raise InputError(f"{where}: expected a single value, got a {_kind(value)}")
+    return str(value)
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    group: click.Group,
+    obj: Any,
+    *,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> list[float]:
+    """Invoke each step's command in order, as ``cubepipe OP ARGS`` would.
+
+    Parameters
+    ----------
+    pipeline
+        From :func:`plan_pipeline` / :func:`load_pipeline`.
+    group
+        The click group holding the commands.
+    obj
+        The context object the commands receive (the CLI's state: device, scheduler).
+    say
+        Called with one status line as each step starts and ends.
+
+    Returns
+    -------
+    list of float
+        Seconds each step took.
+
+    Raises
+    ------
+    StepError
+        A step failed with a :class:`CubepipeError` or a usage error; the one-line
+        message names the step. Other exceptions (bugs) propagate unchanged.
+    """
+    n = len(pipeline.steps)
+    times: list[float] = []
+    for step in pipeline.steps:
+        label = f"cubepipe run: step {step.number}/{n} {step.op}"
+        target = step.output or (step.inputs[0] if step.inputs else "")
+        say(f"{label}: started ({', '.join(step.inputs) or '-'} -> {target or '-'})")
+        t0 = time.perf_counter()
+        try:
+            _invoke(group, step, obj)
+        except CubepipeError as exc:
+            say(f"{label}: FAILED after {time.perf_counter() - t0:.1f} s")
+            raise StepError(step, exc) from exc
+        except click.ClickException as exc:
+            say(f"{label}: FAILED after {time.perf_counter() - t0:.1f} s")
+            raise StepError(step, InputError(exc.format_message())) from exc
+        times.append(time.perf_counter() - t0)
+        say(f"{label}: done in {times[-1]:.1f} s")
+    return times
+
+
+def _invoke(group: click.Group, step: Step, obj: Any) -> None:
+    cmd = group.commands[step.op]
+    root = click.Context(group, info_name="cubepipe", obj=obj)
+    with root:
+        try:
+            sub = cmd.make_context(step.op, list(step.args), parent=root)
+            with sub:
+                cmd.invoke(sub)
+        except click.exceptions.Exit as exc:
+            if exc.exit_code:
+                raise InputError(f"exited with status {exc.exit_code}") from exc
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _norm(key: Any) -> str:
+    return str(key).strip().replace("-", "_")
+
+
+def _same(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "mapping", list: "list", str: "string", int: "number", float: "number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _did_you_mean(word: Any, choices: Sequence[str] | Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(_norm(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
