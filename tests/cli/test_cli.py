@@ -106,6 +106,13 @@ def test_demo_small_writes_a_store_plain_xarray_opens(cli, tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr
     assert "demo summary" in proc.stdout
     assert "auto: using" in proc.stderr  # says which device auto chose
+    out = tmp_path / "out"
+    assert f"report: {out / 'demo-report.html'}" in proc.stdout
+    for name in ("demo-z.zarr", "demo-pca.zarr", "demo-rec.zarr", "demo-smooth.zarr"):
+        assert json.loads(cli("info", str(out / name), "--json").stdout)["complete"] is True
+    assert (out / "demo-smooth.tif").stat().st_size > 3 * 200 * 240 * 4
+    assert (out / "demo-preview.png.cubepipe.json").exists()
+    assert "<img" in (out / "demo-report.html").read_text()
     code = (
         "import xarray as xr, numpy as np, sys;"
         f"ds = xr.open_zarr({str(tmp_path / 'out' / 'demo.zarr')!r});"
