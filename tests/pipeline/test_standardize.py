@@ -135,3 +135,26 @@ def test_applying_given_statistics_builds_graph_without_computing(
     with no_compute:
         z = standardize(_ds(data, (4, 20, 20)), stats)
         assert isinstance(z["cube"].data, da.Array)
+
+
+def test_saved_statistics_reapply_to_a_real_video_stream(tmp_path: Path) -> None:
+    """The users' case: statistics fitted on stored images, applied later to video frames
+    streamed one at a time (lossless FFV1 so the decoded values are known exactly)."""
+    pytest.importorskip("av")
+    from cubepipe.storage.ingest import open_input
+
+    from ..storage.test_video import moving_pattern, write_video
+
+    frames = moving_pattern(12, smooth=True)  # (frame, y, x, 3) uint8
+    video = write_video(tmp_path / "clip.mkv", frames, codec="ffv1", pix_fmt="bgr0")
+    train = frames[:4].transpose(0, 3, 1, 2).astype(np.float32)
+    stats = fit_stats(_ds(train, (1, 3, 48, 64))).compute()
+    path = write_cube(standardize(_ds(train, (1, 3, 48, 64)), stats), tmp_path / "train.zarr")
+    saved = open_cube(path)  # the statistics travel with the standardized data
+    mean, std = saved["stats_mean"].values, saved["stats_std"].values
+    got = list(iter_standardized(open_input(video), saved))
+    assert len(got) == 12
+    for frame, out in zip(frames, got, strict=True):
+        x = frame.transpose(2, 0, 1).astype(np.float64)
+        by_hand = ((x - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+        np.testing.assert_array_equal(out, by_hand)
