@@ -81,7 +81,7 @@ from cubepipe.storage import open_cube, store_state, write_cube
 from cubepipe.storage.store import default_compressors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, RESULTS, main  # noqa: E402
+from _common import INPUTS, RESULTS, main, zarr_copy  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 
@@ -225,29 +225,18 @@ def _scores_array(out: Path, ny: int, nx: int, chunks_yx: tuple[int, int]) -> za
     )
 
 
-def _copy(arr: da.Array, out: Path) -> None:
-    z = zarr.create_array(
-        str(out),
-        shape=arr.shape,
-        chunks=arr.chunksize,
-        dtype=arr.dtype,
-        compressors=default_compressors(),
-    )
-    da.store(arr, z, lock=False)
-
-
 # -- floors -------------------------------------------------------------------------------
 
 
 def copy_floor(size: str, workdir: Path) -> dict[str, Any]:
-    _copy(da.from_zarr(_src(size)), workdir / "copy.zarr")
+    zarr_copy(da.from_zarr(_src(size)), workdir / "copy.zarr")
     return {}
 
 
 def io_floor_2read(size: str, workdir: Path) -> dict[str, Any]:
     arr = da.from_zarr(_src(size))
     arr.sum().compute()
-    _copy(arr, workdir / "copy.zarr")
+    zarr_copy(arr, workdir / "copy.zarr")
     return {}
 
 

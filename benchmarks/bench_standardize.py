@@ -21,7 +21,6 @@ from typing import Any
 
 import dask.array as da
 import xarray as xr
-import zarr
 
 from cubepipe.pipeline.standardize import standardize
 from cubepipe.pipeline.synthetic import make_cube
@@ -29,7 +28,7 @@ from cubepipe.storage import open_cube, store_state, write_cube
 from cubepipe.storage.store import default_compressors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, main  # noqa: E402
+from _common import INPUTS, main, zarr_copy  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 
@@ -46,26 +45,15 @@ def prepare(size: str) -> None:
         write_cube(make_cube(SIZES[size], seed=0), _input(size), op="bench-input", overwrite=True)
 
 
-def _copy(arr: da.Array, out: Path) -> None:
-    z = zarr.create_array(
-        str(out),
-        shape=arr.shape,
-        chunks=arr.chunksize,
-        dtype=arr.dtype,
-        compressors=default_compressors(),
-    )
-    da.store(arr, z, lock=False)
-
-
 def copy_floor(size: str, workdir: Path) -> dict[str, Any]:
-    _copy(da.from_zarr(str(_input(size) / "cube")), workdir / "copy.zarr")
+    zarr_copy(da.from_zarr(str(_input(size) / "cube")), workdir / "copy.zarr")
     return {}
 
 
 def io_floor_2read(size: str, workdir: Path) -> dict[str, Any]:
     arr = da.from_zarr(str(_input(size) / "cube"))
     arr.sum().compute()
-    _copy(arr, workdir / "copy.zarr")
+    zarr_copy(arr, workdir / "copy.zarr")
     return {}
 
 
