@@ -256,15 +256,16 @@ KERNELS = ["gaussian:1.5", "box:4", "lowpass:0.2", "highpass:0.25", "file"]
     method=st.sampled_from(["direct", "fft"]),
     mode=st.sampled_from(["reflect", "nearest", "constant"]),
     masked=st.booleans(),
+    tile=st.sampled_from([2048, 17, 40]),
 )
-def test_chunked_equals_single_chunk(tmp_path, cy, cx, spec, method, mode, masked) -> None:
+def test_chunked_equals_single_chunk(tmp_path, cy, cx, spec, method, mode, masked, tile) -> None:
     if spec == "file":
         spec = with_file_kernel(tmp_path, ASYM)
     a = plane_data(np.float32)
     a[:, 50:70, 10:30] = np.nan
     opts = {"method": method, "mode": mode, "mask_nan": masked}
     whole = filter_cube(as_ds(a, (3, 96, 128)), spec, **opts)["cube"].values
-    chunked = filter_cube(as_ds(a, (3, cy, cx)), spec, **opts)["cube"].values
+    chunked = filter_cube(as_ds(a, (3, cy, cx)), spec, fft_tile=tile, **opts)["cube"].values
     np.testing.assert_array_equal(np.isnan(chunked), np.isnan(whole))
     ok = ~np.isnan(whole)
     assert_rel(chunked[ok], whole[ok], 1e-6)
