@@ -8,9 +8,9 @@ from typing import Any
 import click
 import xarray as xr
 
-from cubepipe.storage import open_cube, store_state
+from cubepipe.storage import open_cube, parse_chunks, store_state, write_cube
 
-__all__ = ["in_argument", "open_in", "write_options"]
+__all__ = ["in_argument", "open_in", "write_options", "write_output"]
 
 
 def open_in(path: str | Path, *, allow_incomplete: bool = False) -> xr.Dataset:
@@ -38,3 +38,32 @@ def write_options(f: Any) -> Any:
     return click.option(
         "-o", "--output", required=True, type=click.Path(path_type=Path), help="Output store."
     )(f)
+
+
+def write_output(
+    state: Any,
+    ds: xr.Dataset,
+    output: Path,
+    *,
+    op: str,
+    inputs: list[str],
+    chunks: str | None,
+    resume: bool,
+    overwrite: bool,
+    base_chunks: dict[str, int] | None = None,
+    **kwargs: Any,
+) -> Path:
+    """:func:`~cubepipe.storage.write_cube` with what :func:`write_options` collected
+    (``--chunks`` on top of ``base_chunks``, ``--resume``, ``--overwrite``) and the
+    command's device recorded in the provenance."""
+    return write_cube(
+        ds,
+        output,
+        op=op,
+        inputs=inputs,
+        device=str(state.device),
+        chunks={**(base_chunks or {}), **parse_chunks(chunks)},
+        resume=resume,
+        overwrite=overwrite,
+        **kwargs,
+    )

@@ -9,12 +9,12 @@ from typing import Any
 import click
 import xarray as xr
 
-from cubepipe.storage import InputError, history, open_cube, parse_chunks, read_attrs, write_cube
+from cubepipe.storage import InputError, history, open_cube, read_attrs
 
 from ..pca import MODEL_VARS, fit_pca, pca_project, pca_reconstruct, reconstruction_metrics
 from ..pca import summarize_metrics as _summarize_partials
 from ._app import CliState, cli, pass_state
-from ._io import in_argument, open_in, write_options
+from ._io import in_argument, open_in, write_options, write_output
 
 
 def _summarize(values: dict[str, Any]) -> dict[str, float]:
@@ -95,7 +95,8 @@ def compress_cmd(
         if "mask" in ds:
             out["mask"] = ds["mask"]
         k = model.sizes["component"]
-        write_cube(
+        write_output(
+            state,
             out,
             output,
             op="compress",
@@ -108,8 +109,8 @@ def compress_cmd(
                 "model": model_from,
             },
             inputs=[source] + ([model_from] if model_from else []),
-            device=str(state.device),
-            chunks={"component": k, **parse_chunks(chunks)},
+            base_chunks={"component": k},
+            chunks=chunks,
             resume=resume,
             overwrite=overwrite,
             results={"metrics": reconstruction_metrics(ds, scores, model)},
@@ -147,13 +148,13 @@ def reconstruct_cmd(
     if "mask" in ds:
         out["mask"] = ds["mask"]
     with state.compute():
-        write_cube(
+        write_output(
+            state,
             out,
             output,
             op="reconstruct",
             inputs=[source],
-            device=str(state.device),
-            chunks=parse_chunks(chunks),
+            chunks=chunks,
             resume=resume,
             overwrite=overwrite,
         )

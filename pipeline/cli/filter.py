@@ -7,12 +7,10 @@ from pathlib import Path
 
 import click
 
-from cubepipe.storage import parse_chunks, write_cube
-
 from ..backend import to_device, to_host
 from ..filters import AXES, FILTER_ATTR, FORMS, METHODS, MODES, filter_cube, parse_kernel
 from ._app import CliState, cli, pass_state
-from ._io import in_argument, open_in, write_options
+from ._io import in_argument, open_in, write_options, write_output
 
 
 @cli.command("filter")
@@ -81,14 +79,14 @@ def filter_cmd(
             f"{report['method']} ({report['method_reason']}); halo {report['halo']}; "
             f"mode {mode}{'; normalized (masked)' if report['masked'] else ''}"
         )
-        write_cube(
+        write_output(
+            state,
             to_host(out),
             output,
             op="filter",
             params={k: v for k, v in report.items() if k != "method_reason"},
             inputs=[source],
-            device=str(state.device),
-            chunks=parse_chunks(chunks),
+            chunks=chunks,
             resume=resume,
             overwrite=overwrite,
         )

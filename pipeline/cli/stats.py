@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from cubepipe.storage import InputError, open_cube, parse_chunks, store_state, write_cube
+from cubepipe.storage import InputError, open_cube, store_state
 from cubepipe.storage.update import add_variables
 
 from ..standardize import METHOD_ATTR, METHODS, destandardize, standardize
 from ..stats import STAT_VARS, fit_stats, stats_from_json, stats_to_json, take_stats
 from ._app import CliState, cli, pass_state
-from ._io import in_argument, open_in, write_options
+from ._io import in_argument, open_in, write_options, write_output
 
 
 def _stats_table(d: dict) -> str:
@@ -111,7 +111,8 @@ def standardize_cmd(
         else:
             st = None
         out = standardize(ds, st, method=method)
-        write_cube(
+        write_output(
+            state,
             out,
             output,
             op="standardize",
@@ -120,8 +121,7 @@ def standardize_cmd(
                 "stats": stats_from or ("saved" if st is not None else "fit"),
             },
             inputs=[source] + ([stats_from] if stats_from else []),
-            device=str(state.device),
-            chunks=parse_chunks(chunks),
+            chunks=chunks,
             resume=resume,
             overwrite=overwrite,
         )
@@ -140,13 +140,13 @@ def destandardize_cmd(
         open_cube(source)  # raises the one-line not-found error
     ds = open_cube(source)
     with state.compute():
-        write_cube(
+        write_output(
+            state,
             destandardize(ds),
             output,
             op="destandardize",
             inputs=[source],
-            device=str(state.device),
-            chunks=parse_chunks(chunks),
+            chunks=chunks,
             resume=resume,
             overwrite=overwrite,
         )
