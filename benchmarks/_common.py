@@ -125,14 +125,22 @@ def main(
     quick_size: str,
     notes: str = "",
     prepare: Callable[[str], None] | None = None,
+    columns: tuple[str, ...] = (),
+    summary: Callable[[list[dict[str, Any]]], str] | None = None,
+    repeat: int = 3,
 ) -> None:
-    """Entry point of a benchmark script (see module docstring)."""
+    """Entry point of a benchmark script (see module docstring).
+
+    ``columns`` are extra keys of the cases' results shown in the table (all are in the
+    JSON); ``summary(rows)`` returns markdown printed and written after the table;
+    ``repeat`` is the default of ``--repeat``.
+    """
     ap = argparse.ArgumentParser(description=f"cubepipe benchmark: {name}")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--size", action="append", help=f"sizes to run (default {sizes})")
     ap.add_argument("--quick", action="store_true", help="tiny size, no result files")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per case; the median is kept")
+    ap.add_argument("--repeat", type=int, default=repeat, help="runs per case; the median is kept")
     args = ap.parse_args()
     if args.child:
         _child(cases, args.child, args.size[0], args.workdir)
@@ -177,12 +185,16 @@ def main(
                 f"(anon {r['peak_anon_mb']:6.0f} MB)",
                 flush=True,
             )
+    text = summary(rows) if summary is not None else ""
+    if text:
+        print(text, flush=True)
     if args.quick:
         return
     RESULTS.mkdir(exist_ok=True)
     meta = machine()
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": meta, "rows": rows}, indent=2))
     cols = ["size", "case", "seconds", "ratio_to_" + baseline, "peak_rss_mb", "peak_anon_mb"]
+    cols += list(columns)
     lines = [
         f"# {name}",
         "",
@@ -196,6 +208,8 @@ def main(
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
     ]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    if text:
+        lines += ["", text]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / (name + '.md')}")

@@ -25,14 +25,16 @@ relative to the current directory, as on the command line.
 
 :func:`plan_pipeline` checks every step against its click command (names, required keys,
 each value through the option's own ``type.convert``) before anything runs, and turns
-each into the argument list of the command; :func:`run_pipeline` then invokes the
-commands in order. Errors are one line naming the file, the step (1-based), the op and
-the key.
+each into the argument list of the command (the key handling lives in
+:mod:`~cubepipe.pipeline.runner_keys`); :func:`run_pipeline` then invokes the commands in
+order, and with ``resume=True`` skips or resumes the steps an interrupted run finished or
+began (:mod:`~cubepipe.pipeline.runner_resume`). Errors are one line naming the file, the
+step (1-based), the op and the key. :class:`~cubepipe.storage.errors.StepError` (defined
+in storage with every other error) is re-exported here.
 """
 
 from __future__ import annotations
 
-import difflib
 import glob
 import os
 import shlex
@@ -45,16 +47,33 @@ from typing import Any
 import click
 import yaml
 
-from cubepipe.storage.errors import CubepipeError, InputError
-from cubepipe.storage.layout import parse_chunks
+from cubepipe.storage.errors import CubepipeError, InputError, StepError, StoreExistsError
+
+from .runner_keys import (
+    as_text,
+    check_chunks,
+    convert_globals,
+    convert_value,
+    did_you_mean,
+    global_options,
+    key_table,
+    kind,
+    norm_key,
+    option_args,
+    same_path,
+    yaml_reason,
+)
+from .runner_resume import ResumeAction, resume_action
 
 __all__ = [
     "OPS",
     "Pipeline",
+    "ResumeAction",
     "Step",
     "StepError",
     "load_pipeline",
     "plan_pipeline",
+    "resume_action",
     "run_pipeline",
 ]
 
@@ -72,14 +91,6 @@ OPS = (
 )
 #: Top-level keys besides the group's global options.
 _TOP_KEYS = ("steps", "chunks", "description")
-
-
-class StepError(CubepipeError):
-    """A step of a pipeline failed while running; the message names the step and op."""
-
-    def __init__(self, step: Step, cause: BaseException) -> None:
-        super().__init__(f"step {step.number} ({step.op}) failed: {cause}")
-        self.step = step
 
 
 @dataclass(frozen=True)
@@ -124,17 +135,10 @@ def load_pipeline(path: str | Path, group: click.Group, *, overwrite: bool = Fal
     try:
         doc = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise InputError(f"{p}: not valid YAML: {_yaml_reason(exc)}") from None
+        raise InputError(f"{p}: not valid YAML: {yaml_reason(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{p}: cannot be read: {exc}") from None
     return plan_pipeline(doc, group, source=str(p), overwrite=overwrite)
-
-
-def _yaml_reason(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{problem}{where}"
 
 
 def plan_pipeline(
@@ -168,25 +172,25 @@ def plan_pipeline(
         step is wrong.
     """
     if not isinstance(doc, Mapping):
-        got = "an empty document" if doc is None else f"a {_kind(doc)}"
+        got = "an empty document" if doc is None else f"a {kind(doc)}"
         raise InputError(f"{source}: expected a mapping with a 'steps:' list at the top, got {got}")
-    globals_ = _global_options(group)
+    globals_ = global_options(group)
     valid_top = sorted([*_TOP_KEYS, *globals_])
     for key in doc:
-        if _norm(key) not in valid_top:
+        if norm_key(key) not in valid_top:
             raise InputError(
-                f"{source}: unknown top-level key {key!r}{_did_you_mean(key, valid_top)}; "
+                f"{source}: unknown top-level key {key!r}{did_you_mean(key, valid_top)}; "
                 f"valid keys: {', '.join(valid_top)}"
             )
-    top = {_norm(k): v for k, v in doc.items()}
-    options = _convert_globals(top, globals_, group, source)
+    top = {norm_key(k): v for k, v in doc.items()}
+    options = convert_globals(top, globals_, group, source)
     chunks = top.get("chunks")
     chunks_text = None
     if chunks is not None:
-        chunks_text = _check_chunks(_as_text(chunks, f"{source}: top-level key 'chunks'"), source)
+        chunks_text = check_chunks(as_text(chunks, f"{source}: top-level key 'chunks'"), source)
     steps = top.get("steps")
     if not isinstance(steps, list) or not steps:
-        got = f"got a {_kind(steps)}"
+        got = f"got a {kind(steps)}"
         if "steps" not in top:
             got = "but it is missing"
         elif isinstance(steps, list):
@@ -199,42 +203,6 @@ def plan_pipeline(
         step = _plan_step(number, raw, group, ops, chain, chunks_text, overwrite, source)
         planned.append(step)
     return Pipeline(source=source, options=options, steps=tuple(planned))
-
-
-def _global_options(group: click.Group) -> dict[str, click.Option]:
-    """YAML key -> option for the group's global options that take a value."""
-    out: dict[str, click.Option] = {}
-    for p in group.params:
-        if isinstance(p, click.Option) and not p.is_flag and not p.hidden:
-            for opt in p.opts:
-                if opt.startswith("--"):
-                    out[_norm(opt[2:])] = p
-    return out
-
-
-def _convert_globals(
-    top: Mapping[str, Any], globals_: Mapping[str, click.Option], group: click.Group, source: str
-) -> dict[str, Any]:
-    ctx = click.Context(group, info_name="cubepipe")
-    options: dict[str, Any] = {}
-    for key, param in globals_.items():
-        if top.get(key) is None:
-            continue
-        where = f"{source}: top-level key {key!r}"
-        text = _as_text(top[key], where)
-        try:
-            options[str(param.name)] = param.type.convert(text, param, ctx)
-        except click.BadParameter as exc:
-            raise InputError(f"{where}: {exc.message}") from None
-    return options
-
-
-def _check_chunks(text: str, where: str) -> str:
-    try:
-        parse_chunks(text)
-    except InputError as exc:
-        raise InputError(f"{where}: key 'chunks': {exc}") from None
-    return text
 
 
 @dataclass
@@ -258,16 +226,16 @@ def _plan_step(
 ) -> Step:
     where = f"{source}: step {number}"
     if not isinstance(raw, Mapping) or len(raw) != 1:
-        got = f"a mapping with {len(raw)} keys" if isinstance(raw, Mapping) else f"a {_kind(raw)}"
+        got = f"a mapping with {len(raw)} keys" if isinstance(raw, Mapping) else f"a {kind(raw)}"
         raise InputError(
             f"{where}: expected a mapping with one key, the op (e.g. '- stats: {{}}'), got {got}"
         )
     ((op_key, params),) = raw.items()
-    op = _norm(op_key)
+    op = norm_key(op_key)
     if op not in ops:
         missing = f" ('{op}' is not installed in this cubepipe)" if op in OPS else ""
         raise InputError(
-            f"{where}: unknown op {op_key!r}{missing}{_did_you_mean(op, ops)}; "
+            f"{where}: unknown op {op_key!r}{missing}{did_you_mean(op, ops)}; "
             f"valid ops: {', '.join(ops)}"
         )
     where = f"{where} ({op})"
@@ -275,16 +243,16 @@ def _plan_step(
         params = {}
     if not isinstance(params, Mapping):
         raise InputError(
-            f"{where}: expected a mapping of key: value after '{op}:', got a {_kind(params)}"
+            f"{where}: expected a mapping of key: value after '{op}:', got a {kind(params)}"
         )
     cmd = group.commands[op]
-    table = _key_table(cmd)
+    table = key_table(cmd)
     given: dict[str, Any] = {}
     for key, value in params.items():
-        name = _norm(key)
+        name = norm_key(key)
         if name not in table:
             raise InputError(
-                f"{where}: unknown key {key!r}{_did_you_mean(name, table)}; "
+                f"{where}: unknown key {key!r}{did_you_mean(name, table)}; "
                 f"valid keys: {', '.join(table)}"
             )
         if name in given:
@@ -302,7 +270,7 @@ def _plan_step(
     inputs: tuple[str, ...] = ()
     if "in" in table:
         inputs = _inputs(given, table["in"], chain, where)
-        positional = [_convert(v, table["in"], ctx, where, "in") for v in inputs]
+        positional = [convert_value(v, table["in"], ctx, where, "in") for v in inputs]
     for name, param in table.items():
         if name == "in":
             continue
@@ -310,7 +278,7 @@ def _plan_step(
             if param.required:
                 raise InputError(f"{where}: missing required key {name!r}")
             continue
-        options += _option_args(given[name], param, ctx, where, name)
+        options += option_args(given[name], param, ctx, where, name)
 
     output = given.get("out")
     out_type = getattr(table.get("out"), "type", None)
@@ -321,7 +289,7 @@ def _plan_step(
             chain.current, chain.why_none = None, f"step {number} ({op}) writes a file, not a store"
         else:
             chain.current = output
-        chain.produced.add(_same(output))
+        chain.produced.add(same_path(output))
     elif inputs and len(inputs) == 1:
         chain.current = inputs[0]  # stats-like: writes into its input, hands it on
     sep = ["--"] if any(a.startswith("-") for a in positional) else []
@@ -333,25 +301,6 @@ def _plan_step(
         output=output,
         output_is_file=out_is_file,
     )
-
-
-def _key_table(cmd: click.Command) -> dict[str, click.Parameter]:
-    """YAML key -> click parameter: ``in`` (first argument), ``out`` (``--output``), and
-    every other option by its long name(s) without dashes."""
-    table: dict[str, click.Parameter] = {}
-    arguments = [a for a in cmd.params if isinstance(a, click.Argument)]
-    for i, a in enumerate(arguments):
-        table["in" if i == 0 else _norm(a.name)] = a
-    for p in cmd.params:
-        if not isinstance(p, click.Option) or p.hidden:
-            continue
-        if p.name == "output":
-            table["out"] = p
-            continue
-        for opt in p.opts:
-            if opt.startswith("--"):
-                table[_norm(opt[2:])] = p
-    return table
 
 
 def _inputs(
@@ -368,60 +317,14 @@ def _inputs(
     if isinstance(value, list) and many:
         if not value:
             raise InputError(f"{where}: key 'in': the list of inputs is empty")
-        items = [_as_text(v, f"{where}: key 'in'", scalar=True) for v in value]
+        items = [as_text(v, f"{where}: key 'in'", scalar=True) for v in value]
     else:
-        items = [_as_text(value, f"{where}: key 'in'", scalar=True)]
+        items = [as_text(value, f"{where}: key 'in'", scalar=True)]
     for item in items:
-        if _same(item) in chain.produced or os.path.exists(item) or glob.has_magic(item):
+        if same_path(item) in chain.produced or os.path.exists(item) or glob.has_magic(item):
             continue
         raise InputError(f"{where}: key 'in': {item} does not exist and no earlier step writes it")
     return tuple(items)
-
-
-def _option_args(
-    value: Any, param: click.Parameter, ctx: click.Context, where: str, name: str
-) -> list[str]:
-    assert isinstance(param, click.Option)
-    longs = [o for o in param.opts if o.startswith("--")] or list(param.opts)
-    if param.is_flag and not param.count:
-        if not isinstance(value, bool):
-            raise InputError(f"{where}: key {name!r}: expected true or false, got {value!r}")
-        if value:
-            return [longs[0]]
-        return [param.secondary_opts[0]] if param.secondary_opts else []
-    if param.multiple and isinstance(value, list):
-        out: list[str] = []
-        for item in value:
-            out += [longs[0], _convert(item, param, ctx, where, name)]
-        return out
-    return [longs[0], _convert(value, param, ctx, where, name)]
-
-
-def _convert(value: Any, param: click.Parameter, ctx: click.Context, where: str, name: str) -> str:
-    """``value`` as the command-line text, checked with the parameter's own type."""
-    text = _as_text(value, f"{where}: key {name!r}", scalar=param.nargs == -1)
-    try:
-        param.type.convert(text, param, ctx)
-    except click.BadParameter as exc:
-        raise InputError(f"{where}: key {name!r}: {exc.message}") from None
-    if name == "chunks":
-        _check_chunks(text, where)
-    return text
-
-
-def _as_text(value: Any, where: str, *, scalar: bool = False) -> str:
-    if isinstance(value, bool):
-        raise InputError(f"{where}: expected a value, got the boolean {str(value).lower()}")
-    if isinstance(value, Mapping) and not scalar:
-        return ",".join(
-            f"{_as_text(k, where, scalar=True)}={_as_text(v, where, scalar=True)}"
-            for k, v in value.items()
-        )
-    if isinstance(value, list | tuple) and not scalar:
-        return ",".join(_as_text(v, where, scalar=True) for v in value)
-    if isinstance(value, Mapping | list | tuple | set):
-        raise InputError(f"{where}: expected a single value, got a {_kind(value)}")
-    return str(value)
 
 
 # -- running -------------------------------------------------------------------------------
@@ -433,6 +336,7 @@ def run_pipeline(
     obj: Any,
     *,
     say: Callable[[str], None] = lambda _msg: None,
+    resume: bool = False,
 ) -> list[float]:
     """Invoke each step's command in order, as ``cubepipe OP ARGS`` would.
 
@@ -445,31 +349,46 @@ def run_pipeline(
     obj
         The context object the commands receive (the CLI's state: device, scheduler).
     say
-        Called with one status line as each step starts and ends.
+        Called with one status line as each step starts and ends (or is skipped).
+    resume
+        Finish an interrupted run: a step whose output store is complete and was made by
+        the same command and options is skipped, an incomplete one is resumed (its
+        command gets ``--resume``); see :mod:`cubepipe.pipeline.runner_resume`.
 
     Returns
     -------
     list of float
-        Seconds each step took.
+        Seconds each step took (0.0 for a skipped step).
 
     Raises
     ------
     StepError
-        A step failed with a :class:`CubepipeError` or a usage error; the one-line
-        message names the step. Other exceptions (bugs) propagate unchanged.
+        A step failed with a :class:`CubepipeError` or a usage error, or (``resume``) its
+        output was made by a different command; the one-line message names the step.
+        Other exceptions (bugs) propagate unchanged.
     """
     n = len(pipeline.steps)
     times: list[float] = []
     for step in pipeline.steps:
         label = f"cubepipe run: step {step.number}/{n} {step.op}"
         target = step.output or (step.inputs[0] if step.inputs else "")
-        say(f"{label}: started ({', '.join(step.inputs) or '-'} -> {target or '-'})")
         t0 = time.perf_counter()
         try:
-            _invoke(group, step, obj)
+            args = step.args
+            if resume:
+                action = resume_action(step, group)
+                if action.kind == "skip":
+                    say(f"{label}: skipped: {action.note} (--resume)")
+                    times.append(0.0)
+                    continue
+                args = action.args
+                if action.note:
+                    say(f"{label}: {action.note}")
+            say(f"{label}: started ({', '.join(step.inputs) or '-'} -> {target or '-'})")
+            _invoke(group, step.op, args, obj)
         except CubepipeError as exc:
             say(f"{label}: FAILED after {time.perf_counter() - t0:.1f} s")
-            raise StepError(step, exc) from exc
+            raise StepError(step, exc, _hint(exc, resume)) from exc
         except click.ClickException as exc:
             say(f"{label}: FAILED after {time.perf_counter() - t0:.1f} s")
             raise StepError(step, InputError(exc.format_message())) from exc
@@ -478,35 +397,23 @@ def run_pipeline(
     return times
 
 
-def _invoke(group: click.Group, step: Step, obj: Any) -> None:
-    cmd = group.commands[step.op]
+def _hint(exc: CubepipeError, resume: bool) -> str:
+    if isinstance(exc, StoreExistsError) and not resume:
+        return (
+            "; `cubepipe run --resume` skips the steps whose output is complete and finishes "
+            "an interrupted one"
+        )
+    return ""
+
+
+def _invoke(group: click.Group, op: str, args: Sequence[str], obj: Any) -> None:
+    cmd = group.commands[op]
     root = click.Context(group, info_name="cubepipe", obj=obj)
     with root:
         try:
-            sub = cmd.make_context(step.op, list(step.args), parent=root)
+            sub = cmd.make_context(op, list(args), parent=root)
             with sub:
                 cmd.invoke(sub)
         except click.exceptions.Exit as exc:
             if exc.exit_code:
                 raise InputError(f"exited with status {exc.exit_code}") from exc
-
-
-# -- helpers -------------------------------------------------------------------------------
-
-
-def _norm(key: Any) -> str:
-    return str(key).strip().replace("-", "_")
-
-
-def _same(path: str) -> str:
-    return os.path.normpath(os.path.abspath(path))
-
-
-def _kind(value: Any) -> str:
-    names = {dict: "mapping", list: "list", str: "string", int: "number", float: "number"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _did_you_mean(word: Any, choices: Sequence[str] | Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(_norm(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""

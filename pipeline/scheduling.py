@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import dask
+from dask.utils import parse_bytes
 
 from cubepipe.storage.errors import InputError, MissingDependencyError
 
-__all__ = ["check_scheduler", "scheduler"]
+__all__ = ["check_memory_limit", "check_scheduler", "scheduler"]
 
 _THREADED = ("threads", "threaded", "sync", "synchronous")
 
@@ -28,6 +29,23 @@ def check_scheduler(spec: str) -> str:
         )
     _distributed()
     return spec
+
+
+def check_memory_limit(text: str | None) -> str | None:
+    """Validate a ``--memory-limit`` value (``1GB``, ``512MiB``, ``2e9``); returns it as
+    given. It is dask's limit for *each* worker process of ``--scheduler local``."""
+    if text is None or not str(text).strip():
+        return None
+    text = str(text).strip()
+    try:
+        n = parse_bytes(text)
+    except (ValueError, TypeError):
+        n = 0
+    if n <= 0:
+        raise InputError(
+            f"--memory-limit: {text!r} is not a memory size such as 1GB, 512MiB or 2e9 (bytes)"
+        )
+    return text
 
 
 def _distributed() -> Any:
@@ -51,8 +69,10 @@ def scheduler(
     """Run the enclosed dask computations on the scheduler named by ``spec``.
 
     ``threads`` uses dask's threaded scheduler (no cluster). ``local`` starts a
-    ``dask.distributed.LocalCluster`` (``workers`` processes, ``memory_limit`` each) and
-    prints its dashboard link to stderr. Anything else is taken as the address of a running
+    ``dask.distributed.LocalCluster`` (``workers`` processes of one thread, ``memory_limit``
+    *each*, with dask's spill/pause/restart thresholds of 70/80/95% of it) and prints its
+    dashboard link to stderr. The scheduler and nannies run in this process, outside the
+    limit (``benchmarks/bench_memory_limit.py`` measures both). Anything else is taken as the address of a running
     scheduler (``tcp://HOST:PORT``) to join. Yields the ``distributed.Client`` or None.
     """
     spec = check_scheduler(spec)
@@ -67,7 +87,7 @@ def scheduler(
         if workers:
             kwargs["n_workers"] = workers
         if memory_limit:
-            kwargs["memory_limit"] = memory_limit
+            kwargs["memory_limit"] = check_memory_limit(memory_limit)
         with (
             distributed.LocalCluster(**kwargs) as cluster,
             distributed.Client(cluster) as client,

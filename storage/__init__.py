@@ -15,6 +15,7 @@ from .errors import (
     InputError,
     InvalidStoreError,
     MissingDependencyError,
+    StepError,
     StoreExistsError,
     StoreNotFoundError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "InputError",
     "InvalidStoreError",
     "MissingDependencyError",
+    "StepError",
     "StoreExistsError",
     "StoreNotFoundError",
     "__version__",

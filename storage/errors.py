@@ -10,6 +10,8 @@ what to do about it.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CubepipeError",
     "CubepipeWarning",
@@ -19,6 +21,7 @@ __all__ = [
     "InputError",
     "InvalidStoreError",
     "MissingDependencyError",
+    "StepError",
     "StoreExistsError",
     "StoreNotFoundError",
 ]
@@ -72,6 +75,18 @@ class IncompleteStoreError(CubepipeError):
 
 class StoreExistsError(CubepipeError, FileExistsError):
     """The output path already holds data and the user did not say what to do with it."""
+
+
+class StepError(CubepipeError):
+    """A step of a pipeline (``cubepipe run``) failed; the message names the step and op.
+
+    ``step`` is the pipeline's step (anything with ``number`` and ``op``, e.g.
+    :class:`cubepipe.pipeline.runner.Step`); the error that stopped it is ``__cause__``.
+    """
+
+    def __init__(self, step: Any, cause: BaseException, hint: str = "") -> None:
+        super().__init__(f"step {step.number} ({step.op}) failed: {cause}{hint}")
+        self.step = step
 
 
 class DeviceError(CubepipeError, RuntimeError):

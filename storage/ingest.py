@@ -294,6 +294,7 @@ def write_input(
     overwrite: bool = False,
     device: str = "cpu",
     params: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Encode a Dataset from :func:`open_input` and write it as a cube store.
 
@@ -312,8 +313,9 @@ def write_input(
         ``{dim: size}`` store chunks (pass the ones given to :func:`open_input`).
     resume, overwrite
         Finish an interrupted ingest into ``out``, or replace an existing store.
-    device, params
-        Recorded in the provenance entry (``op = "ingest"``).
+    device, params, provenance
+        Recorded in the provenance entry (``op = "ingest"``; see
+        :func:`~cubepipe.storage.write_cube`).
 
     Returns
     -------
@@ -331,6 +333,7 @@ def write_input(
         chunks=chunks,
         resume=resume,
         overwrite=overwrite,
+        provenance=provenance,
     )
 
 

@@ -244,8 +244,16 @@ def _block_done(target: zarr.Array, store_root: Path, name: str, idx: tuple[int,
 
 
 def _history_entry(
-    op: str, params: Mapping[str, Any] | None, inputs: Iterable[Any], device: str
+    op: str,
+    params: Mapping[str, Any] | None,
+    inputs: Iterable[Any],
+    device: str,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    reserved = {"op", "params", "inputs", "device", "started", "finished", "results", "resumed"}
+    clash = sorted(reserved & set(extra or {}))
+    if clash:
+        raise InputError(f"provenance keys {clash} are reserved for cubepipe's own history fields")
     return {
         "op": op,
         "params": json.loads(json.dumps(dict(params or {}), default=str)),
@@ -253,6 +261,7 @@ def _history_entry(
         "device": device,
         "started": _now(),
         "finished": None,
+        **json.loads(json.dumps(dict(extra or {}), default=str)),
     }
 
 
@@ -286,6 +295,7 @@ def write_cube(
     overwrite: bool = False,
     results: Mapping[str, Any] | None = None,
     summarize: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``ds`` to a new cube store at ``path``, chunk by chunk.
 
@@ -310,6 +320,9 @@ def write_cube(
         the writes, so tasks they share with the data are run once; ``summarize`` turns
         their values into a JSON-ready mapping, recorded as the history entry's
         ``results``.
+    provenance
+        Extra JSON-ready keys for the new history entry (the CLI records the command and
+        its options under ``cli``, which ``cubepipe run --resume`` compares).
 
     Returns
     -------
@@ -352,7 +365,7 @@ def write_cube(
         meta = {
             "version": __version__,
             "complete": False,
-            "history": history(ds) + [_history_entry(op, params, inputs, device)],
+            "history": history(ds) + [_history_entry(op, params, inputs, device, provenance)],
         }
         prepared.attrs = {**{k: v for k, v in ds.attrs.items() if k != ATTR}, ATTR: meta}
         prepared.to_zarr(

@@ -25,12 +25,14 @@ def add_variables(
     params: Mapping[str, Any] | None = None,
     inputs: Iterable[Any] = (),
     device: str = "cpu",
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the (small, computed) variables of ``new`` into the store at ``path``.
 
     Variables of the same name are replaced. The store is marked incomplete while this
-    runs and complete again, with one more history entry, when it is done; so a crash
-    mid-way leaves a store that says so.
+    runs and complete again, with one more history entry (``op``, ``params``, ``inputs``,
+    ``device`` and any ``provenance`` keys), when it is done; so a crash mid-way leaves a
+    store that says so.
     """
     p = Path(path)
     state = store_state(p)
@@ -42,7 +44,7 @@ def add_variables(
     if clash:
         raise InputError(f"{p} already has data variable(s) {clash} that are not fitted results")
     meta["complete"] = False
-    entry = _history_entry(op, params, inputs, device)
+    entry = _history_entry(op, params, inputs, device, provenance)
     meta["history"] = list(meta.get("history", [])) + [entry]
     group.attrs[ATTR] = meta
     new = new.drop_encoding().compute()

@@ -20,7 +20,7 @@ from cubepipe.storage.errors import CubepipeError
 
 from ..backend import Device, resolve_device
 from ..progress import Progress
-from ..scheduling import check_scheduler, scheduler
+from ..scheduling import check_memory_limit, check_scheduler, scheduler
 
 __all__ = ["CliState", "cli", "main", "pass_state", "run"]
 
@@ -81,8 +81,19 @@ _debug_requested = False
     metavar="threads|local|ADDRESS",
     help="Dask scheduler: threads, a new LocalCluster, or tcp://HOST:PORT of a running one.",
 )
-@click.option("--workers", type=click.IntRange(min=1), help="Workers for --scheduler local.")
-@click.option("--memory-limit", help="Memory limit per worker for --scheduler local (e.g. 2GB).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Worker processes for --scheduler local, one thread each (default: one per core).",
+)
+@click.option(
+    "--memory-limit",
+    metavar="SIZE",
+    help="Memory limit of EACH worker process for --scheduler local, e.g. 1GB (10^9 bytes) "
+    "or 1GiB (default: the machine's memory shared among the workers). dask semantics: a "
+    "worker spills at 70%, pauses at 80% and is restarted at 95% of it; the cubepipe "
+    "process (client, scheduler, nannies: under 400 MiB) comes on top.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.option("--quiet", "-q", is_flag=True, help="Print results only, no status lines.")
 @click.pass_context
@@ -106,7 +117,7 @@ def cli(
         device=resolve_device(device),
         scheduler_spec=check_scheduler(scheduler_spec),
         workers=workers,
-        memory_limit=memory_limit,
+        memory_limit=check_memory_limit(memory_limit),
         debug=debug,
         quiet=quiet,
     )

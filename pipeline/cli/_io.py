@@ -10,7 +10,9 @@ import xarray as xr
 
 from cubepipe.storage import open_cube, parse_chunks, store_state, write_cube
 
-__all__ = ["in_argument", "open_in", "write_options", "write_output"]
+from ..runner_resume import invocation
+
+__all__ = ["in_argument", "open_in", "provenance", "write_options", "write_output"]
 
 
 def open_in(path: str | Path, *, allow_incomplete: bool = False) -> xr.Dataset:
@@ -40,6 +42,14 @@ def write_options(f: Any) -> Any:
     )(f)
 
 
+def provenance() -> dict[str, Any]:
+    """The running command's invocation (``{"cli": ...}``) for its store's history entry,
+    which ``cubepipe run --resume`` compares with a step (see
+    :func:`~cubepipe.pipeline.runner_resume.invocation`); empty outside a click command."""
+    ctx = click.get_current_context(silent=True)
+    return {"cli": invocation(ctx)} if ctx is not None else {}
+
+
 def write_output(
     state: Any,
     ds: xr.Dataset,
@@ -54,8 +64,8 @@ def write_output(
     **kwargs: Any,
 ) -> Path:
     """:func:`~cubepipe.storage.write_cube` with what :func:`write_options` collected
-    (``--chunks`` on top of ``base_chunks``, ``--resume``, ``--overwrite``) and the
-    command's device recorded in the provenance."""
+    (``--chunks`` on top of ``base_chunks``, ``--resume``, ``--overwrite``); the command's
+    device and invocation are recorded in the provenance."""
     return write_cube(
         ds,
         output,
@@ -65,5 +75,6 @@ def write_output(
         chunks={**(base_chunks or {}), **parse_chunks(chunks)},
         resume=resume,
         overwrite=overwrite,
+        provenance=provenance(),
         **kwargs,
     )

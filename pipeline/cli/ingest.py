@@ -13,6 +13,7 @@ from cubepipe.storage.readers.image import expand_sources
 
 from ._app import CliState, cli, pass_state
 from ._format import human_bytes
+from ._io import provenance
 
 FORMATS = ["auto", "npy", "tiff", "png", "jpeg", "envi", "video"]
 ENCODINGS = ["float32", "float16", "int16-quantized"]
@@ -87,6 +88,7 @@ def ingest(
             overwrite=overwrite,
             device=str(state.device),
             params=ingest_params(format=fmt.lower(), dtype=dtype, layout=layout),
+            provenance=provenance(),
         )
         elapsed = time.perf_counter() - t0
     d = describe(store)

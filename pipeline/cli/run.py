@@ -14,8 +14,8 @@ from click.core import ParameterSource
 from cubepipe.storage.errors import InputError
 
 from ..backend import resolve_device
-from ..runner import Pipeline, load_pipeline, run_pipeline
-from ..scheduling import check_scheduler, scheduler
+from ..runner import Pipeline, load_pipeline, resume_action, run_pipeline
+from ..scheduling import check_memory_limit, check_scheduler, scheduler
 from ._app import CliState, cli
 
 
@@ -32,7 +32,9 @@ def _step_state(ctx: click.Context, state: CliState, pipeline: Pipeline) -> CliS
                 changes["device"] = resolve_device(value)
             elif name == "scheduler_spec":
                 changes["scheduler_spec"] = check_scheduler(value)
-            elif name in ("workers", "memory_limit"):
+            elif name == "memory_limit":
+                changes[name] = check_memory_limit(value)
+            elif name == "workers":
                 changes[name] = value
         except InputError as exc:
             key = "scheduler" if name == "scheduler_spec" else name
@@ -51,10 +53,30 @@ def _global_args(state: CliState) -> list[str]:
     return args
 
 
+def _dry_run(pipeline: Pipeline, global_args: list[str], resume: bool) -> None:
+    """Print each step's command; with --resume, what the resumed run would do instead."""
+    for step in pipeline.steps:
+        if not resume:
+            click.echo(step.command_line(global_args))
+            continue
+        action = resume_action(step, cli)  # raises where the real run would refuse
+        if action.kind == "skip":
+            click.echo(f"# step {step.number} ({step.op}) skipped: {action.note}")
+        else:
+            click.echo(dataclasses.replace(step, args=action.args).command_line(global_args))
+
+
 @cli.command("run")
 @click.argument("pipeline_file", metavar="PIPELINE.yaml", type=click.Path(path_type=Path))
 @click.option(
     "--dry-run", is_flag=True, help="Check PIPELINE.yaml and print each step's command only."
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Finish an interrupted run: skip steps whose output store is complete and was "
+    "made by the same command and options, resume an incomplete one (--resume), re-make "
+    "files; refuse outputs made otherwise.",
 )
 @click.option(
     "--overwrite",
@@ -62,7 +84,9 @@ def _global_args(state: CliState) -> list[str]:
     help="Pass --overwrite to every step that takes it (unless the step sets overwrite).",
 )
 @click.pass_context
-def run_cmd(ctx: click.Context, pipeline_file: Path, dry_run: bool, overwrite: bool) -> None:
+def run_cmd(
+    ctx: click.Context, pipeline_file: Path, dry_run: bool, resume: bool, overwrite: bool
+) -> None:
     """Run the steps of PIPELINE.yaml in order; each is the same as `cubepipe OP ...`.
 
     \b
@@ -78,14 +102,21 @@ def run_cmd(ctx: click.Context, pipeline_file: Path, dry_run: bool, overwrite: b
     Ops: ingest, stats, standardize, destandardize, compress, reconstruct, filter, export,
     report. Keys are the command's option names without dashes; `in` is its input (default:
     the previous step's `out`), `out` its -o. The whole file is checked before any step runs.
+
+    A run killed part-way continues with --resume: each store records the command that
+    made it, so finished steps are skipped, the interrupted one resumes where it stopped
+    and the rest run; without --resume an existing output is refused (or --overwrite).
     """
     state = ctx.find_object(CliState)
     assert state is not None
+    if resume and overwrite:
+        raise InputError(
+            "give --resume (finish an interrupted run) or --overwrite (start over), not both"
+        )
     pipeline = load_pipeline(pipeline_file, cli, overwrite=overwrite)
     steps_state = _step_state(ctx, state, pipeline)
     if dry_run:
-        for step in pipeline.steps:
-            click.echo(step.command_line(_global_args(steps_state)))
+        _dry_run(pipeline, _global_args(steps_state), resume)
         state.say(f"cubepipe run: {pipeline_file} is valid ({len(pipeline.steps)} steps)")
         return
     t0 = time.perf_counter()
@@ -101,7 +132,7 @@ def run_cmd(ctx: click.Context, pipeline_file: Path, dry_run: bool, overwrite: b
                 )
             )
             steps_state = dataclasses.replace(steps_state, scheduler_spec=client.scheduler.address)
-        run_pipeline(pipeline, cli, steps_state, say=state.say)
+        run_pipeline(pipeline, cli, steps_state, say=state.say, resume=resume)
     state.say(
         f"cubepipe run: {len(pipeline.steps)} steps of {pipeline_file} done in "
         f"{time.perf_counter() - t0:.1f} s"

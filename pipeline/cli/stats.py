@@ -14,7 +14,7 @@ from cubepipe.storage.update import add_variables
 from ..standardize import METHOD_ATTR, METHODS, destandardize, standardize
 from ..stats import STAT_VARS, fit_stats, stats_from_json, stats_to_json, take_stats
 from ._app import CliState, cli, pass_state
-from ._io import in_argument, open_in, write_options, write_output
+from ._io import in_argument, open_in, provenance, write_options, write_output
 
 
 def _stats_table(d: dict) -> str:
@@ -61,7 +61,12 @@ def stats_cmd(
         st = fit_stats(ds, variable=variable, split_every=split_every).compute()
     if not no_save:
         add_variables(
-            store, st, op="stats", params={"variable": variable}, device=str(state.device)
+            store,
+            st,
+            op="stats",
+            params={"variable": variable},
+            device=str(state.device),
+            provenance=provenance(),
         )
     d = stats_to_json(st)
     click.echo(json.dumps(d, indent=2) if as_json else _stats_table(d))
