@@ -10,8 +10,8 @@ level 1 + checksum), each in its own process:
 - ``io_floor_2read``: read the cube once (``sum().compute()``), then that copy: the least
   any fit-then-project method without caching can do;
 - ``cubepipe``: what ``cubepipe compress IN -o OUT -k 5`` runs, through the Python API
-  (``fit_pca`` -> ``pca_project`` -> ``write_cube`` with the reconstruction metrics as
-  ``results=``, so they share the projection's reads), on dask's threaded scheduler;
+  (``fit_pca`` -> ``pca_encode`` -> ``write_cube`` with the reconstruction metrics as
+  ``results=``, computed in the projection's own tasks), on dask's threaded scheduler;
 - ``sklearn_pca``: load the cube, keep the pixels valid in every band as an
   ``(N, band)`` float32 array, ``sklearn.decomposition.PCA(5)`` fit then transform
   (``svd_solver="covariance_eigh"`` where scikit-learn has it, else ``"full"``; the row
@@ -71,8 +71,7 @@ import zarr
 
 from cubepipe.pipeline.pca import (
     fit_pca,
-    pca_project,
-    reconstruction_metrics,
+    pca_encode,
     summarize_metrics,
 )
 from cubepipe.pipeline.scheduling import scheduler
@@ -251,7 +250,7 @@ def cubepipe(size: str, workdir: Path) -> dict[str, Any]:
         ds = open_cube(source)
         model, stats = fit_pca(ds, n_components=K)
         fitted = time.perf_counter()
-        scores = pca_project(ds, model)
+        scores, partials = pca_encode(ds, model)
         out = xr.Dataset({"scores": scores}, attrs=ds.attrs)
         out = out.merge(model.drop_vars("component"), compat="override", join="override")
         out = out.assign({k: ("band", stats[k].values) for k in stats.data_vars})
@@ -266,7 +265,7 @@ def cubepipe(size: str, workdir: Path) -> dict[str, Any]:
             inputs=[source],
             device="cpu",
             chunks={"component": k},
-            results={"metrics": reconstruction_metrics(ds, scores, model)},
+            results={"metrics": partials},
             summarize=lambda values: summarize_metrics(values["metrics"]),
         )
     done = time.perf_counter()

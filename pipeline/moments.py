@@ -19,6 +19,7 @@ analysis and recommendations", The American Statistician 37 (1983) 242-247.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import dask.array as da
@@ -46,32 +47,43 @@ def block_moments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
     """Moments ``(band, 5)`` of one chunk, in float64, ignoring NaN and ``~valid``.
 
     Sums run over the input dtype with a float64 accumulator; the centred sum of squares
-    uses one float64 copy of the chunk. A chunk with no invalid value (the common case)
-    skips every masking step.
+    is formed strip by strip (float64 strips small enough to stay in cache) around the
+    chunk's exact mean. A chunk with no invalid value (the common case, detected from the
+    band sums themselves) skips every masking step.
     """
     xp = array_namespace(block)
     nb = block.shape[band_axis]
     x = xp.reshape(xp.moveaxis(block, band_axis, 0), (nb, -1))
     f64 = xp.float64
-    bad = xp.isnan(x)
-    if valid is not None:
-        v = xp.reshape(xp.moveaxis(valid, band_axis, 0), (nb, -1))
-        bad = bad | ~xp.astype(v, xp.bool)
     if x.shape[1] == 0:
         zero = xp.zeros(nb, dtype=f64)
         return xp.stack([zero, zero, zero, zero + xp.inf, zero - xp.inf], axis=1)
-    if bool(xp.any(bad)):
-        # Some values invalid: summarise each band's valid values (a compressed copy).
-        ok = ~bad
-        rows = [_row_moments(xp, x[i, ...][ok[i, ...]]) for i in range(nb)]
-        return xp.stack(rows, axis=0)
+    total = xp.sum(x, axis=1, dtype=f64)  # NaN in a band makes its sum NaN
+    clean = bool(xp.all(xp.isfinite(total)))
+    if valid is not None:
+        v = xp.reshape(xp.moveaxis(valid, band_axis, 0), (nb, -1))
+        clean = clean and bool(xp.all(xp.astype(v, xp.bool)))
+    if not clean:
+        bad = xp.isnan(x)
+        if valid is not None:
+            bad = bad | ~xp.astype(v, xp.bool)
+        if bool(xp.any(bad)):
+            # Some values invalid: summarise each band's valid values (a compressed copy).
+            ok = ~bad
+            rows = [_row_moments(xp, x[i, ...][ok[i, ...]]) for i in range(nb)]
+            return xp.stack(rows, axis=0)
     n = xp.full(nb, float(x.shape[1]), dtype=f64)
-    mean = xp.sum(x, axis=1, dtype=f64) / n
-    dev = xp.astype(x, f64)
-    dev -= mean[:, None]
+    mean = total / n
+    m2 = xp.zeros(nb, dtype=f64)
+    step = strip_pixels(nb)
+    buf = xp.empty((nb, min(step, x.shape[1])), dtype=f64)  # one strip buffer per chunk
+    for a in range(0, x.shape[1], step):
+        dev = buf[:, : min(step, x.shape[1] - a)]
+        dev[...] = x[:, a : a + step]
+        dev -= mean[:, None]
+        m2 += xp.vecdot(dev, dev)
     lo = xp.astype(xp.min(x, axis=1), f64)
     hi = xp.astype(xp.max(x, axis=1), f64)
-    m2 = xp.vecdot(dev, dev)
     return xp.stack([n, mean, m2, lo, hi], axis=1)
 
 
@@ -105,25 +117,33 @@ def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
     Packed ``(band, 5 + 2 + band)``: columns 0-4 are :func:`block_moments` (each band's
     own valid values); column 5 is ``n`` (pixels valid in all bands), column 6 their
     per-band mean, columns 7.. the centred cross-product matrix
-    ``C[i, j] = sum((x_i - mean_i) * (x_j - mean_j))``, formed by one float64 matmul.
+    ``C[i, j] = sum((x_i - mean_i) * (x_j - mean_j))``, formed strip by strip by float64
+    matmuls around the chunk's exact mean.
     """
     xp = array_namespace(block)
     nb = block.shape[band_axis]
     x = xp.reshape(xp.moveaxis(block, band_axis, 0), (nb, -1))
-    bad_values = xp.isnan(x)
+    f64 = xp.float64
+    total = xp.sum(x, axis=1, dtype=f64)  # NaN anywhere in a band makes its sum NaN
+    any_bad = not bool(xp.all(xp.isfinite(total)))
     if valid is not None:
         v = xp.reshape(xp.moveaxis(valid, band_axis, 0), (nb, -1))
-        bad_values = bad_values | ~xp.astype(v, xp.bool)
-    bad = xp.any(bad_values, axis=0)
-    any_bad = bool(xp.any(bad))
+        any_bad = any_bad or not bool(xp.all(xp.astype(v, xp.bool)))
     if any_bad:
+        bad_values = xp.isnan(x)
+        if valid is not None:
+            bad_values = bad_values | ~xp.astype(v, xp.bool)
+        bad = xp.any(bad_values, axis=0)
         x = x[:, ~bad]  # the pixels valid in every band
+        total = xp.sum(x, axis=1, dtype=f64)
     n = float(x.shape[1])
-    f64 = xp.float64
-    mean = xp.sum(x, axis=1, dtype=f64) / max(n, 1.0)
+    mean = total / max(n, 1.0)
     cross = xp.zeros((nb, nb), dtype=f64)
-    for start in range(0, x.shape[1], strip_pixels(nb)):
-        dev = xp.astype(x[:, start : start + strip_pixels(nb)], f64)
+    step = strip_pixels(nb)
+    buf = xp.empty((nb, max(1, min(step, x.shape[1]))), dtype=f64)  # one strip buffer
+    for start in range(0, x.shape[1], step):
+        dev = buf[:, : min(step, x.shape[1] - start)]
+        dev[...] = x[:, start : start + step]
         dev -= mean[:, None]
         cross += dev @ xp.permute_dims(dev, (1, 0))
     if any_bad:  # each band's own valid values differ from the all-valid pixel set
@@ -138,9 +158,10 @@ def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
     return xp.concat([stats, ncol, mean[:, None], cross], axis=1)
 
 
-def strip_pixels(bands: int, budget: int = 16 * 2**20) -> int:
+def strip_pixels(bands: int, budget: int = 512 * 2**10) -> int:
     """Pixels per strip so that one float64 ``(bands, pixels)`` temporary is ~``budget``
-    bytes: kernels work strip by strip so their memory does not grow with chunk size."""
+    bytes: kernels work strip by strip so their memory does not grow with chunk size,
+    and each strip's few element-wise passes run in cache rather than main memory."""
     return max(1024, budget // (8 * max(bands, 1)))
 
 
@@ -214,6 +235,7 @@ def band_moments(
     split_every: int | None = None,
     name: str = "cubepipe-stats",
     kind: str = "moments",
+    blocks: Sequence[tuple[int, ...]] | None = None,
 ) -> da.Array:
     """Lazy packed partials of ``data`` merged over every axis but ``band_axis``.
 
@@ -221,9 +243,10 @@ def band_moments(
     gives ``(band, 7 + band)`` (see :func:`block_comoments`), the statistics and the
     covariance in the same single pass. ``valid`` (same shape and chunks as ``data``,
     bool) marks pixels to include; NaN is always excluded. Every chunk of ``data`` is
-    read exactly once.
+    read exactly once; with ``blocks`` (block indices of ``data``), only those chunks are
+    read and summarised (a sample; the indices count chunks with ``band_axis`` whole).
     """
-    if kind == "comoments" and len(data.chunks[band_axis]) > 1:
+    if (kind == "comoments" or blocks is not None) and len(data.chunks[band_axis]) > 1:
         data = data.rechunk({band_axis: -1})  # co-moments need every band of a pixel
         valid = None if valid is None else valid.rechunk(data.chunks)
     ndim = data.ndim
@@ -243,6 +266,12 @@ def band_moments(
         token=f"{name}-partial",
     )
     reduced = tuple(i for i in range(ndim) if i != band_axis)
+    if blocks is not None:
+        # One cell per chosen chunk, side by side along the first reduced axis.
+        cells = [partial.blocks[tuple(idx)] for idx in blocks]
+        if not cells:
+            raise ValueError("blocks: choose at least one chunk")
+        partial = da.concatenate(cells, axis=reduced[0]) if len(cells) > 1 else cells[0]
     return da.reduction(
         partial,
         chunk=_identity,

@@ -16,6 +16,7 @@ other store or stream from those alone.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "MODEL_VARS",
     "choose_components",
     "fit_pca",
+    "pca_encode",
     "pca_project",
     "pca_reconstruct",
     "reconstruction_metrics",
@@ -80,6 +82,8 @@ def fit_pca(
     whiten: bool = False,
     variable: str = "cube",
     split_every: int | None = None,
+    sample: float | None = None,
+    seed: int = 0,
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """Fit PCA over the band axis of ``ds[variable]`` in one pass over the data.
 
@@ -94,12 +98,19 @@ def fit_pca(
         Fit on per-band z-scores (correlation PCA); ``pca_scale`` holds the stds used.
     whiten
         Scores are divided by ``sqrt(explained_variance)`` (unit variance).
+    sample, seed
+        Fit on a random fraction ``sample`` (0 < F <= 1) of the chunks (at least one),
+        chosen reproducibly from ``seed``: only those chunks are read, so the fit costs
+        that fraction of a pass. Whole chunks, not scattered pixels, because a chunk is
+        the unit of reading; with chunks small beside the image's structure the estimate
+        is close to the full fit (the model's attrs record the fraction and chunk count).
 
     Returns
     -------
     (model, stats)
         ``model``: the ``pca_*`` variables (float64), computed. ``stats``: the per-band
-        ``stats_*`` of the same pass (each band's own valid values).
+        ``stats_*`` of the same pass (each band's own valid values; of the sample only
+        when ``sample`` is given).
 
     Notes
     -----
@@ -108,6 +119,7 @@ def fit_pca(
     """
     cube, valid = cube_and_valid(ds, variable)
     band_axis = cube.get_axis_num("band")
+    blocks = None if sample is None else _sample_blocks(cube.data, band_axis, sample, seed)
     packed = band_moments(
         cube.data,
         band_axis=band_axis,
@@ -115,6 +127,7 @@ def fit_pca(
         split_every=split_every,
         name="cubepipe-compress-fit",
         kind="comoments",
+        blocks=blocks,
     )
     packed = np.asarray(_to_host(packed.compute()))
     stats = stats_from_packed(packed[:, :NFIELDS], cube, variable)
@@ -176,7 +189,23 @@ def fit_pca(
             "variable": variable,
         }
     )
+    if blocks is not None:
+        model["pca_components"].attrs.update(
+            {"sample_fraction": float(sample), "sample_chunks": len(blocks), "sample_seed": seed}
+        )
+        stats.attrs["sample_fraction"] = float(sample)
     return model, stats
+
+
+def _sample_blocks(data: da.Array, band_axis: int, fraction: float, seed: int) -> list[tuple]:
+    """Indices of a reproducible random ``fraction`` of the chunks (band axis whole)."""
+    if not 0 < fraction <= 1:
+        raise InputError(f"sample fraction must be in (0, 1], got {fraction}")
+    grid = tuple(1 if i == band_axis else len(c) for i, c in enumerate(data.chunks))
+    total = int(np.prod(grid))
+    count = max(1, int(np.ceil(fraction * total)))
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size=count, replace=False))
+    return [tuple(int(i) for i in np.unravel_index(j, grid)) for j in chosen]
 
 
 def _to_host(a: Any) -> Any:
@@ -210,29 +239,150 @@ def _from_rows(xp: Any, rows: Any, like_shape: tuple[int, ...], axis: int) -> An
     return xp.moveaxis(xp.reshape(rows, shape), 0, axis)
 
 
-def _centred(xp: Any, x: Any, valid: Any, m: dict[str, np.ndarray]) -> tuple[Any, Any]:
-    """float64 ``z = (x - mean) / scale`` of a strip ``(B, n)`` and its pixels' validity."""
-    z = xp.astype(x, xp.float64)
-    z -= xp.asarray(m["mean"])[:, None]
-    z /= xp.asarray(m["scale"])[:, None]
-    ok = ~xp.any(xp.isnan(z), axis=0)
-    if valid is not None:
-        ok = ok & xp.all(xp.astype(valid, xp.bool), axis=0)
-    return z, ok
+def _encode_rows(
+    xp: Any, x: Any, v: Any, m: dict[str, np.ndarray], *, metrics: bool
+) -> tuple[Any, list[float]]:
+    """Scores ``(K, N)`` float32 of pixel rows ``x (B, N)`` and, if ``metrics``, the error
+    partials ``[sse, n_values, sam_sum, n_pixels, min, max]`` of their reconstruction from
+    those float32 scores. Strip by strip: every float64 temporary is small enough to stay
+    in cache, and the centred data ``u = x - mean`` is formed once for both; the scale and
+    whitening are folded into the small matrices.
+    """
+    scale = m["scale"][None, :]
+    w = xp.asarray(m["w"] / m["factor"][:, None] / scale)  # (K, B): u -> scores
+    wt = xp.asarray((m["w"] * m["factor"][:, None] * scale).T)  # (B, K): scores -> u
+    mean = xp.asarray(m["mean"])[:, None]
+    out = xp.empty((w.shape[0], x.shape[1]), dtype=xp.float32)
+    step = strip_pixels(x.shape[0])
+    # Strip buffers made once per chunk: a fresh large temporary per strip costs page
+    # faults that can exceed the arithmetic.
+    buf = xp.empty((3, x.shape[0], min(step, x.shape[1])), dtype=xp.float64)
+    errors = _Errors(xp, x, wt, buf[2]) if metrics else None
+    for a in range(0, x.shape[1], step):
+        n = min(step, x.shape[1] - a)
+        xd = buf[0, :, :n]
+        xd[...] = x[:, a : a + n]
+        xx = _colsum(xp, xd, xd)  # NaN in any band makes the pixel's |x|^2 NaN
+        ok = ~xp.isnan(xx)
+        if v is not None:
+            ok = ok & xp.all(xp.astype(v[:, a : a + step], xp.bool), axis=0)
+        every = bool(xp.all(ok))
+        u = buf[1, :, :n]
+        u[...] = xd
+        u -= mean
+        if not every:
+            u = xp.where(ok[None, :], u, 0.0)
+        s = xp.astype(w @ u, xp.float32)
+        if not every:
+            s = xp.where(ok[None, :], s, xp.asarray(xp.nan, dtype=xp.float32))
+        out[:, a : a + step] = s
+        if errors is not None:
+            errors.add(a, xd, xx, u, s, ok, every)
+    return out, ([] if errors is None else errors.partial())
+
+
+def _module(a: Any) -> Any:
+    """NumPy or CuPy itself (for ``out=`` arguments the array-API wrappers lack)."""
+    return (
+        np
+        if isinstance(a, np.ndarray)
+        else importlib.import_module(type(a).__module__.split(".")[0])
+    )
+
+
+def _colsum(xp: Any, a: Any, b: Any) -> Any:
+    """Per-column ``sum(a * b)`` over rows (NumPy: one einsum pass, no temporary)."""
+    if isinstance(a, np.ndarray):
+        return np.einsum("bn,bn->n", a, b)
+    return xp.sum(a * b, axis=0)
+
+
+class _Errors:
+    """Reconstruction-error partials of one chunk ``x (B, N)``, gathered strip by strip.
+
+    Per pixel it keeps ``|x|^2``, ``x . e`` and ``|e|^2`` where ``e = u - W^T s`` is the
+    error in the centred space (so it does not cancel against an offset; ``wt`` maps
+    the stored scores back to ``u``); :meth:`partial` turns them, once per chunk, into
+    ``[sse, n_values, sam_sum, n_pixels, min, max]``. The spectral angle uses
+    ``x . x_hat = |x|^2 - x . e`` and ``|x_hat|^2 = |x|^2 - 2 x . e + |e|^2``.
+    """
+
+    def __init__(self, xp: Any, x: Any, wt: Any, work: Any) -> None:
+        self.xp, self.x, self.wt, self.work = xp, x, wt, work  # work: (B, strip) float64
+        n = x.shape[1]
+        self.xx = xp.zeros(n, dtype=xp.float64)
+        self.xe = xp.zeros(n, dtype=xp.float64)
+        self.ee = xp.zeros(n, dtype=xp.float64)
+        self.ok = xp.zeros(n, dtype=xp.bool)
+
+    def add(self, a: int, xd: Any, xx: Any, u: Any, s: Any, ok: Any, every: bool) -> None:
+        """One strip from pixel ``a``: ``xd`` the float64 data, ``xx`` its ``|x|^2``,
+        ``u`` the centred data (0 where not ``ok``), ``s`` the stored float32 scores."""
+        xp = self.xp
+        b = a + xd.shape[1]
+        if not every:
+            s = xp.where(ok[None, :], s, 0.0)
+            xd = xp.where(ok[None, :], xd, 0.0)
+            xx = xp.where(ok, xx, 0.0)
+        e = self.work[:, : xd.shape[1]]
+        _module(e).matmul(self.wt, xp.astype(s, xp.float64), out=e)
+        e *= -1.0
+        e += u
+        self.xx[a:b] = xx
+        self.xe[a:b] = _colsum(xp, xd, e)
+        self.ee[a:b] = _colsum(xp, e, e)
+        self.ok[a:b] = ok
+
+    def partial(self) -> list[float]:
+        xp, ok = self.xp, self.ok
+        npix = int(xp.sum(xp.astype(ok, xp.int64)))
+        if npix == 0:
+            return [0.0, 0.0, 0.0, 0.0, float("inf"), float("-inf")]
+        xx, xe, ee = self.xx, self.xe, self.ee
+        nx = xp.sqrt(xx)
+        ny = xp.sqrt(xp.clip(xx - 2 * xe + ee, 0.0, None))
+        good = ok & (nx > 0) & (ny > 0)
+        cos = xp.clip((xx - xe) / xp.where(good, nx * ny, 1.0), -1.0, 1.0)
+        if npix == ok.shape[0]:  # every pixel valid: no NaN anywhere
+            lo, hi = xp.min(self.x), xp.max(self.x)
+        else:
+            lo = xp.min(xp.where(ok[None, :], self.x, xp.inf))
+            hi = xp.max(xp.where(ok[None, :], self.x, -xp.inf))
+        return [
+            float(xp.sum(xp.where(ok, ee, 0.0))),
+            float(npix * self.x.shape[0]),
+            float(xp.sum(xp.where(good, xp.acos(cos), 0.0))),
+            float(xp.sum(xp.astype(good, xp.float64))),
+            float(lo),
+            float(hi),
+        ]
 
 
 def _project_block(block: Any, *valid: Any, m: dict[str, np.ndarray], axis: int) -> Any:
     xp = array_namespace(block)
-    x = _as_rows(xp, block, axis)
     v = _as_rows(xp, valid[0], axis) if valid else None
-    w = xp.asarray(m["w"] / m["factor"][:, None])  # (K, B), whitening folded in
-    out = xp.empty((w.shape[0], x.shape[1]), dtype=xp.float32)
-    step = strip_pixels(x.shape[0])
-    for a in range(0, x.shape[1], step):
-        z, ok = _centred(xp, x[:, a : a + step], None if v is None else v[:, a : a + step], m)
-        z = xp.where(ok[None, :], z, 0.0)
-        out[:, a : a + step] = xp.astype(xp.where(ok[None, :], w @ z, xp.nan), xp.float32)
+    out, _ = _encode_rows(xp, _as_rows(xp, block, axis), v, m, metrics=False)
     return _from_rows(xp, out, block.shape, axis)
+
+
+def _encode_block(
+    block: Any, *valid: Any, m: dict[str, np.ndarray], axis: int, ndim: int
+) -> tuple[Any, Any]:
+    """Scores and error partials of one chunk, from one look at it (see
+    :func:`pca_encode`): a pair, split by :func:`_first` and :func:`_second`."""
+    xp = array_namespace(block)
+    v = _as_rows(xp, valid[0], axis) if valid else None
+    out, acc = _encode_rows(xp, _as_rows(xp, block, axis), v, m, metrics=True)
+    partial = xp.reshape(xp.asarray(acc, dtype=xp.float64), (1,) * ndim + (6,))
+    return _from_rows(xp, out, block.shape, axis), partial
+
+
+def _first(pair: tuple[Any, Any]) -> Any:
+    return pair[0]
+
+
+def _second(pair: tuple[Any, Any]) -> Any:
+    return pair[1]
 
 
 def _reconstruct_block(scores: Any, *, m: dict[str, np.ndarray], axis: int) -> Any:
@@ -250,9 +400,9 @@ def _reconstruct_block(scores: Any, *, m: dict[str, np.ndarray], axis: int) -> A
     return _from_rows(xp, out, scores.shape, axis)
 
 
-def pca_project(ds: xr.Dataset, model: xr.Dataset, *, variable: str = "cube") -> xr.DataArray:
-    """Lazy ``scores`` of dims ``(..., component, y, x)`` float32; NaN where the input
-    pixel is invalid (NaN in any band, or mask False)."""
+def _prepare_project(
+    ds: xr.Dataset, model: xr.Dataset, variable: str
+) -> tuple[xr.DataArray, list[da.Array], dict[str, np.ndarray], int]:
     cube, valid = cube_and_valid(ds, variable)
     m = _model_arrays(model)
     if m["w"].shape[1] != cube.sizes["band"]:
@@ -262,8 +412,21 @@ def pca_project(ds: xr.Dataset, model: xr.Dataset, *, variable: str = "cube") ->
     axis = cube.get_axis_num("band")
     data = cube.data.rechunk({axis: -1})
     args = [data] if valid is None else [data, valid.rechunk(data.chunks)]
+    return cube, args, m, axis
+
+
+def _scores_array(cube: xr.DataArray, scores: da.Array) -> xr.DataArray:
+    dims = tuple("component" if d == "band" else d for d in cube.dims)
+    k = scores.shape[cube.get_axis_num("band")]
+    return xr.DataArray(scores, dims=dims, coords={"component": np.arange(k)})
+
+
+def pca_project(ds: xr.Dataset, model: xr.Dataset, *, variable: str = "cube") -> xr.DataArray:
+    """Lazy ``scores`` of dims ``(..., component, y, x)`` float32; NaN where the input
+    pixel is invalid (NaN in any band, or mask False)."""
+    cube, args, m, axis = _prepare_project(ds, model, variable)
     k = m["w"].shape[0]
-    chunks = tuple((k,) if i == axis else c for i, c in enumerate(data.chunks))
+    chunks = tuple((k,) if i == axis else c for i, c in enumerate(args[0].chunks))
     scores = da.map_blocks(
         _project_block,
         *args,
@@ -271,11 +434,50 @@ def pca_project(ds: xr.Dataset, model: xr.Dataset, *, variable: str = "cube") ->
         axis=axis,
         chunks=chunks,
         dtype=np.float32,
-        meta=data._meta.astype(np.float32),
+        meta=args[0]._meta.astype(np.float32),
         token="cubepipe-compress-project",
     )
-    dims = tuple("component" if d == "band" else d for d in cube.dims)
-    return xr.DataArray(scores, dims=dims, coords={"component": np.arange(k)})
+    return _scores_array(cube, scores)
+
+
+def pca_encode(
+    ds: xr.Dataset, model: xr.Dataset, *, variable: str = "cube"
+) -> tuple[xr.DataArray, da.Array]:
+    """Lazy scores (as :func:`pca_project`) and, from the same task per chunk, the
+    reconstruction's error partials (as :func:`reconstruction_metrics`): each chunk is
+    read, centred and projected once for both. Compute them together (e.g. write the
+    scores with the partials as ``results``)."""
+    cube, args, m, axis = _prepare_project(ds, model, variable)
+    k = m["w"].shape[0]
+    data = args[0]
+    ndim = data.ndim
+    chunks = tuple((k,) if i == axis else c for i, c in enumerate(data.chunks))
+    pairs = da.map_blocks(
+        _encode_block,
+        *args,
+        m=m,
+        axis=axis,
+        ndim=ndim,
+        chunks=chunks,
+        dtype=np.float32,
+        meta=data._meta.astype(np.float32),
+        token="cubepipe-compress-encode",
+    )
+    scores = pairs.map_blocks(
+        _first,
+        dtype=np.float32,
+        meta=data._meta.astype(np.float32),
+        token="cubepipe-compress-scores",
+    )
+    partials = pairs.map_blocks(
+        _second,
+        new_axis=ndim,
+        chunks=tuple((1,) * len(c) for c in data.chunks) + ((6,),),
+        dtype=np.float64,
+        meta=data._meta.astype(np.float64).reshape((0,) * (ndim + 1)),
+        token="cubepipe-compress-metrics",
+    )
+    return _scores_array(cube, scores), partials
 
 
 def pca_reconstruct(scores: xr.DataArray, model: xr.Dataset) -> xr.DataArray:
@@ -300,39 +502,31 @@ def pca_reconstruct(scores: xr.DataArray, model: xr.Dataset) -> xr.DataArray:
 
 
 def _metric_block(x: Any, s: Any, *, m: dict[str, np.ndarray], axis: int, ndim: int) -> Any:
-    """Error partials of one chunk, strip by strip, without rebuilding the whole chunk:
-    the reconstruction is ``x_hat = x - e`` with ``e = scale * (z - W^T s)``, so
-    ``x . x_hat = |x|^2 - x . e`` and ``|x_hat|^2 = |x|^2 - 2 x . e + |e|^2``."""
+    """Error partials of one chunk reconstructed from the scores ``s``, strip by strip,
+    without rebuilding the whole chunk (see :class:`_Errors`)."""
     xp = array_namespace(x)
     rows = _as_rows(xp, x, axis)
     srows = _as_rows(xp, s, axis)
-    wt = xp.asarray((m["w"] * m["factor"][:, None]).T)  # (B, K): unwhitens the scores
-    scale = xp.asarray(m["scale"])[:, None]
-    acc = [0.0, 0.0, 0.0, 0.0, float("inf"), float("-inf")]
+    wt = xp.asarray((m["w"] * m["factor"][:, None] * m["scale"][None, :]).T)  # (B, K)
+    mean = xp.asarray(m["mean"])[:, None]
     step = strip_pixels(rows.shape[0])
+    buf = xp.empty((3, rows.shape[0], min(step, rows.shape[1])), dtype=xp.float64)
+    errors = _Errors(xp, rows, wt, buf[2])
     for a in range(0, rows.shape[1], step):
-        z, ok = _centred(xp, rows[:, a : a + step], None, m)
-        sv = xp.astype(srows[:, a : a + step], xp.float64)
-        ok = ok & ~xp.any(xp.isnan(sv), axis=0)
-        if not bool(xp.any(ok)):
-            continue
-        z, sv = z[:, ok], sv[:, ok]
-        xv = xp.astype(rows[:, a : a + step][:, ok], xp.float64)
-        e = (z - wt @ sv) * scale
-        xx = xp.vecdot(xv, xv, axis=0)
-        xe = xp.vecdot(xv, e, axis=0)
-        ee = xp.vecdot(e, e, axis=0)
-        nx = xp.sqrt(xx)
-        ny = xp.sqrt(xp.clip(xx - 2 * xe + ee, 0.0, None))
-        good = (nx > 0) & (ny > 0)
-        cos = xp.clip((xx - xe) / xp.where(good, nx * ny, 1.0), -1.0, 1.0)
-        acc[0] += float(xp.sum(ee))
-        acc[1] += float(xv.shape[0] * xv.shape[1])
-        acc[2] += float(xp.sum(xp.where(good, xp.acos(cos), 0.0)))
-        acc[3] += float(xp.sum(xp.astype(good, xp.float64)))
-        acc[4] = min(acc[4], float(xp.min(xv)))
-        acc[5] = max(acc[5], float(xp.max(xv)))
-    return xp.reshape(xp.asarray(acc, dtype=xp.float64), (1,) * ndim + (6,))
+        n = min(step, rows.shape[1] - a)
+        xd = buf[0, :, :n]
+        xd[...] = rows[:, a : a + n]
+        sv = srows[:, a : a + n]
+        xx = _colsum(xp, xd, xd)
+        ok = ~(xp.isnan(xx) | xp.any(xp.isnan(sv), axis=0))
+        every = bool(xp.all(ok))
+        u = buf[1, :, :n]
+        u[...] = xd
+        u -= mean
+        if not every:
+            u = xp.where(ok[None, :], u, 0.0)
+        errors.add(a, xd, xx, u, sv, ok, every)
+    return xp.reshape(xp.asarray(errors.partial(), dtype=xp.float64), (1,) * ndim + (6,))
 
 
 def reconstruction_metrics(

@@ -20,6 +20,7 @@ import xarray as xr
 from cubepipe.storage.errors import CubepipeWarning, InputError
 
 from .backend import array_namespace
+from .moments import strip_pixels
 from .stats import STAT_VARS, cube_and_valid, fit_stats, take_stats
 
 __all__ = ["METHODS", "destandardize", "iter_standardized", "standardize", "transform_params"]
@@ -72,19 +73,28 @@ def transform_params(stats: xr.Dataset, method: str = "zscore") -> tuple[np.ndar
 
 
 def _affine(block: Any, *, center: Any, scale: Any, band_axis: int, inverse: bool, out_dtype: Any):
+    """``(x - center) / scale`` (or its inverse) per band in float64, cast to ``out_dtype``;
+    strip by strip so the float64 temporaries stay small and in cache."""
     xp = array_namespace(block)
-    shape = [1] * block.ndim
-    shape[band_axis] = -1
-    c = xp.reshape(xp.asarray(center, dtype=xp.float64), tuple(shape))
-    s = xp.reshape(xp.asarray(scale, dtype=xp.float64), tuple(shape))
-    y = xp.astype(block, xp.float64)
-    if inverse:
-        y *= s
-        y += c
-    else:
-        y -= c
-        y /= s
-    return xp.astype(y, out_dtype)
+    nb = block.shape[band_axis]
+    rows = xp.reshape(xp.moveaxis(block, band_axis, 0), (nb, -1))
+    c = xp.reshape(xp.asarray(center, dtype=xp.float64), (nb, 1))
+    s = xp.reshape(xp.asarray(scale, dtype=xp.float64), (nb, 1))
+    out = xp.empty(rows.shape, dtype=out_dtype)
+    step = strip_pixels(nb)
+    buf = xp.empty((nb, max(1, min(step, rows.shape[1]))), dtype=xp.float64)  # per chunk
+    for a in range(0, rows.shape[1], step):
+        y = buf[:, : min(step, rows.shape[1] - a)]
+        y[...] = rows[:, a : a + step]
+        if inverse:
+            y *= s
+            y += c
+        else:
+            y -= c
+            y /= s
+        out[:, a : a + step] = xp.astype(y, out_dtype)
+    shape = (nb,) + tuple(n for i, n in enumerate(block.shape) if i != band_axis)
+    return xp.moveaxis(xp.reshape(out, shape), 0, band_axis)
 
 
 def _apply(

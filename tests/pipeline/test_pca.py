@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from cubepipe.pipeline.moments import NFIELDS, band_moments
 from cubepipe.pipeline.pca import (
     choose_components,
     fit_pca,
+    pca_encode,
     pca_project,
     pca_reconstruct,
     reconstruction_metrics,
@@ -171,18 +173,80 @@ def test_fit_and_project_read_each_chunk_at_most_twice(tmp_path: Path) -> None:
     ds, reads = counting_open(path)
     reads.clear()
     model, _ = fit_pca(ds, n_components=4)
-    scores = pca_project(ds, model)
+    scores, partials = pca_encode(ds, model)  # what `cubepipe compress` runs
     out = xr.Dataset({"scores": scores}).merge(model.drop_vars("component"), join="override")
     write_cube(
         out,
         tmp_path / "out.zarr",
         chunks={"component": 4},
-        results={"m": reconstruction_metrics(ds, scores, model)},
+        results={"m": partials},
         summarize=lambda v: summarize_metrics(v["m"]),
     )
     got = cube_chunk_reads(reads)
     assert len(got) == 6 and max(got.values()) <= 2
     assert history(read_attrs(tmp_path / "out.zarr"))[-1]["results"]["rmse"] > 0
+
+
+def test_encode_gives_projects_scores_and_metrics_from_one_read(tmp_path: Path) -> None:
+    path = write_cube(
+        make_cube((15, 100, 120), seed=1), tmp_path / "in.zarr", chunks={"y": 50, "x": 40}
+    )
+    ds, reads = counting_open(path)
+    model, _ = fit_pca(ds, n_components=4)
+    reads.clear()
+    scores, partials = pca_encode(ds, model)
+    s, p = dask.compute(scores.data, partials)
+    got = cube_chunk_reads(reads)
+    assert len(got) == 6 and set(got.values()) == {1}  # both outputs, one read per chunk
+    np.testing.assert_array_equal(s, pca_project(ds, model).values)
+    separate = reconstruction_metrics(ds, pca_project(ds, model), model).compute()
+    ours, theirs = summarize_metrics(p), summarize_metrics(separate)
+    assert ours["n_values"] == theirs["n_values"] > 0
+    for key in ("rmse", "psnr_db", "sam_rad", "data_range"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-12)
+
+
+def test_encode_metrics_match_a_reconstruction_by_hand() -> None:
+    ds = make_cube((12, 60, 70), seed=4, chunks={"y": 25, "x": 30})
+    model, _ = fit_pca(ds, n_components=3, standardize=True, whiten=True)
+    scores, partials = pca_encode(ds, model)
+    got = summarize_metrics(partials.compute())
+    x = ds["cube"].values.astype(np.float64)
+    xhat = pca_reconstruct(scores, model).values.astype(np.float64)
+    ok = ~np.isnan(x).any(axis=0)
+    err = (x - xhat)[:, ok]
+    assert got["n_values"] == err.size
+    assert got["rmse"] == pytest.approx(np.sqrt(np.mean(err**2)), rel=1e-5)
+    xv, hv = x[:, ok], xhat[:, ok]
+    cos = np.sum(xv * hv, 0) / np.linalg.norm(xv, axis=0) / np.linalg.norm(hv, axis=0)
+    assert got["sam_rad"] == pytest.approx(np.mean(np.arccos(np.clip(cos, -1, 1))), rel=1e-4)
+
+
+def test_sample_fits_on_a_reproducible_fraction_of_the_chunks(tmp_path: Path) -> None:
+    path = write_cube(
+        make_cube((15, 100, 120), seed=1), tmp_path / "in.zarr", chunks={"y": 25, "x": 30}
+    )
+    ds, reads = counting_open(path)
+    full, _ = fit_pca(ds, n_components=4)
+    reads.clear()
+    model, stats = fit_pca(ds, n_components=4, sample=0.25, seed=3)
+    got = cube_chunk_reads(reads)
+    assert len(got) == 4 and set(got.values()) == {1}  # 4 of the 16 chunks, once each
+    attrs = model["pca_components"].attrs
+    assert attrs["sample_chunks"] == 4 and attrs["sample_fraction"] == 0.25
+    assert stats.attrs["sample_fraction"] == 0.25
+    again, _ = fit_pca(ds, n_components=4, sample=0.25, seed=3)
+    np.testing.assert_array_equal(again["pca_components"].values, model["pca_components"].values)
+    other, _ = fit_pca(ds, n_components=4, sample=0.25, seed=4)
+    assert not np.array_equal(other["pca_components"].values, model["pca_components"].values)
+    everything, _ = fit_pca(ds, n_components=4, sample=1.0)
+    np.testing.assert_allclose(
+        everything["pca_explained_variance"].values,
+        full["pca_explained_variance"].values,
+        rtol=1e-12,
+    )
+    with pytest.raises(InputError, match="sample fraction"):
+        fit_pca(ds, n_components=4, sample=1.5)
 
 
 @pytest.mark.gpu
