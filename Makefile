@@ -16,8 +16,8 @@ $(VENV)/.installed-core: pyproject.toml | $(BIN)/python
 	$(PIP) install -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e ".[dev,distributed,video]"
+$(VENV)/.installed-dev: pyproject.toml constraints/torch-cpu.txt | $(BIN)/python
+	$(PIP) install -c constraints/torch-cpu.txt -e ".[dev,distributed,video,ae]"
 	touch $@ $(VENV)/.installed-core
 
 demo: $(VENV)/.installed-core
@@ -30,8 +30,8 @@ lint: $(VENV)/.installed-dev
 test: lint
 	$(BIN)/python -m pytest -q
 
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
-	$(PIP) install -e ".[dev,distributed,video,bench]"
+$(VENV)/.installed-bench: pyproject.toml constraints/torch-cpu.txt | $(BIN)/python
+	$(PIP) install -c constraints/torch-cpu.txt -e ".[dev,distributed,video,ae,bench]"
 	touch $@ $(VENV)/.installed-dev $(VENV)/.installed-core
 
 bench: $(VENV)/.installed-bench

@@ -49,7 +49,7 @@ def test_variance_option_and_errors(cli, small_store: Path, tmp_path: Path) -> N
         ((), "exactly one"),
         (("-k", "2", "--variance", "0.5"), "exactly one"),
         (("-k", "99"), "between 1 and 15"),
-        (("-k", "2", "--method", "ae"), "--method pca"),
+        (("-k", "2", "--method", "ae", "--variance", "0.5"), "--variance chooses K for PCA only"),
         (("-k", "2", "--model", str(small_store)), "no fitted PCA model"),
     ):
         proc = cli("compress", str(small_store), "-o", str(tmp_path / "x.zarr"), *args)
@@ -58,3 +58,22 @@ def test_variance_option_and_errors(cli, small_store: Path, tmp_path: Path) -> N
         assert not (tmp_path / "x.zarr").exists()
     proc = cli("reconstruct", str(small_store), "-o", str(tmp_path / "y.zarr"))
     assert proc.returncode == 2 and "no 'scores'" in proc.stderr
+
+
+def test_sample_fits_on_part_of_the_chunks(cli, small_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.zarr"
+    proc = cli(
+        "compress", str(small_store), "-o", str(out), "-k", "3", "--sample", "0.5", "--seed", "7"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "fitted on 6 chunks (0.5 of them, seed 7)" in proc.stderr
+    c = open_cube(out)
+    assert c["pca_components"].attrs["sample_chunks"] == 6  # of 4 x 3 chunks
+    assert "stats_mean" not in c  # a sample's statistics are not saved as the input's
+    entry = history(read_attrs(out))[-1]
+    assert entry["params"]["sample"] == 0.5 and entry["params"]["seed"] == 7
+    assert entry["results"]["rmse"] > 0  # the error is measured on every pixel
+    proc = cli(
+        "compress", str(small_store), "-o", str(tmp_path / "x.zarr"), "-k", "3", "--sample", "0"
+    )
+    assert proc.returncode == 2 and "--sample" in proc.stderr

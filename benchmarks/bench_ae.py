@@ -1,0 +1,325 @@
+"""PCA vs per-pixel spectral autoencoder (AE) vs VAE at K = 5: quality, speed, memory.
+
+Every case reads the same cubepipe store, fits a K = 5 model over the band axis, encodes
+every pixel and writes the ``(5, y, x)`` float32 scores with the reconstruction metrics
+computed in the same pass, exactly what ``cubepipe compress IN -o OUT -k 5 --method M``
+runs (through the Python API, dask's threaded scheduler), each case in its own process:
+
+- ``pca``: ``fit_pca`` (one-pass float64 co-moments) + ``pca_encode``: baseline;
+- ``ae``: ``fit_autoencoder`` with the defaults of ``--method ae`` (MLP 64-32, SiLU, PCA
+  start, 200 000 training pixels, at most 50 epochs, early stopping) + ``ae_project``;
+- ``vae``: the same with ``--method vae`` (calibrated Gaussian decoder, beta = 1); its
+  scores are the latent means;
+- ``ae_conv``: ``--method ae --architecture conv`` (1-D convolutions over the bands).
+
+Reported per case: RMSE (data units), PSNR, mean spectral angle (SAM), the VAE's mean KL
+per pixel, ``fit_s`` (reading the cube for statistics + sample, and training; PyTorch is
+imported before the clock starts), ``encode_write_s`` and ``encode_px_s`` (valid pixels /
+``encode_write_s``: read, encode, decode for the metrics, write; 2 dask threads), epochs
+run, and peak memory (VmHWM and anonymous) of the whole case.
+
+Inputs (made once, outside every timed case, in ``_common.INPUTS/ae-<size>.zarr``):
+
+- ``intimate-1x`` / ``intimate-4x``: synthetic *intimate* mixtures, 15 bands x 1024^2 /
+  2048^2 pixels: 6 endmembers' single-scattering albedo spectra (smooth, levels 0.5-0.9,
+  within 0.05-0.995: moderately bright materials) mixed linearly per pixel (Dirichlet
+  abundances, alpha = 0.5), turned into reflectance by Hapke's isotropic model (i = e =
+  30 deg, no opposition effect), plus Gaussian noise (sigma = 0.002) and a disc of NaN
+  pixels. The 4x cube checks that peak memory does not grow with the cube;
+- ``bilinear-1x``: the same abundances and noise, *bilinear* (Fan et al. 2009) mixing of
+  6 reflectance spectra: weakly nonlinear, so PCA is already near the noise floor;
+- ``indian-pines``: AVIRIS Indian Pines, 200 bands x 145 x 145, converted to radiance
+  ``(DN - 1000) / 500`` (../shared/data/SOURCES.md);
+- ``corn-kernel``: the PlantCV ENVI VNIR capture, 580 bands x 31 x 43 (1333 pixels), DN.
+
+For the synthetic cubes the notes give the noise floor ``sigma * sqrt((band - K) / band)``:
+the error of keeping K of 15 dimensions of isotropic noise, which no K-wide code beats.
+
+Run ``python benchmarks/bench_ae.py`` (one run per case: training is deterministic and
+dominates; ``--size intimate-1x`` for one input; ``--quick`` for a smoke run).
+Goal (issue 8): AE RMSE at most 0.8x PCA's on the nonlinear cube; peak memory flat from
+1x to 4x.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from cubepipe.pipeline.autoencoder import ae_project, fit_autoencoder, summarize_ae_metrics
+from cubepipe.pipeline.pca import fit_pca, pca_encode, summarize_metrics
+from cubepipe.storage import open_cube, store_state, write_cube
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import INPUTS, main  # noqa: E402
+
+warnings.filterwarnings("ignore", message="Consolidated metadata")
+
+NAME = "bench_ae"
+K = 5
+NOISE = 0.002
+N_END = 6
+SYNTHETIC = {
+    "tiny": ("intimate", (15, 64, 80)),
+    "intimate-1x": ("intimate", (15, 1024, 1024)),
+    "intimate-4x": ("intimate", (15, 2048, 2048)),
+    "bilinear-1x": ("bilinear", (15, 1024, 1024)),
+}
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REAL = {
+    "indian-pines": SHARED / "indian_pines" / "Indian_pines_corrected.npy",
+    "corn-kernel": SHARED / "envi" / "plantcv" / "corn-kernel-hyperspectral.hdr",
+}
+SIZES = ("intimate-1x", "intimate-4x", "bilinear-1x", "indian-pines", "corn-kernel")
+QUICK = {"epochs": 3, "train_pixels": 2000}  # options of the autoencoders at --quick
+GOAL = 0.8  # AE RMSE / PCA RMSE on the intimate (nonlinear) cube
+
+
+# -- inputs --------------------------------------------------------------------------------
+
+
+def _store(size: str) -> Path:
+    return INPUTS / f"ae-{size}.zarr"
+
+
+#: mix -> (range of the spectra's base level, clip range): single-scattering albedos of
+#: moderately bright materials for intimate mixing, reflectances for bilinear mixing.
+LEVELS = {"intimate": ((0.5, 0.9), (0.05, 0.995)), "bilinear": ((0.2, 0.6), (0.04, 0.95))}
+
+
+def _endmembers(bands: int, seed: int, mix: str) -> np.ndarray:
+    """``(N_END, bands)`` smooth random spectra (three Gaussian features on a level)."""
+    (base_lo, base_hi), clip = LEVELS[mix]
+    rng = np.random.default_rng(seed)
+    wl = np.linspace(0.0, 1.0, bands)
+    out = []
+    for _ in range(N_END):
+        s = rng.uniform(base_lo, base_hi) + sum(
+            rng.uniform(-0.35, 0.35)
+            * np.exp(-0.5 * ((wl - rng.uniform()) / rng.uniform(0.1, 0.3)) ** 2)
+            for _ in range(3)
+        )
+        out.append(np.clip(s, *clip))
+    return np.array(out)
+
+
+def _hapke(w: np.ndarray, mu0: float = np.cos(np.pi / 6), mu: float = np.cos(np.pi / 6)):
+    """Isotropic-scatterer Hapke reflectance (no opposition effect) of albedo ``w``."""
+    g = np.sqrt(1.0 - w)
+    h0 = (1 + 2 * mu0) / (1 + 2 * mu0 * g)
+    h = (1 + 2 * mu) / (1 + 2 * mu * g)
+    return w / (4 * (mu0 + mu)) * h0 * h
+
+
+def _mixed_block(block_info: dict | None = None, *, mix: str, shape: tuple, seed: int):
+    (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    nb, ny, nx = shape
+    e = _endmembers(nb, seed, mix)
+    rng = np.random.default_rng([seed, y0, x0])
+    n = (y1 - y0) * (x1 - x0)
+    a = rng.dirichlet(np.full(N_END, 0.5), size=n)
+    if mix == "intimate":
+        x = _hapke(a @ e)
+    else:
+        x = a @ e
+        for i in range(N_END):
+            for j in range(i + 1, N_END):
+                x += (a[:, i] * a[:, j])[:, None] * (e[i] * e[j])[None]
+    x += NOISE * rng.normal(size=x.shape)
+    cube = x.T.reshape(nb, y1 - y0, x1 - x0).astype(np.float32)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    disc = (yy - 0.3 * ny) ** 2 + (xx - 0.6 * nx) ** 2 < (0.05 * min(ny, nx)) ** 2
+    cube[:, disc] = np.nan
+    return cube
+
+
+def make_inputs(size: str) -> None:
+    INPUTS.mkdir(parents=True, exist_ok=True)
+    if size in SYNTHETIC:
+        mix, shape = SYNTHETIC[size]
+        arr = da.map_blocks(
+            _mixed_block,
+            mix=mix,
+            shape=shape,
+            seed=0,
+            chunks=(
+                (shape[0],),
+                *((512,) * (n // 512) + ((n % 512,) if n % 512 else ()) for n in shape[1:]),
+            ),
+            dtype=np.float32,
+            meta=np.empty((0, 0, 0), np.float32),
+        )
+        ds = xr.Dataset({"cube": (("band", "y", "x"), arr)})
+    else:
+        from cubepipe.storage.ingest import open_input  # noqa: PLC0415
+
+        ds = open_input(str(REAL[size]))
+        if size == "indian-pines":
+            ds["cube"] = (ds["cube"].astype(np.float32) - 1000) / 500  # DN -> radiance
+    write_cube(ds, _store(size), op="bench-input", overwrite=True)
+
+
+def prepare(size: str) -> None:
+    if store_state(_store(size)) != "complete":
+        subprocess.run([sys.executable, __file__, "--make-inputs", size], check=True)
+
+
+# -- cases ---------------------------------------------------------------------------------
+
+
+def _case(size: str, workdir: Path, method: str, **options: Any) -> dict[str, Any]:
+    ds = open_cube(_store(size))
+    if method != "pca":
+        import torch  # noqa: F401, PLC0415  (import cost kept out of fit_s)
+
+        if size == "tiny":
+            options = {**options, **QUICK}
+    t0 = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if method == "pca":
+        model, _ = fit_pca(ds, n_components=K)
+        t1 = time.perf_counter()
+        scores, partials = pca_encode(ds, model)
+        model = model.drop_vars("component")
+    else:
+        model, _, report = fit_autoencoder(ds, n_components=K, kind=method, **options)
+        t1 = time.perf_counter()
+        scores, partials = ae_project(ds, model)
+        extra = {
+            "epochs": f"{report['best_epoch']}/{report['epochs_run']}",
+            "train_pixels": report["train_pixels"],
+        }
+    out = xr.Dataset({"scores": scores}).assign(model)
+    got: dict[str, Any] = {}
+
+    def keep(values: dict[str, Any]) -> dict[str, Any]:
+        p = values["m"]
+        got.update(
+            summarize_metrics(p) if method == "pca" else summarize_ae_metrics(p, kind=method)
+        )
+        return got
+
+    write_cube(
+        out, workdir / "out.zarr", chunks={"component": K}, results={"m": partials}, summarize=keep
+    )
+    t2 = time.perf_counter()
+    m = got
+    valid = m["n_values"] // ds.sizes["band"]
+    return {
+        "rmse": float(f"{m['rmse']:.6g}"),
+        "psnr_db": round(m["psnr_db"], 2),
+        "sam_deg": round(m["sam_deg"], 4),
+        "kl_nats": round(m["kl_nats"], 3) if "kl_nats" in m else "",
+        "fit_s": round(t1 - t0, 2),
+        "encode_write_s": round(t2 - t1, 2),
+        "encode_px_s": int(valid / (t2 - t1)),
+        **extra,
+    }
+
+
+def pca(size: str, workdir: Path) -> dict[str, Any]:
+    return _case(size, workdir, "pca")
+
+
+def ae(size: str, workdir: Path) -> dict[str, Any]:
+    return _case(size, workdir, "ae")
+
+
+def vae(size: str, workdir: Path) -> dict[str, Any]:
+    return _case(size, workdir, "vae")
+
+
+def ae_conv(size: str, workdir: Path) -> dict[str, Any]:
+    return _case(size, workdir, "ae", architecture="conv")
+
+
+CASES = {"pca": pca, "ae": ae, "vae": vae, "ae_conv": ae_conv}
+COLUMNS = ("rmse", "psnr_db", "sam_deg", "kl_nats", "fit_s", "encode_px_s", "epochs")
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    by = {(r["size"], r["case"]): r for r in rows}
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
+    lines = [
+        "## Quality against PCA",
+        "",
+        "| size | case | RMSE | RMSE / PCA | SAM deg | SAM / PCA | fit s | encode px/s |",
+        "|" + "---|" * 8,
+    ]
+    for size in sizes:
+        base = by.get((size, "pca"))
+        for case in CASES:
+            r = by.get((size, case))
+            if r is None or base is None:
+                continue
+            lines.append(
+                f"| {size} | {case} | {r['rmse']} | {r['rmse'] / base['rmse']:.3f} | "
+                f"{r['sam_deg']} | {r['sam_deg'] / base['sam_deg']:.3f} | {r['fit_s']} | "
+                f"{r['encode_px_s']} |"
+            )
+    goal = by.get(("intimate-1x", "ae")), by.get(("intimate-1x", "pca"))
+    if all(goal):
+        ratio = goal[0]["rmse"] / goal[1]["rmse"]
+        lines += [
+            "",
+            f"Goal (issue 8): AE RMSE at most {GOAL}x PCA's on the nonlinear (intimate) cube: "
+            f"{ratio:.3f}x, {'met' if ratio <= GOAL else '**not met**'}.",
+        ]
+    if "intimate-1x" in sizes and "intimate-4x" in sizes:
+        lines += [
+            "",
+            "Peak memory at 4x the pixels (intimate-4x over intimate-1x): flat means bounded "
+            "by the training sample and the chunks, not the cube.",
+            "",
+            "| case | peak RSS 1x MB | peak RSS 4x MB | 4x / 1x | peak anon 1x MB | "
+            "peak anon 4x MB | 4x / 1x |",
+            "|" + "---|" * 7,
+        ]
+        for case in CASES:
+            a, b = by.get(("intimate-1x", case)), by.get(("intimate-4x", case))
+            if a and b:
+                lines.append(
+                    f"| {case} | {a['peak_rss_mb']} | {b['peak_rss_mb']} | "
+                    f"{b['peak_rss_mb'] / a['peak_rss_mb']:.2f} | {a['peak_anon_mb']} | "
+                    f"{b['peak_anon_mb']} | {b['peak_anon_mb'] / a['peak_anon_mb']:.2f} |"
+                )
+    return "\n".join(lines)
+
+
+def notes() -> str:
+    floor = NOISE * np.sqrt((15 - K) / 15)
+    return (
+        f"K = {K} everywhere. `seconds`: the whole case (fit + encode + write); `fit_s`: "
+        f"statistics + pixel sample (one read) and training; `encode_px_s`: valid pixels per "
+        f"second of the encode + metrics + write pass (2 dask threads; AE inference is "
+        f"NumPy float32, PyTorch only trains, on 1 thread). `epochs`: best/run. Synthetic "
+        f"cubes: 15 bands, noise sigma {NOISE}, noise floor for any K = {K} code "
+        f"{floor:.5f} (sigma * sqrt(10/15)). Real cubes: Indian Pines radiance (200 bands, "
+        f"21025 pixels), corn kernel DN (580 bands, 1333 pixels)."
+    )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--make-inputs"]:
+        make_inputs(sys.argv[2])
+        sys.exit()
+    main(
+        NAME,
+        CASES,
+        baseline="pca",
+        sizes=SIZES,
+        quick_size="tiny",
+        prepare=prepare,
+        notes=notes(),
+        columns=COLUMNS,
+        summary=summary,
+        repeat=1,
+    )
