@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import dask.array as da
@@ -253,32 +254,46 @@ def _encode_rows(
     wt = xp.asarray((m["w"] * m["factor"][:, None] * scale).T)  # (B, K): scores -> u
     mean = xp.asarray(m["mean"])[:, None]
     out = xp.empty((w.shape[0], x.shape[1]), dtype=xp.float32)
+    errors = _Errors(xp, x, wt) if metrics else None
+    for a, xd, xx, u, ok, every in _centred_strips(xp, x, mean, valid=v):
+        s = xp.astype(w @ u, xp.float32)
+        if not every:
+            s = xp.where(ok[None, :], s, xp.asarray(xp.nan, dtype=xp.float32))
+        out[:, a : a + s.shape[1]] = s
+        if errors is not None:
+            errors.add(a, xd, xx, u, s, ok, every)
+    return out, ([] if errors is None else errors.partial())
+
+
+def _centred_strips(
+    xp: Any, x: Any, mean: Any, *, valid: Any = None, scores: Any = None
+) -> Iterator[tuple[int, Any, Any, Any, Any, bool]]:
+    """Walk the pixel rows ``x (B, N)`` in cache-sized strips, yielding ``(start, xd, xx,
+    u, ok, every)``: the strip in float64, its per-pixel ``|x|^2``, the centred
+    ``u = x - mean`` (0 at invalid pixels), which pixels are valid (no NaN in any band,
+    ``valid`` all True, no NaN in ``scores``) and whether all are. The buffers are made
+    once per chunk (a fresh large temporary per strip costs page faults that can exceed
+    the arithmetic) and reused: use each strip before asking for the next.
+    """
     step = strip_pixels(x.shape[0])
-    # Strip buffers made once per chunk: a fresh large temporary per strip costs page
-    # faults that can exceed the arithmetic.
-    buf = xp.empty((3, x.shape[0], min(step, x.shape[1])), dtype=xp.float64)
-    errors = _Errors(xp, x, wt, buf[2]) if metrics else None
+    buf = xp.empty((2, x.shape[0], max(1, min(step, x.shape[1]))), dtype=xp.float64)
     for a in range(0, x.shape[1], step):
         n = min(step, x.shape[1] - a)
         xd = buf[0, :, :n]
         xd[...] = x[:, a : a + n]
         xx = _colsum(xp, xd, xd)  # NaN in any band makes the pixel's |x|^2 NaN
         ok = ~xp.isnan(xx)
-        if v is not None:
-            ok = ok & xp.all(xp.astype(v[:, a : a + step], xp.bool), axis=0)
+        if valid is not None:
+            ok = ok & xp.all(xp.astype(valid[:, a : a + n], xp.bool), axis=0)
+        if scores is not None:
+            ok = ok & ~xp.any(xp.isnan(scores[:, a : a + n]), axis=0)
         every = bool(xp.all(ok))
         u = buf[1, :, :n]
         u[...] = xd
         u -= mean
         if not every:
             u = xp.where(ok[None, :], u, 0.0)
-        s = xp.astype(w @ u, xp.float32)
-        if not every:
-            s = xp.where(ok[None, :], s, xp.asarray(xp.nan, dtype=xp.float32))
-        out[:, a : a + step] = s
-        if errors is not None:
-            errors.add(a, xd, xx, u, s, ok, every)
-    return out, ([] if errors is None else errors.partial())
+        yield a, xd, xx, u, ok, every
 
 
 def _module(a: Any) -> Any:
@@ -307,8 +322,10 @@ class _Errors:
     ``x . x_hat = |x|^2 - x . e`` and ``|x_hat|^2 = |x|^2 - 2 x . e + |e|^2``.
     """
 
-    def __init__(self, xp: Any, x: Any, wt: Any, work: Any) -> None:
-        self.xp, self.x, self.wt, self.work = xp, x, wt, work  # work: (B, strip) float64
+    def __init__(self, xp: Any, x: Any, wt: Any) -> None:
+        self.xp, self.x, self.wt = xp, x, wt
+        width = max(1, min(strip_pixels(x.shape[0]), x.shape[1]))
+        self.work = xp.empty((x.shape[0], width), dtype=xp.float64)  # e, one strip
         n = x.shape[1]
         self.xx = xp.zeros(n, dtype=xp.float64)
         self.xe = xp.zeros(n, dtype=xp.float64)
@@ -509,23 +526,9 @@ def _metric_block(x: Any, s: Any, *, m: dict[str, np.ndarray], axis: int, ndim: 
     srows = _as_rows(xp, s, axis)
     wt = xp.asarray((m["w"] * m["factor"][:, None] * m["scale"][None, :]).T)  # (B, K)
     mean = xp.asarray(m["mean"])[:, None]
-    step = strip_pixels(rows.shape[0])
-    buf = xp.empty((3, rows.shape[0], min(step, rows.shape[1])), dtype=xp.float64)
-    errors = _Errors(xp, rows, wt, buf[2])
-    for a in range(0, rows.shape[1], step):
-        n = min(step, rows.shape[1] - a)
-        xd = buf[0, :, :n]
-        xd[...] = rows[:, a : a + n]
-        sv = srows[:, a : a + n]
-        xx = _colsum(xp, xd, xd)
-        ok = ~(xp.isnan(xx) | xp.any(xp.isnan(sv), axis=0))
-        every = bool(xp.all(ok))
-        u = buf[1, :, :n]
-        u[...] = xd
-        u -= mean
-        if not every:
-            u = xp.where(ok[None, :], u, 0.0)
-        errors.add(a, xd, xx, u, sv, ok, every)
+    errors = _Errors(xp, rows, wt)
+    for a, xd, xx, u, ok, every in _centred_strips(xp, rows, mean, scores=srows):
+        errors.add(a, xd, xx, u, srows[:, a : a + xd.shape[1]], ok, every)
     return xp.reshape(xp.asarray(errors.partial(), dtype=xp.float64), (1,) * ndim + (6,))
 
 
