@@ -16,9 +16,7 @@ other store or stream from those alone.
 
 from __future__ import annotations
 
-import importlib
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import dask.array as da
@@ -27,9 +25,16 @@ import xarray as xr
 
 from cubepipe.storage.errors import CubepipeWarning, InputError
 
-from .backend import array_namespace
 from .linalg import eigh
-from .moments import NFIELDS, band_moments, strip_pixels
+from .moments import NFIELDS, band_moments
+from .pca_kernels import (
+    encode_block,
+    metric_block,
+    pair_first,
+    pair_second,
+    project_block,
+    reconstruct_block,
+)
 from .stats import cube_and_valid, stats_from_packed
 
 __all__ = [
@@ -230,193 +235,6 @@ def _model_arrays(model: xr.Dataset) -> dict[str, np.ndarray]:
     }
 
 
-def _as_rows(xp: Any, a: Any, axis: int) -> Any:
-    """``(..., B, ...)`` -> ``(B, N)`` (a view when ``a`` is contiguous)."""
-    return xp.reshape(xp.moveaxis(a, axis, 0), (a.shape[axis], -1))
-
-
-def _from_rows(xp: Any, rows: Any, like_shape: tuple[int, ...], axis: int) -> Any:
-    shape = (rows.shape[0],) + tuple(n for i, n in enumerate(like_shape) if i != axis)
-    return xp.moveaxis(xp.reshape(rows, shape), 0, axis)
-
-
-def _encode_rows(
-    xp: Any, x: Any, v: Any, m: dict[str, np.ndarray], *, metrics: bool
-) -> tuple[Any, list[float]]:
-    """Scores ``(K, N)`` float32 of pixel rows ``x (B, N)`` and, if ``metrics``, the error
-    partials ``[sse, n_values, sam_sum, n_pixels, min, max]`` of their reconstruction from
-    those float32 scores. Strip by strip: every float64 temporary is small enough to stay
-    in cache, and the centred data ``u = x - mean`` is formed once for both; the scale and
-    whitening are folded into the small matrices.
-    """
-    scale = m["scale"][None, :]
-    w = xp.asarray(m["w"] / m["factor"][:, None] / scale)  # (K, B): u -> scores
-    wt = xp.asarray((m["w"] * m["factor"][:, None] * scale).T)  # (B, K): scores -> u
-    mean = xp.asarray(m["mean"])[:, None]
-    out = xp.empty((w.shape[0], x.shape[1]), dtype=xp.float32)
-    errors = _Errors(xp, x, wt) if metrics else None
-    for a, xd, xx, u, ok, every in _centred_strips(xp, x, mean, valid=v):
-        s = xp.astype(w @ u, xp.float32)
-        if not every:
-            s = xp.where(ok[None, :], s, xp.asarray(xp.nan, dtype=xp.float32))
-        out[:, a : a + s.shape[1]] = s
-        if errors is not None:
-            errors.add(a, xd, xx, u, s, ok, every)
-    return out, ([] if errors is None else errors.partial())
-
-
-def _centred_strips(
-    xp: Any, x: Any, mean: Any, *, valid: Any = None, scores: Any = None
-) -> Iterator[tuple[int, Any, Any, Any, Any, bool]]:
-    """Walk the pixel rows ``x (B, N)`` in cache-sized strips, yielding ``(start, xd, xx,
-    u, ok, every)``: the strip in float64, its per-pixel ``|x|^2``, the centred
-    ``u = x - mean`` (0 at invalid pixels), which pixels are valid (no NaN in any band,
-    ``valid`` all True, no NaN in ``scores``) and whether all are. The buffers are made
-    once per chunk (a fresh large temporary per strip costs page faults that can exceed
-    the arithmetic) and reused: use each strip before asking for the next.
-    """
-    step = strip_pixels(x.shape[0])
-    buf = xp.empty((2, x.shape[0], max(1, min(step, x.shape[1]))), dtype=xp.float64)
-    for a in range(0, x.shape[1], step):
-        n = min(step, x.shape[1] - a)
-        xd = buf[0, :, :n]
-        xd[...] = x[:, a : a + n]
-        xx = _colsum(xp, xd, xd)  # NaN in any band makes the pixel's |x|^2 NaN
-        ok = ~xp.isnan(xx)
-        if valid is not None:
-            ok = ok & xp.all(xp.astype(valid[:, a : a + n], xp.bool), axis=0)
-        if scores is not None:
-            ok = ok & ~xp.any(xp.isnan(scores[:, a : a + n]), axis=0)
-        every = bool(xp.all(ok))
-        u = buf[1, :, :n]
-        u[...] = xd
-        u -= mean
-        if not every:
-            u = xp.where(ok[None, :], u, 0.0)
-        yield a, xd, xx, u, ok, every
-
-
-def _module(a: Any) -> Any:
-    """NumPy or CuPy itself (for ``out=`` arguments the array-API wrappers lack)."""
-    return (
-        np
-        if isinstance(a, np.ndarray)
-        else importlib.import_module(type(a).__module__.split(".")[0])
-    )
-
-
-def _colsum(xp: Any, a: Any, b: Any) -> Any:
-    """Per-column ``sum(a * b)`` over rows (NumPy: one einsum pass, no temporary)."""
-    if isinstance(a, np.ndarray):
-        return np.einsum("bn,bn->n", a, b)
-    return xp.sum(a * b, axis=0)
-
-
-class _Errors:
-    """Reconstruction-error partials of one chunk ``x (B, N)``, gathered strip by strip.
-
-    Per pixel it keeps ``|x|^2``, ``x . e`` and ``|e|^2`` where ``e = u - W^T s`` is the
-    error in the centred space (so it does not cancel against an offset; ``wt`` maps
-    the stored scores back to ``u``); :meth:`partial` turns them, once per chunk, into
-    ``[sse, n_values, sam_sum, n_pixels, min, max]``. The spectral angle uses
-    ``x . x_hat = |x|^2 - x . e`` and ``|x_hat|^2 = |x|^2 - 2 x . e + |e|^2``.
-    """
-
-    def __init__(self, xp: Any, x: Any, wt: Any) -> None:
-        self.xp, self.x, self.wt = xp, x, wt
-        width = max(1, min(strip_pixels(x.shape[0]), x.shape[1]))
-        self.work = xp.empty((x.shape[0], width), dtype=xp.float64)  # e, one strip
-        n = x.shape[1]
-        self.xx = xp.zeros(n, dtype=xp.float64)
-        self.xe = xp.zeros(n, dtype=xp.float64)
-        self.ee = xp.zeros(n, dtype=xp.float64)
-        self.ok = xp.zeros(n, dtype=xp.bool)
-
-    def add(self, a: int, xd: Any, xx: Any, u: Any, s: Any, ok: Any, every: bool) -> None:
-        """One strip from pixel ``a``: ``xd`` the float64 data, ``xx`` its ``|x|^2``,
-        ``u`` the centred data (0 where not ``ok``), ``s`` the stored float32 scores."""
-        xp = self.xp
-        b = a + xd.shape[1]
-        if not every:
-            s = xp.where(ok[None, :], s, 0.0)
-            xd = xp.where(ok[None, :], xd, 0.0)
-            xx = xp.where(ok, xx, 0.0)
-        e = self.work[:, : xd.shape[1]]
-        _module(e).matmul(self.wt, xp.astype(s, xp.float64), out=e)
-        e *= -1.0
-        e += u
-        self.xx[a:b] = xx
-        self.xe[a:b] = _colsum(xp, xd, e)
-        self.ee[a:b] = _colsum(xp, e, e)
-        self.ok[a:b] = ok
-
-    def partial(self) -> list[float]:
-        xp, ok = self.xp, self.ok
-        npix = int(xp.sum(xp.astype(ok, xp.int64)))
-        if npix == 0:
-            return [0.0, 0.0, 0.0, 0.0, float("inf"), float("-inf")]
-        xx, xe, ee = self.xx, self.xe, self.ee
-        nx = xp.sqrt(xx)
-        ny = xp.sqrt(xp.clip(xx - 2 * xe + ee, 0.0, None))
-        good = ok & (nx > 0) & (ny > 0)
-        cos = xp.clip((xx - xe) / xp.where(good, nx * ny, 1.0), -1.0, 1.0)
-        if npix == ok.shape[0]:  # every pixel valid: no NaN anywhere
-            lo, hi = xp.min(self.x), xp.max(self.x)
-        else:
-            lo = xp.min(xp.where(ok[None, :], self.x, xp.inf))
-            hi = xp.max(xp.where(ok[None, :], self.x, -xp.inf))
-        return [
-            float(xp.sum(xp.where(ok, ee, 0.0))),
-            float(npix * self.x.shape[0]),
-            float(xp.sum(xp.where(good, xp.acos(cos), 0.0))),
-            float(xp.sum(xp.astype(good, xp.float64))),
-            float(lo),
-            float(hi),
-        ]
-
-
-def _project_block(block: Any, *valid: Any, m: dict[str, np.ndarray], axis: int) -> Any:
-    xp = array_namespace(block)
-    v = _as_rows(xp, valid[0], axis) if valid else None
-    out, _ = _encode_rows(xp, _as_rows(xp, block, axis), v, m, metrics=False)
-    return _from_rows(xp, out, block.shape, axis)
-
-
-def _encode_block(
-    block: Any, *valid: Any, m: dict[str, np.ndarray], axis: int, ndim: int
-) -> tuple[Any, Any]:
-    """Scores and error partials of one chunk, from one look at it (see
-    :func:`pca_encode`): a pair, split by :func:`_first` and :func:`_second`."""
-    xp = array_namespace(block)
-    v = _as_rows(xp, valid[0], axis) if valid else None
-    out, acc = _encode_rows(xp, _as_rows(xp, block, axis), v, m, metrics=True)
-    partial = xp.reshape(xp.asarray(acc, dtype=xp.float64), (1,) * ndim + (6,))
-    return _from_rows(xp, out, block.shape, axis), partial
-
-
-def _first(pair: tuple[Any, Any]) -> Any:
-    return pair[0]
-
-
-def _second(pair: tuple[Any, Any]) -> Any:
-    return pair[1]
-
-
-def _reconstruct_block(scores: Any, *, m: dict[str, np.ndarray], axis: int) -> Any:
-    xp = array_namespace(scores)
-    s = _as_rows(xp, scores, axis)
-    wt = xp.asarray((m["w"] * m["factor"][:, None]).T)  # (B, K)
-    mean, scale = xp.asarray(m["mean"])[:, None], xp.asarray(m["scale"])[:, None]
-    out = xp.empty((wt.shape[0], s.shape[1]), dtype=xp.float32)
-    step = strip_pixels(wt.shape[0])
-    for a in range(0, s.shape[1], step):
-        xhat = wt @ xp.astype(s[:, a : a + step], xp.float64)
-        xhat *= scale
-        xhat += mean
-        out[:, a : a + step] = xp.astype(xhat, xp.float32)
-    return _from_rows(xp, out, scores.shape, axis)
-
-
 def _prepare_project(
     ds: xr.Dataset, model: xr.Dataset, variable: str
 ) -> tuple[xr.DataArray, list[da.Array], dict[str, np.ndarray], int]:
@@ -445,7 +263,7 @@ def pca_project(ds: xr.Dataset, model: xr.Dataset, *, variable: str = "cube") ->
     k = m["w"].shape[0]
     chunks = tuple((k,) if i == axis else c for i, c in enumerate(args[0].chunks))
     scores = da.map_blocks(
-        _project_block,
+        project_block,
         *args,
         m=m,
         axis=axis,
@@ -470,7 +288,7 @@ def pca_encode(
     ndim = data.ndim
     chunks = tuple((k,) if i == axis else c for i, c in enumerate(data.chunks))
     pairs = da.map_blocks(
-        _encode_block,
+        encode_block,
         *args,
         m=m,
         axis=axis,
@@ -481,13 +299,13 @@ def pca_encode(
         token="cubepipe-compress-encode",
     )
     scores = pairs.map_blocks(
-        _first,
+        pair_first,
         dtype=np.float32,
         meta=data._meta.astype(np.float32),
         token="cubepipe-compress-scores",
     )
     partials = pairs.map_blocks(
-        _second,
+        pair_second,
         new_axis=ndim,
         chunks=tuple((1,) * len(c) for c in data.chunks) + ((6,),),
         dtype=np.float64,
@@ -505,7 +323,7 @@ def pca_reconstruct(scores: xr.DataArray, model: xr.Dataset) -> xr.DataArray:
     nb = m["w"].shape[1]
     chunks = tuple((nb,) if i == axis else c for i, c in enumerate(data.chunks))
     out = da.map_blocks(
-        _reconstruct_block,
+        reconstruct_block,
         data,
         m=m,
         axis=axis,
@@ -516,20 +334,6 @@ def pca_reconstruct(scores: xr.DataArray, model: xr.Dataset) -> xr.DataArray:
     )
     dims = tuple("band" if d == "component" else d for d in scores.dims)
     return xr.DataArray(out, dims=dims)
-
-
-def _metric_block(x: Any, s: Any, *, m: dict[str, np.ndarray], axis: int, ndim: int) -> Any:
-    """Error partials of one chunk reconstructed from the scores ``s``, strip by strip,
-    without rebuilding the whole chunk (see :class:`_Errors`)."""
-    xp = array_namespace(x)
-    rows = _as_rows(xp, x, axis)
-    srows = _as_rows(xp, s, axis)
-    wt = xp.asarray((m["w"] * m["factor"][:, None] * m["scale"][None, :]).T)  # (B, K)
-    mean = xp.asarray(m["mean"])[:, None]
-    errors = _Errors(xp, rows, wt)
-    for a, xd, xx, u, ok, every in _centred_strips(xp, rows, mean, scores=srows):
-        errors.add(a, xd, xx, u, srows[:, a : a + xd.shape[1]], ok, every)
-    return xp.reshape(xp.asarray(errors.partial(), dtype=xp.float64), (1,) * ndim + (6,))
 
 
 def reconstruction_metrics(
@@ -545,7 +349,7 @@ def reconstruction_metrics(
     s = scores.data
     ndim = data.ndim
     return da.map_blocks(
-        _metric_block,
+        metric_block,
         data,
         s,
         m=m,
