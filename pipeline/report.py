@@ -15,9 +15,10 @@ single dask computation, so the cube is read at most twice and never loaded whol
 The reconstruction-error map needs the data that were compressed, which a ``compress``
 store does not hold: pass it as ``original`` (a store, or a file ``ingest`` reads). The
 map is the per-pixel RMS over bands of (reconstruction - original) at the quick-look's
-pixels; the reconstruction is made from the store's scores and PCA model, or is the
-store's ``cube`` itself (e.g. a ``reconstruct`` output). Without ``original`` the report
-shows the error metrics ``compress`` recorded (RMSE, PSNR, spectral angle) instead.
+pixels; the reconstruction is made from the store's scores and model (PCA or
+autoencoder), or is the store's ``cube`` itself (e.g. a ``reconstruct`` output). Without
+``original`` the report shows the error metrics ``compress`` recorded (RMSE, PSNR,
+spectral angle) instead.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from cubepipe.storage import (
     store_state,
 )
 
+from .autoencoder_apply import ae_reconstruct, model_arrays, model_kind
 from .pca import MODEL_VARS, pca_reconstruct
 from .report_plots import (
     EmbeddedImage,
@@ -184,9 +186,17 @@ def _error_map(
     """Lazy per-pixel RMS over bands of (reconstruction - original), float64 ``(y, x)``."""
     if "cube" not in original:
         raise InputError(f"--original {where}: it has no 'cube' variable to compare with")
-    if chan != "band" and "pca_components" not in ds:
-        raise InputError(f"{name!r} has no PCA model (pca_*) to reconstruct the bands from")
-    nb = ds[name].sizes[chan] if chan == "band" else ds["pca_components"].sizes["band"]
+    kind = None if chan == "band" else model_kind(ds)
+    if chan != "band" and kind is None:
+        raise InputError(
+            f"{name!r} has no compression model (pca_*, ae_*, vae_*) to reconstruct the bands from"
+        )
+    if chan == "band":
+        nb = ds[name].sizes[chan]
+    elif kind == "pca":
+        nb = ds["pca_components"].sizes["band"]
+    else:
+        nb = int(model_arrays(ds)["spec"]["bands"])
     want = {
         ("band" if d == chan else d): (nb if d == chan else n) for d, n in ds[name].sizes.items()
     }
@@ -199,8 +209,10 @@ def _error_map(
     orig = orig.isel(sel)
     if chan == "band":
         recon = ds[name].isel(sel)
-    else:
+    elif kind == "pca":
         recon = pca_reconstruct(ds["scores"].isel(sel), ds[[v for v in MODEL_VARS if v in ds]])
+    else:  # an autoencoder: its decoder, from the arrays stored beside the scores
+        recon = ae_reconstruct(ds["scores"].isel(sel), ds)
     dims = ("band", *_CORE)
     diff = recon.transpose(*dims).data.astype(np.float64) - orig.transpose(*dims).data.astype(
         np.float64

@@ -178,3 +178,25 @@ def test_a_pipeline_step_trains_an_autoencoder(cli, cube_store: Path, tmp_path: 
     assert open_cube(tmp_path / "c.zarr")["ae_mean"].attrs["cubepipe_model"]["n_samples"] == 500
     ops = [h["op"] for h in history(read_attrs(tmp_path / "r.zarr"))]
     assert ops[-2:] == ["compress", "reconstruct"]
+
+
+def test_report_of_an_autoencoder_store_maps_its_reconstruction_error(
+    cli, cube_store: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ae.zarr"
+    proc = cli("compress", str(cube_store), "-o", str(out), "-k", "3", "--method", "ae", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    page = tmp_path / "ae.html"
+    proc = cli("report", str(out), "-o", str(page), "--original", str(cube_store))
+    assert proc.returncode == 0, proc.stderr
+    text = page.read_text()
+    assert text.count('data-kind="error-map"') == 1
+    # the map's RMS agrees with the decoder's reconstruction written by `reconstruct`
+    rec = tmp_path / "rec.zarr"
+    assert cli("reconstruct", str(out), "-o", str(rec)).returncode == 0
+    x = open_cube(cube_store)["cube"].values.astype(np.float64)
+    r = open_cube(rec)["cube"].values.astype(np.float64)
+    ok = ~np.isnan(x).any(0)
+    assert np.sqrt(np.mean((r - x)[:, ok] ** 2)) == pytest.approx(
+        history(read_attrs(out))[-1]["results"]["rmse"], rel=1e-4
+    )
