@@ -23,6 +23,7 @@ from cubepipe.storage.errors import InputError
 from .autoencoder_net import KINDS, decode_rows, encode_rows, parametric_layers, strip_size
 from .backend import array_namespace
 from .pca import summarize_metrics
+from .pca_kernels import error_sums
 from .stats import cube_and_valid
 
 __all__ = [
@@ -148,14 +149,17 @@ def _metric_block(x: Any, enc: Any, *, m: dict[str, Any], axis: int, ndim: int) 
             continue
         xv, xhat = xv[:, ok], xhat[:, ok]
         e = xv - xhat
-        nx = xp.sqrt(xp.vecdot(xv, xv, axis=0))
-        ny = xp.sqrt(xp.vecdot(xhat, xhat, axis=0))
-        good = (nx > 0) & (ny > 0)
-        cos = xp.clip(xp.vecdot(xv, xhat, axis=0) / xp.where(good, nx * ny, 1.0), -1.0, 1.0)
-        acc[0] += float(xp.sum(e * e))
+        sse, sam, nsam = error_sums(
+            xp,
+            xp.vecdot(xv, xv, axis=0),
+            xp.vecdot(xv, e, axis=0),
+            xp.vecdot(e, e, axis=0),
+            xp.ones(xv.shape[1], dtype=xp.bool),
+        )
+        acc[0] += sse
         acc[1] += float(xv.shape[0] * xv.shape[1])
-        acc[2] += float(xp.sum(xp.where(good, xp.acos(cos), 0.0)))
-        acc[3] += float(xp.sum(xp.astype(good, xp.float64)))
+        acc[2] += sam
+        acc[3] += nsam
         acc[4] = min(acc[4], float(xp.min(xv)))
         acc[5] = max(acc[5], float(xp.max(xv)))
         if erows.shape[0] > k:

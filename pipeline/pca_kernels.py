@@ -143,24 +143,30 @@ class _Errors:
         npix = int(xp.sum(xp.astype(ok, xp.int64)))
         if npix == 0:
             return [0.0, 0.0, 0.0, 0.0, float("inf"), float("-inf")]
-        xx, xe, ee = self.xx, self.xe, self.ee
-        nx = xp.sqrt(xx)
-        ny = xp.sqrt(xp.clip(xx - 2 * xe + ee, 0.0, None))
-        good = ok & (nx > 0) & (ny > 0)
-        cos = xp.clip((xx - xe) / xp.where(good, nx * ny, 1.0), -1.0, 1.0)
+        sse, sam, nsam = error_sums(xp, self.xx, self.xe, self.ee, ok)
         if npix == ok.shape[0]:  # every pixel valid: no NaN anywhere
             lo, hi = xp.min(self.x), xp.max(self.x)
         else:
             lo = xp.min(xp.where(ok[None, :], self.x, xp.inf))
             hi = xp.max(xp.where(ok[None, :], self.x, -xp.inf))
-        return [
-            float(xp.sum(xp.where(ok, ee, 0.0))),
-            float(npix * self.x.shape[0]),
-            float(xp.sum(xp.where(good, xp.acos(cos), 0.0))),
-            float(xp.sum(xp.astype(good, xp.float64))),
-            float(lo),
-            float(hi),
-        ]
+        return [sse, float(npix * self.x.shape[0]), sam, nsam, float(lo), float(hi)]
+
+
+def error_sums(xp: Any, xx: Any, xe: Any, ee: Any, ok: Any) -> tuple[float, float, float]:
+    """``(sum |e|^2, sum of spectral angles, number of angles)`` over the ``ok`` pixels,
+    from each pixel's ``|x|^2``, ``x . e`` and ``|e|^2`` (``e = x - x_hat``), using
+    ``x . x_hat = |x|^2 - x . e`` and ``|x_hat|^2 = |x|^2 - 2 x . e + |e|^2``. A pixel
+    whose spectrum or reconstruction is all zero has no angle. One definition for every
+    compression method, so their errors compare."""
+    nx = xp.sqrt(xx)
+    ny = xp.sqrt(xp.clip(xx - 2 * xe + ee, 0.0, None))
+    good = ok & (nx > 0) & (ny > 0)
+    cos = xp.clip((xx - xe) / xp.where(good, nx * ny, 1.0), -1.0, 1.0)
+    return (
+        float(xp.sum(xp.where(ok, ee, 0.0))),
+        float(xp.sum(xp.where(good, xp.acos(cos), 0.0))),
+        float(xp.sum(xp.astype(good, xp.float64))),
+    )
 
 
 def project_block(block: Any, *valid: Any, m: dict[str, np.ndarray], axis: int) -> Any:

@@ -197,6 +197,10 @@ def test_report_of_an_autoencoder_store_maps_its_reconstruction_error(
     x = open_cube(cube_store)["cube"].values.astype(np.float64)
     r = open_cube(rec)["cube"].values.astype(np.float64)
     ok = ~np.isnan(x).any(0)
-    assert np.sqrt(np.mean((r - x)[:, ok] ** 2)) == pytest.approx(
-        history(read_attrs(out))[-1]["results"]["rmse"], rel=1e-4
+    res = history(read_attrs(out))[-1]["results"]
+    assert np.sqrt(np.mean((r - x)[:, ok] ** 2)) == pytest.approx(res["rmse"], rel=1e-4)
+    xv, rv = x[:, ok], r[:, ok]  # the spectral angle, by the textbook formula
+    cos = np.sum(xv * rv, 0) / np.linalg.norm(xv, axis=0) / np.linalg.norm(rv, axis=0)
+    assert np.degrees(np.mean(np.arccos(np.clip(cos, -1, 1)))) == pytest.approx(
+        res["sam_deg"], rel=1e-3
     )
