@@ -24,6 +24,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from ._version import __version__
+from .chunkio import ChunkLayout, DirectChunkArray, KeptChunks, direct_layout
 from .errors import (
     IncompleteStoreError,
     InputError,
@@ -137,7 +138,9 @@ def _has_consolidated_metadata(path: Path) -> bool:
     return bool(meta.get("consolidated_metadata"))
 
 
-def open_cube(path: str | Path, *, allow_incomplete: bool = False) -> xr.Dataset:
+def open_cube(
+    path: str | Path, *, allow_incomplete: bool = False, keep_bytes: int = 0
+) -> xr.Dataset:
     """Open a cube store lazily.
 
     Parameters
@@ -147,6 +150,11 @@ def open_cube(path: str | Path, *, allow_incomplete: bool = False) -> xr.Dataset
     allow_incomplete
         Read a store whose writer has not finished. Chunks not yet written read as the
         variable's fill value (NaN for floats).
+    keep_bytes
+        For a computation that reads the store twice (fit, then apply): keep up to this
+        many bytes of decoded chunks from the first read for the second, which then
+        re-reads only the rest (see :class:`~cubepipe.storage.chunkio.KeptChunks`).
+        Kept chunks are released as the second read takes them. 0 keeps nothing.
 
     Returns
     -------
@@ -175,7 +183,44 @@ def open_cube(path: str | Path, *, allow_incomplete: bool = False) -> xr.Dataset
     chunks: dict[Hashable, int] = {}
     for var in ds.variables.values():
         chunks.update(var.encoding.get("preferred_chunks") or {})
+    ds = _read_directly(ds, p, KeptChunks(keep_bytes) if keep_bytes > 0 else None)
     return ds.chunk(chunks, name_prefix="cubepipe-read-", inline_array=True)
+
+
+def _read_directly(ds: xr.Dataset, path: Path, kept: KeptChunks | None) -> xr.Dataset:
+    """Back each variable whose chunks :mod:`.chunkio` can read (and that xarray does not
+    decode: no scale/offset, no non-NaN fill mask, no dtype change) by direct chunk reads."""
+    replaced: dict[Hashable, xr.Variable] = {}
+    for name, var in ds.variables.items():
+        if var.ndim == 0 or name in ds.dims:
+            continue
+        layout = direct_layout(path / str(name))
+        enc = var.encoding
+        fill = enc.get("_FillValue")
+        if (
+            layout is None
+            or var.dtype != layout.dtype
+            or var.shape != layout.shape
+            or "scale_factor" in enc
+            or "add_offset" in enc
+            or (fill is not None and not (isinstance(fill, float) and np.isnan(fill)))
+        ):
+            continue
+        token = dask.base.tokenize(layout, (path / str(name) / "zarr.json").stat().st_mtime_ns)
+        arr = da.from_array(
+            DirectChunkArray(layout, kept),
+            chunks=layout.chunks,
+            name=f"cubepipe-read-{name}-{token}",
+            inline_array=True,
+            asarray=False,
+            meta=np.empty((0,) * var.ndim, dtype=var.dtype),
+        )
+        replaced[name] = var.copy(deep=False, data=arr)
+    if not replaced:
+        return ds
+    coords = {k: v for k, v in replaced.items() if k in ds.coords}
+    data = {k: v for k, v in replaced.items() if k not in ds.coords}
+    return ds.assign_coords(coords).assign(data)
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -224,11 +269,35 @@ def _to_numpy(block: Any) -> np.ndarray:
     return np.asarray(block)
 
 
-def _write_block(block: Any, *, target: zarr.Array, block_info: dict | None = None) -> np.ndarray:
+def _write_block(
+    block: Any, *, target: zarr.Array | ChunkLayout, block_info: dict | None = None
+) -> np.ndarray:
     assert block_info is not None
-    loc = block_info[0]["array-location"]
-    target[tuple(slice(a, b) for a, b in loc)] = _to_numpy(block)
+    if isinstance(target, ChunkLayout):  # blocks are the store's chunks (see _writer)
+        target.write_chunk(tuple(block_info[0]["chunk-location"]), _to_numpy(block))
+    else:
+        loc = block_info[0]["array-location"]
+        target[tuple(slice(a, b) for a, b in loc)] = _to_numpy(block)
     return np.ones((1,) * block.ndim, dtype=np.int8)
+
+
+def _writer(path: Path, name: str, data: da.Array) -> zarr.Array | ChunkLayout:
+    """Direct chunk writes when the array's layout allows them and dask's blocks are its
+    chunks; zarr-python otherwise."""
+    layout = direct_layout(path / name)
+    if (
+        layout is not None
+        and np.dtype(data.dtype) == layout.dtype
+        and tuple(data.shape) == layout.shape
+        and all(
+            all(c == step for c in cs[:-1]) and cs[-1] <= step
+            for cs, step in zip(data.chunks, layout.chunks, strict=True)
+        )
+    ):
+        return layout
+    return zarr.open_array(
+        store=str(path), path=name, mode="r+", config={"write_empty_chunks": True}
+    )
 
 
 def _block_done(target: zarr.Array, store_root: Path, name: str, idx: tuple[int, ...]) -> bool:
@@ -359,6 +428,8 @@ def write_cube(
 
     if resuming:
         attrs = _check_resumable(p, prepared)
+        for leftover in p.rglob("*.partial"):  # chunk files a killed writer never renamed
+            leftover.unlink()
         meta = copy.deepcopy(attrs[ATTR])
         meta["history"][-1].setdefault("resumed", []).append(_now())
     else:
@@ -377,19 +448,17 @@ def write_cube(
         data = prepared[name].data
         if not isinstance(data, da.Array):
             continue
-        target = zarr.open_array(
-            store=str(p), path=name, mode="r+", config={"write_empty_chunks": True}
-        )
         done = da.map_blocks(
             _write_block,
             data,
-            target=target,
+            target=_writer(p, name, data),
             dtype=np.int8,
             chunks=tuple((1,) * len(c) for c in data.chunks),
             token=f"cubepipe-{op}-write",
             meta=np.empty((0,) * data.ndim, dtype=np.int8),
         )
         if resuming:
+            target = zarr.open_array(store=str(p), path=name, mode="r")
             for idx in np.ndindex(*done.numblocks):
                 if not _block_done(target, p, name, idx):
                     writes.append(done.blocks[idx])

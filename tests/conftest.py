@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import dask
@@ -13,10 +14,12 @@ import numpy as np
 import pytest
 import xarray as xr
 from hypothesis import HealthCheck, settings
+from zarr.storage import LocalStore
 
 from cubepipe.pipeline.backend import gpu_status
 from cubepipe.pipeline.synthetic import make_cube
-from cubepipe.storage import write_cube
+from cubepipe.storage import open_cube, write_cube
+from cubepipe.storage.chunkio import ChunkLayout
 
 settings.register_profile(
     "cubepipe",
@@ -82,6 +85,57 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None):
         env=full_env,
         timeout=300,
     )
+
+
+def _count_direct_reads(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    reads: Counter = Counter()
+    read_chunk = ChunkLayout.read_chunk
+
+    def counting(self: ChunkLayout, idx: tuple[int, ...]) -> np.ndarray:
+        reads[f"{Path(self.root).name}/c/" + "/".join(map(str, idx))] += 1
+        return read_chunk(self, idx)
+
+    monkeypatch.setattr(ChunkLayout, "read_chunk", counting)
+    return reads
+
+
+@pytest.fixture
+def direct_reads(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """Counts the chunk files storage.chunkio reads (the path ``open_cube`` takes for
+    cubepipe's own stores), keyed like zarr store keys: ``"cube/c/0/1/2"``."""
+    return _count_direct_reads(monkeypatch)
+
+
+class CountingStore(LocalStore):
+    """A real LocalStore that counts reads of every key."""
+
+    reads: Counter
+
+    async def get(self, key, prototype=None, byte_range=None):  # noqa: ANN001, ANN201
+        self.reads[key] += 1
+        return await super().get(key, prototype=prototype, byte_range=byte_range)
+
+
+@pytest.fixture(params=["zarr-store", "direct"])
+def counting_open(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """``open(path) -> (dataset, reads)`` counting every chunk read, once through
+    zarr-python (a counting LocalStore under ``xarray.open_zarr``) and once through
+    ``open_cube``'s direct chunk reads."""
+
+    def through_zarr(path: Path) -> tuple[xr.Dataset, Counter]:
+        store = CountingStore(str(path), read_only=True)
+        store.reads = Counter()
+        return xr.open_zarr(store, chunks={}, consolidated=True), store.reads
+
+    def direct(path: Path) -> tuple[xr.Dataset, Counter]:
+        reads = _count_direct_reads(monkeypatch)
+        return open_cube(path), reads
+
+    return through_zarr if request.param == "zarr-store" else direct
+
+
+def cube_chunk_reads(reads: Counter) -> dict[str, int]:
+    return {k: v for k, v in reads.items() if k.startswith("cube/c/")}
 
 
 @pytest.fixture

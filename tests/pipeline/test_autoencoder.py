@@ -28,7 +28,7 @@ from cubepipe.pipeline.pca import fit_pca, pca_encode, summarize_metrics
 from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import InputError, open_cube, write_cube
 
-from .test_stats import counting_open, cube_chunk_reads
+from ..conftest import cube_chunk_reads
 
 torch = pytest.importorskip("torch")
 
@@ -208,7 +208,7 @@ def test_invalid_pixels_are_left_out_and_stay_invalid() -> None:
 
 
 def test_fit_reads_once_encode_once_and_graph_building_computes_nothing(
-    tmp_path: Path, no_compute
+    tmp_path: Path, no_compute, counting_open
 ) -> None:
     path = write_cube(nonlinear_cube((8, 40, 48)), tmp_path / "in.zarr", chunks={"y": 20, "x": 24})
     ds, reads = counting_open(path)

@@ -28,7 +28,7 @@ from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import InputError, history, read_attrs, write_cube
 from cubepipe.storage.ingest import open_input
 
-from .test_stats import counting_open, cube_chunk_reads
+from ..conftest import cube_chunk_reads
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TESTDATA = Path(__file__).resolve().parents[1] / "data"
@@ -166,7 +166,7 @@ def test_model_reapplies_to_another_store(tmp_path: Path) -> None:
     np.testing.assert_allclose(s, by_hand.astype(np.float32), rtol=1e-5, atol=1e-5)
 
 
-def test_fit_and_project_read_each_chunk_at_most_twice(tmp_path: Path) -> None:
+def test_fit_and_project_read_each_chunk_at_most_twice(tmp_path: Path, counting_open) -> None:
     path = write_cube(
         make_cube((15, 100, 120), seed=1), tmp_path / "in.zarr", chunks={"y": 50, "x": 40}
     )
@@ -187,7 +187,9 @@ def test_fit_and_project_read_each_chunk_at_most_twice(tmp_path: Path) -> None:
     assert history(read_attrs(tmp_path / "out.zarr"))[-1]["results"]["rmse"] > 0
 
 
-def test_encode_gives_projects_scores_and_metrics_from_one_read(tmp_path: Path) -> None:
+def test_encode_gives_projects_scores_and_metrics_from_one_read(
+    tmp_path: Path, counting_open
+) -> None:
     path = write_cube(
         make_cube((15, 100, 120), seed=1), tmp_path / "in.zarr", chunks={"y": 50, "x": 40}
     )
@@ -222,7 +224,9 @@ def test_encode_metrics_match_a_reconstruction_by_hand() -> None:
     assert got["sam_rad"] == pytest.approx(np.mean(np.arccos(np.clip(cos, -1, 1))), rel=1e-4)
 
 
-def test_sample_fits_on_a_reproducible_fraction_of_the_chunks(tmp_path: Path) -> None:
+def test_sample_fits_on_a_reproducible_fraction_of_the_chunks(
+    tmp_path: Path, counting_open
+) -> None:
     path = write_cube(
         make_cube((15, 100, 120), seed=1), tmp_path / "in.zarr", chunks={"y": 25, "x": 30}
     )

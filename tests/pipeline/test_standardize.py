@@ -15,7 +15,7 @@ from cubepipe.pipeline.standardize import destandardize, iter_standardized, stan
 from cubepipe.pipeline.stats import fit_stats, stats_from_json, stats_to_json
 from cubepipe.storage import CubepipeWarning, InputError, open_cube, write_cube
 
-from .test_stats import counting_open, cube_chunk_reads
+from ..conftest import cube_chunk_reads
 
 
 def _ds(a: np.ndarray, chunks) -> xr.Dataset:  # noqa: ANN001
@@ -117,7 +117,9 @@ def test_saved_statistics_reapply_to_another_store_and_a_stream(
         next(iter_standardized([np.ones((3, 2, 2))], stats))
 
 
-def test_fit_and_apply_reads_each_chunk_at_most_twice(data: np.ndarray, tmp_path: Path) -> None:
+def test_fit_and_apply_reads_each_chunk_at_most_twice(
+    data: np.ndarray, tmp_path: Path, counting_open
+) -> None:
     path = write_cube(_ds(data, (4, 20, 20)), tmp_path / "in.zarr", chunks={"y": 20, "x": 20})
     ds, reads = counting_open(path)
     reads.clear()

@@ -4,7 +4,6 @@ NaN and mask handling, and the number of times each input chunk is read."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import dask
@@ -15,10 +14,11 @@ import xarray as xr
 import zarr
 from hypothesis import given
 from hypothesis import strategies as st
-from zarr.storage import LocalStore
 
 from cubepipe.pipeline.stats import fit_stats, stats_from_json, stats_to_json
 from cubepipe.storage import write_cube
+
+from ..conftest import cube_chunk_reads
 
 
 def _offset_cube(shape=(3, 300, 400), seed=0) -> np.ndarray:
@@ -145,28 +145,7 @@ def test_json_round_trip() -> None:
         np.testing.assert_array_equal(again[k].values, _REF[k].values)
 
 
-class CountingStore(LocalStore):
-    """A real LocalStore that counts reads of every key."""
-
-    reads: Counter
-
-    async def get(self, key, prototype=None, byte_range=None):  # noqa: ANN001, ANN201
-        self.reads[key] += 1
-        return await super().get(key, prototype=prototype, byte_range=byte_range)
-
-
-def counting_open(path: Path) -> tuple[xr.Dataset, Counter]:
-    store = CountingStore(str(path), read_only=True)
-    store.reads = Counter()
-    ds = xr.open_zarr(store, chunks={}, consolidated=True)
-    return ds, store.reads
-
-
-def cube_chunk_reads(reads: Counter) -> dict[str, int]:
-    return {k: v for k, v in reads.items() if k.startswith("cube/c/")}
-
-
-def test_stats_read_each_chunk_exactly_once(tmp_path: Path) -> None:
+def test_stats_read_each_chunk_exactly_once(tmp_path: Path, counting_open) -> None:
     path = write_cube(_ds(_DATA, (3, 10, 10)), tmp_path / "in.zarr", chunks={"y": 10, "x": 10})
     ds, reads = counting_open(path)
     reads.clear()

@@ -1,0 +1,269 @@
+"""Direct chunk I/O for the zarr v3 layout cubepipe writes; zarr-python for anything else.
+
+cubepipe's stores use one codec chain (``bytes`` then ``zstd``), a regular chunk grid and
+the default chunk-key encoding, without sharding. For exactly that layout a chunk is one
+file, ``<array>/c/<i>/<j>/<k>``, holding a single zstd frame of the chunk's raw bytes
+(edge chunks padded to the full chunk shape). Reading or writing such a file directly
+(one ``read``, one zstd call into a preallocated buffer, no event loop) costs about 60-75%
+of what the same chunk costs through zarr-python's generic codec pipeline, which is the
+difference between streaming at disk speed and not (benchmarks/bench_standardize.py).
+
+The files are the same bytes zarr-python writes and reads (both use numcodecs' zstd), so
+a store stays a plain zarr v3 store: tests/storage/test_chunkio.py round-trips chunks
+through both. Any other layout (other codecs, sharding, another key encoding, a
+big-endian chunk on this machine, a non-local store) gets ``None`` from
+:func:`direct_layout` and is read and written through zarr-python as before.
+
+Writes go to a temporary file that is renamed over the chunk, so a killed writer never
+leaves a half-written chunk behind.
+
+A command that reads its input twice (fit, then apply) can keep decoded chunks of the
+first pass for the second, up to a byte budget (:class:`KeptChunks`); what does not fit
+is read again. Kept chunks are read-only, so a kernel that wrote into its input would
+fail loudly rather than corrupt the second pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numcodecs import Zstd
+
+from .errors import InvalidStoreError
+
+__all__ = ["ChunkLayout", "DirectChunkArray", "KeptChunks", "direct_layout", "largest_chunk"]
+
+_NATIVE = "little" if sys.byteorder == "little" else "big"
+_DTYPES = {
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Where and how one zarr v3 array's chunks are stored, for direct I/O.
+
+    Small and picklable, so dask can ship it to distributed workers.
+    """
+
+    root: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: np.dtype
+    fill_value: Any
+    separator: str
+    level: int
+    checksum: bool
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Number of chunks along each dim."""
+        return tuple(math.ceil(s / c) for s, c in zip(self.shape, self.chunks, strict=True))
+
+    def chunk_path(self, idx: tuple[int, ...]) -> str:
+        """File holding chunk ``idx`` (default v3 key encoding: ``c/i/j/k``)."""
+        key = self.separator.join(["c", *map(str, idx)])
+        return os.path.join(self.root, *key.split("/"))
+
+    def block_shape(self, idx: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of chunk ``idx`` inside the array (edge chunks are cut short)."""
+        return tuple(
+            min(c, s - i * c) for i, c, s in zip(idx, self.chunks, self.shape, strict=True)
+        )
+
+    def read_chunk(self, idx: tuple[int, ...]) -> np.ndarray:
+        """Chunk ``idx`` as a new array of :meth:`block_shape`; a missing file reads as the
+        fill value, as zarr-python reads it."""
+        shape = self.block_shape(idx)
+        path = self.chunk_path(idx)
+        try:
+            with open(path, "rb") as fh:
+                encoded = fh.read()
+        except FileNotFoundError:
+            return np.full(shape, self.fill_value, dtype=self.dtype)
+        full = np.empty(self.chunks, dtype=self.dtype)
+        try:
+            Zstd().decode(encoded, out=full)
+        except Exception as exc:  # numcodecs raises RuntimeError/ValueError for bad frames
+            raise InvalidStoreError(
+                f"chunk file {path} is damaged ({exc}); re-run the step that wrote this "
+                "store with --overwrite"
+            ) from exc
+        if shape == self.chunks:
+            return full
+        return full[tuple(slice(0, n) for n in shape)].copy()
+
+    def write_chunk(self, idx: tuple[int, ...], block: np.ndarray) -> None:
+        """Encode ``block`` (of :meth:`block_shape`) and put it in place atomically."""
+        shape = self.block_shape(idx)
+        if tuple(block.shape) != shape:
+            raise ValueError(f"block {idx} has shape {block.shape}, expected {shape}")
+        if shape == self.chunks:
+            full = np.ascontiguousarray(block, dtype=self.dtype)
+        else:
+            full = np.full(self.chunks, self.fill_value, dtype=self.dtype)
+            full[tuple(slice(0, n) for n in shape)] = block
+        encoded = Zstd(level=self.level, checksum=self.checksum).encode(full)
+        path = self.chunk_path(idx)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.partial"
+        with open(tmp, "wb") as fh:
+            fh.write(encoded)
+        os.replace(tmp, path)
+
+
+def direct_layout(array_dir: str | Path) -> ChunkLayout | None:
+    """The :class:`ChunkLayout` of the zarr v3 array in ``array_dir`` if its chunks can be
+    read and written directly (see the module docs), else ``None``."""
+    try:
+        meta = json.loads((Path(array_dir) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+            return None
+        if meta.get("storage_transformers") or meta["data_type"] not in _DTYPES:
+            return None
+        grid, keys = meta["chunk_grid"], meta["chunk_key_encoding"]
+        if grid["name"] != "regular" or keys["name"] != "default":
+            return None
+        codecs = meta["codecs"]
+        if [c["name"] for c in codecs] != ["bytes", "zstd"]:
+            return None
+        endian = (codecs[0].get("configuration") or {}).get("endian", _NATIVE)
+        dtype = np.dtype(meta["data_type"])
+        if dtype.itemsize > 1 and endian != _NATIVE:
+            return None
+        zcfg = codecs[1].get("configuration") or {}
+        fill = meta["fill_value"]
+        if isinstance(fill, str):  # "NaN", "Infinity", "-Infinity" for floats
+            fill = float(fill)
+        return ChunkLayout(
+            root=str(Path(array_dir)),
+            shape=tuple(int(s) for s in meta["shape"]),
+            chunks=tuple(int(c) for c in grid["configuration"]["chunk_shape"]),
+            dtype=dtype,
+            fill_value=dtype.type(fill),
+            separator=(keys.get("configuration") or {}).get("separator", "/"),
+            level=int(zcfg.get("level", 0)),
+            checksum=bool(zcfg.get("checksum", False)),
+        )
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def largest_chunk(array_dirs: list[str | Path]) -> int:
+    """Bytes of the largest chunk among the direct-I/O arrays in ``array_dirs`` (0 if
+    none): what one dask task holds of them."""
+    sizes = [
+        math.prod(lay.chunks) * lay.dtype.itemsize
+        for lay in map(direct_layout, array_dirs)
+        if lay is not None
+    ]
+    return max(sizes, default=0)
+
+
+class KeptChunks:
+    """Decoded chunks kept from one pass over a store for the next, up to ``budget`` bytes.
+
+    The first read of a chunk offers it (kept while the budget allows); the next read
+    takes it out again, so each kept chunk saves exactly one decode and the memory is
+    returned as the second pass goes. Thread-safe; in another process (a distributed
+    worker) it unpickles empty with no budget, so nothing is kept there.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = int(budget)
+        self.used = 0
+        self.hits = 0
+        self._chunks: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return (KeptChunks, (0,))
+
+    def take(self, key: tuple[str, tuple[int, ...]]) -> np.ndarray | None:
+        with self._lock:
+            chunk = self._chunks.pop(key, None)
+            if chunk is not None:
+                self.used -= chunk.nbytes
+                self.hits += 1
+            return chunk
+
+    def offer(self, key: tuple[str, tuple[int, ...]], chunk: np.ndarray) -> None:
+        with self._lock:
+            if key in self._chunks or self.used + chunk.nbytes > self.budget:
+                return
+            chunk.flags.writeable = False
+            self._chunks[key] = chunk
+            self.used += chunk.nbytes
+
+
+class DirectChunkArray:
+    """A read-only array-like over a :class:`ChunkLayout` for ``dask.array.from_array``.
+
+    Indexing with one chunk's slices (what dask does for each block of an array chunked
+    as on disk) reads that chunk's file and nothing else (or takes it from ``kept``);
+    any other basic slice gathers the chunks it overlaps.
+    """
+
+    def __init__(self, layout: ChunkLayout, kept: KeptChunks | None = None) -> None:
+        self.layout = layout
+        self.kept = kept if kept is not None and kept.budget > 0 else None
+        self.shape = layout.shape
+        self.dtype = layout.dtype
+        self.ndim = len(layout.shape)
+
+    def _chunk(self, idx: tuple[int, ...]) -> np.ndarray:
+        if self.kept is None:
+            return self.layout.read_chunk(idx)
+        key = (self.layout.root, idx)
+        chunk = self.kept.take(key)
+        if chunk is None:
+            chunk = self.layout.read_chunk(idx)
+            self.kept.offer(key, chunk)
+        return chunk
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        lay = self.layout
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        if len(key) != self.ndim or not all(isinstance(k, slice) for k in key):
+            return self[(slice(None),) * self.ndim][key]  # fancy/int indexing: rare
+        spans = [k.indices(n) for k, n in zip(key, self.shape, strict=True)]
+        if any(step != 1 for _, _, step in spans):
+            whole = self[tuple(slice(a, b) for a, b, _ in spans)]
+            return whole[tuple(slice(None, None, step) for _, _, step in spans)]
+        ranges = [
+            range(a // c, (b - 1) // c + 1) if b > a else range(0)
+            for (a, b, _), c in zip(spans, lay.chunks, strict=True)
+        ]
+        out_shape = tuple(max(b - a, 0) for a, b, _ in spans)
+        if len(ranges) and all(len(r) == 1 for r in ranges):
+            idx = tuple(r[0] for r in ranges)
+            starts = tuple(i * c for i, c in zip(idx, lay.chunks, strict=True))
+            if all(a == s for (a, _, _), s in zip(spans, starts, strict=True)) and (
+                out_shape == lay.block_shape(idx)
+            ):
+                return self._chunk(idx)
+        out = np.empty(out_shape, dtype=self.dtype)
+        for idx in np.ndindex(*(len(r) for r in ranges)):
+            cidx = tuple(r[i] for r, i in zip(ranges, idx, strict=True))
+            block = lay.read_chunk(cidx)
+            src, dst = [], []
+            for (a, b, _), i, c, n in zip(spans, cidx, lay.chunks, block.shape, strict=True):
+                lo, hi = max(a, i * c), min(b, i * c + n)
+                src.append(slice(lo - i * c, hi - i * c))
+                dst.append(slice(lo - a, hi - a))
+            out[tuple(dst)] = block[tuple(src)]
+        return out
