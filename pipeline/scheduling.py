@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dask
 from dask.utils import parse_bytes
+from threadpoolctl import threadpool_limits
 
+from cubepipe.storage.chunkio import largest_chunk
 from cubepipe.storage.errors import InputError, MissingDependencyError
 
-__all__ = ["check_memory_limit", "check_scheduler", "scheduler"]
+__all__ = ["check_memory_limit", "check_scheduler", "keep_between_passes", "scheduler"]
 
 _THREADED = ("threads", "threaded", "sync", "synchronous")
 
@@ -58,6 +62,47 @@ def _distributed() -> Any:
     return distributed
 
 
+#: Chunk data a fit-then-apply command may hold per dask thread on the threaded
+#: scheduler: the chunk a thread works on (counted three times: the chunk, its float64
+#: strips, its output) plus chunks kept from the fitting pass for the applying one.
+TWO_PASS_BYTES_PER_THREAD = 128 * 2**20
+
+
+def keep_between_passes(spec: str, store: str | Path) -> int:
+    """Bytes of decoded chunks of ``store`` to keep between a command's fitting and
+    applying passes (``open_cube(store, keep_bytes=)``), so the second pass re-reads only
+    the rest.
+
+    ``TWO_PASS_BYTES_PER_THREAD`` per dask thread, less what the threads' chunks in flight
+    take; 0 for large chunks and off the threaded scheduler (each distributed worker has
+    its own memory limit and re-reads). Fixed, so memory does not grow with the cube.
+    """
+    if spec not in ("threads", "threaded"):
+        return 0
+    chunk_nbytes = largest_chunk([p for p in Path(store).iterdir() if p.is_dir()])
+    if chunk_nbytes <= 0:
+        return 0
+    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    return max(0, workers * (TWO_PASS_BYTES_PER_THREAD - 3 * chunk_nbytes))
+
+
+@contextlib.contextmanager
+def _blas_threads(name: str) -> Iterator[None]:
+    """One BLAS thread per dask thread while the threaded scheduler runs.
+
+    Each dask thread runs its own chunk's matmuls; a multi-threaded BLAS (OpenBLAS, MKL)
+    inside every one of them oversubscribes the cores, and OpenBLAS's shared thread pool
+    then spends more time waiting than computing: the 224-band PCA of bench_pca ran 1.9x
+    slower that way. dask.distributed workers already start with ``OPENBLAS_NUM_THREADS=1``.
+    """
+    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    if name != "threads" or workers < 2:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 @contextlib.contextmanager
 def scheduler(
     spec: str = "threads",
@@ -68,7 +113,8 @@ def scheduler(
 ) -> Iterator[Any]:
     """Run the enclosed dask computations on the scheduler named by ``spec``.
 
-    ``threads`` uses dask's threaded scheduler (no cluster). ``local`` starts a
+    ``threads`` uses dask's threaded scheduler (no cluster), with BLAS limited to one
+    thread per dask thread (see :func:`_blas_threads`). ``local`` starts a
     ``dask.distributed.LocalCluster`` (``workers`` processes of one thread, ``memory_limit``
     *each*, with dask's spill/pause/restart thresholds of 70/80/95% of it) and prints its
     dashboard link to stderr. The scheduler and nannies run in this process, outside the
@@ -78,7 +124,7 @@ def scheduler(
     spec = check_scheduler(spec)
     if spec in _THREADED:
         name = "threads" if spec.startswith("thread") else "synchronous"
-        with dask.config.set(scheduler=name):
+        with dask.config.set(scheduler=name), _blas_threads(name):
             yield None
         return
     distributed = _distributed()

@@ -11,16 +11,25 @@ import xarray as xr
 from cubepipe.storage import open_cube, parse_chunks, store_state, write_cube
 
 from ..runner_resume import invocation
+from ..scheduling import keep_between_passes
 
 __all__ = ["in_argument", "open_in", "provenance", "write_options", "write_output"]
 
 
-def open_in(path: str | Path, *, allow_incomplete: bool = False) -> xr.Dataset:
+def open_in(
+    path: str | Path, *, allow_incomplete: bool = False, two_pass_on: str | None = None
+) -> xr.Dataset:
     """A store opens as a store; a file, directory of images or glob is streamed through
-    the readers of :mod:`cubepipe.storage` (nothing is loaded whole)."""
+    the readers of :mod:`cubepipe.storage` (nothing is loaded whole).
+
+    ``two_pass_on``: the scheduler of a command that will read a store twice (fit, then
+    apply); chunks of the first read are kept for the second within
+    :func:`~cubepipe.pipeline.scheduling.keep_between_passes`.
+    """
     state = store_state(path)
     if state in ("complete", "incomplete", "foreign"):
-        return open_cube(path, allow_incomplete=allow_incomplete)
+        keep = keep_between_passes(two_pass_on, path) if two_pass_on is not None else 0
+        return open_cube(path, allow_incomplete=allow_incomplete, keep_bytes=keep)
     from cubepipe.storage.ingest import open_input  # noqa: PLC0415
 
     return open_input(str(path))

@@ -210,7 +210,7 @@ def compress_cmd(
         return
     if model_from is None and (components is None) == (variance is None):
         raise InputError("give exactly one of --components K or --variance F (or --model)")
-    ds = open_in(source)
+    ds = open_in(source, two_pass_on=state.scheduler_spec if fitted is None else None)
     t0 = time.perf_counter()
     with state.compute():
         if fitted is not None:
@@ -312,7 +312,7 @@ def _compress_ae(
             raise InputError(
                 "--whiten applies to --method pca only (autoencoder latents start whitened)"
             )
-    ds = open_in(source)
+    ds = open_in(source, two_pass_on=state.scheduler_spec if fitted is None else None)
     t0 = time.perf_counter()
     report: dict[str, Any] = {}
     with state.compute():

@@ -114,7 +114,8 @@ def standardize_cmd(
             st = take_stats(ds)
             state.say(f"cubepipe standardize: using the statistics saved in {source}")
         else:
-            st = None
+            st = None  # fitted first: the input is read twice
+            ds = open_in(source, two_pass_on=state.scheduler_spec)
         out = standardize(ds, st, method=method)
         write_output(
             state,
