@@ -9,6 +9,7 @@ moves dask arrays' chunks to it and back (:func:`to_device`, :func:`to_host`), k
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from types import ModuleType
@@ -24,6 +25,7 @@ from cubepipe.storage.errors import DeviceError, InputError
 __all__ = [
     "DEVICE_ENV",
     "Device",
+    "array_module",
     "array_namespace",
     "fft_module",
     "gpu_status",
@@ -125,6 +127,13 @@ def array_namespace(*arrays: Any) -> Any:
         return _array_namespace(*arrays)
     except TypeError as exc:
         raise InputError(f"arrays from different libraries cannot be mixed: {exc}") from exc
+
+
+def array_module(a: Any) -> ModuleType:
+    """NumPy or CuPy itself, for the ``out=`` arguments the array-API wrappers lack."""
+    if isinstance(a, np.ndarray):
+        return np
+    return importlib.import_module(type(a).__module__.split(".")[0])
 
 
 def _is_cupy_namespace(xp: Any) -> bool:

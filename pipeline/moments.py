@@ -25,7 +25,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .backend import array_namespace
+from .backend import array_module, array_namespace
 
 __all__ = [
     "M2",
@@ -139,23 +139,32 @@ def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
     n = float(x.shape[1])
     mean = total / max(n, 1.0)
     cross = xp.zeros((nb, nb), dtype=f64)
-    step = strip_pixels(nb)
+    lo = xp.full(nb, xp.inf, dtype=f64)
+    hi = xp.full(nb, -xp.inf, dtype=f64)
+    step = strip_pixels(nb, WIDE_STRIP)
     buf = xp.empty((nb, max(1, min(step, x.shape[1]))), dtype=f64)  # one strip buffer
     for start in range(0, x.shape[1], step):
-        dev = buf[:, : min(step, x.shape[1] - start)]
-        dev[...] = x[:, start : start + step]
-        dev -= mean[:, None]
+        strip = x[:, start : start + step]
+        lo = xp.minimum(lo, xp.astype(xp.min(strip, axis=1), f64))  # while it is in cache
+        hi = xp.maximum(hi, xp.astype(xp.max(strip, axis=1), f64))
+        dev = array_module(buf).subtract(strip, mean[:, None], out=buf[:, : strip.shape[1]])
         cross += dev @ xp.permute_dims(dev, (1, 0))
     if any_bad:  # each band's own valid values differ from the all-valid pixel set
         stats = block_moments(block, valid, band_axis=band_axis)
     else:  # the same pixels: the per-band moments are the diagonal
-        lo = xp.astype(xp.min(x, axis=1), f64) if n else xp.full(nb, xp.inf, dtype=f64)
-        hi = xp.astype(xp.max(x, axis=1), f64) if n else xp.full(nb, -xp.inf, dtype=f64)
         stats = xp.stack(
             [xp.full(nb, n, dtype=f64), mean, xp.linalg.diagonal(cross), lo, hi], axis=1
         )
     ncol = xp.full((nb, 1), n, dtype=f64)
     return xp.concat([stats, ncol, mean[:, None], cross], axis=1)
+
+
+#: Strip size of kernels with many NumPy calls per strip (co-moments, PCA encode and
+#: metrics). Between calls Python holds the GIL; with 512 KiB strips of a 15-band chunk
+#: two dask threads ran those kernels no faster than one, with 4 MiB strips 1.6x faster
+#: (co-moments 10.9 -> 9.5 ms, encode 23 -> 14 ms per 15 x 512 x 512 chunk, wall time
+#: on 2 threads). Kernels with a few passes per strip keep the cache-sized default.
+WIDE_STRIP = 4 * 2**20
 
 
 def strip_pixels(bands: int, budget: int = 512 * 2**10) -> int:

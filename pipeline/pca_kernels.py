@@ -1,21 +1,21 @@
 """Chunk kernels of PCA projection and reconstruction error (NumPy or CuPy blocks).
 
-They walk a chunk's pixel rows ``(band, pixels)`` in cache-sized strips with float64
-buffers made once per chunk, so memory does not grow with the chunk and the few
-element-wise passes per strip run in cache. :mod:`cubepipe.pipeline.pca` maps them over
-dask chunks.
+They walk a chunk's pixel rows ``(band, pixels)`` in strips of ~4 MiB of float64
+(:data:`~cubepipe.pipeline.moments.WIDE_STRIP`) with buffers made once per chunk, so
+memory does not grow with the chunk, the element-wise passes of a strip mostly hit the
+cache, and few enough NumPy calls hold the GIL that dask threads run in parallel.
+:mod:`cubepipe.pipeline.pca` maps them over dask chunks.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from .backend import array_namespace
-from .moments import strip_pixels
+from .backend import array_module, array_namespace
+from .moments import WIDE_STRIP, strip_pixels
 
 
 def _as_rows(xp: Any, a: Any, axis: int) -> Any:
@@ -33,8 +33,8 @@ def _encode_rows(
 ) -> tuple[Any, list[float]]:
     """Scores ``(K, N)`` float32 of pixel rows ``x (B, N)`` and, if ``metrics``, the error
     partials ``[sse, n_values, sam_sum, n_pixels, min, max]`` of their reconstruction from
-    those float32 scores. Strip by strip: every float64 temporary is small enough to stay
-    in cache, and the centred data ``u = x - mean`` is formed once for both; the scale and
+    those float32 scores. Strip by strip: every float64 temporary is one strip, and the
+    centred data ``u = x - mean`` is formed once for both; the scale and
     whitening are folded into the small matrices.
     """
     scale = m["scale"][None, :]
@@ -42,28 +42,29 @@ def _encode_rows(
     wt = xp.asarray((m["w"] * m["factor"][:, None] * scale).T)  # (B, K): scores -> u
     mean = xp.asarray(m["mean"])[:, None]
     out = xp.empty((w.shape[0], x.shape[1]), dtype=xp.float32)
-    errors = _Errors(xp, x, wt) if metrics else None
+    width = min(strip_pixels(x.shape[0], WIDE_STRIP), x.shape[1])
+    errors = _Errors(xp, wt, width) if metrics else None
     for a, xd, xx, u, ok, every in _centred_strips(xp, x, mean, valid=v):
         s = xp.astype(w @ u, xp.float32)
         if not every:
             s = xp.where(ok[None, :], s, xp.asarray(xp.nan, dtype=xp.float32))
         out[:, a : a + s.shape[1]] = s
         if errors is not None:
-            errors.add(a, xd, xx, u, s, ok, every)
+            errors.add(xd, xx, u, s, ok, every)
     return out, ([] if errors is None else errors.partial())
 
 
 def _centred_strips(
     xp: Any, x: Any, mean: Any, *, valid: Any = None, scores: Any = None
 ) -> Iterator[tuple[int, Any, Any, Any, Any, bool]]:
-    """Walk the pixel rows ``x (B, N)`` in cache-sized strips, yielding ``(start, xd, xx,
+    """Walk the pixel rows ``x (B, N)`` in strips, yielding ``(start, xd, xx,
     u, ok, every)``: the strip in float64, its per-pixel ``|x|^2``, the centred
     ``u = x - mean`` (0 at invalid pixels), which pixels are valid (no NaN in any band,
     ``valid`` all True, no NaN in ``scores``) and whether all are. The buffers are made
     once per chunk (a fresh large temporary per strip costs page faults that can exceed
     the arithmetic) and reused: use each strip before asking for the next.
     """
-    step = strip_pixels(x.shape[0])
+    step = strip_pixels(x.shape[0], WIDE_STRIP)
     buf = xp.empty((2, x.shape[0], max(1, min(step, x.shape[1]))), dtype=xp.float64)
     for a in range(0, x.shape[1], step):
         n = min(step, x.shape[1] - a)
@@ -76,21 +77,10 @@ def _centred_strips(
         if scores is not None:
             ok = ok & ~xp.any(xp.isnan(scores[:, a : a + n]), axis=0)
         every = bool(xp.all(ok))
-        u = buf[1, :, :n]
-        u[...] = xd
-        u -= mean
+        u = array_module(buf).subtract(xd, mean, out=buf[1, :, :n])
         if not every:
             u = xp.where(ok[None, :], u, 0.0)
         yield a, xd, xx, u, ok, every
-
-
-def _module(a: Any) -> Any:
-    """NumPy or CuPy itself (for ``out=`` arguments the array-API wrappers lack)."""
-    return (
-        np
-        if isinstance(a, np.ndarray)
-        else importlib.import_module(type(a).__module__.split(".")[0])
-    )
 
 
 def _colsum(xp: Any, a: Any, b: Any) -> Any:
@@ -101,55 +91,49 @@ def _colsum(xp: Any, a: Any, b: Any) -> Any:
 
 
 class _Errors:
-    """Reconstruction-error partials of one chunk ``x (B, N)``, gathered strip by strip.
+    """Reconstruction-error partials of one chunk of ``B`` bands, gathered strip by strip.
 
-    Per pixel it keeps ``|x|^2``, ``x . e`` and ``|e|^2`` where ``e = u - W^T s`` is the
-    error in the centred space (so it does not cancel against an offset; ``wt`` maps
-    the stored scores back to ``u``); :meth:`partial` turns them, once per chunk, into
-    ``[sse, n_values, sam_sum, n_pixels, min, max]``. The spectral angle uses
-    ``x . x_hat = |x|^2 - x . e`` and ``|x_hat|^2 = |x|^2 - 2 x . e + |e|^2``.
+    Per strip it forms ``e = u - W^T s``, the error in the centred space (so it does not
+    cancel against an offset; ``wt`` maps the stored scores back to ``u``), and reduces
+    each pixel's ``|x|^2``, ``x . e`` and ``|e|^2`` at once by :func:`error_sums`, so
+    nothing chunk-sized is kept. :meth:`partial` gives
+    ``[sse, n_values, sam_sum, n_angles, min, max]``.
     """
 
-    def __init__(self, xp: Any, x: Any, wt: Any) -> None:
-        self.xp, self.x, self.wt = xp, x, wt
-        width = max(1, min(strip_pixels(x.shape[0]), x.shape[1]))
-        self.work = xp.empty((x.shape[0], width), dtype=xp.float64)  # e, one strip
-        n = x.shape[1]
-        self.xx = xp.zeros(n, dtype=xp.float64)
-        self.xe = xp.zeros(n, dtype=xp.float64)
-        self.ee = xp.zeros(n, dtype=xp.float64)
-        self.ok = xp.zeros(n, dtype=xp.bool)
+    def __init__(self, xp: Any, wt: Any, width: int) -> None:
+        self.xp, self.wt = xp, wt
+        self.work = xp.empty((wt.shape[0], max(1, width)), dtype=xp.float64)  # e, one strip
+        self.acc = [0.0, 0.0, 0.0, 0.0, float("inf"), float("-inf")]
 
-    def add(self, a: int, xd: Any, xx: Any, u: Any, s: Any, ok: Any, every: bool) -> None:
-        """One strip from pixel ``a``: ``xd`` the float64 data, ``xx`` its ``|x|^2``,
-        ``u`` the centred data (0 where not ``ok``), ``s`` the stored float32 scores."""
-        xp = self.xp
-        b = a + xd.shape[1]
-        if not every:
+    def add(self, xd: Any, xx: Any, u: Any, s: Any, ok: Any, every: bool) -> None:
+        """One strip: ``xd`` the float64 data, ``xx`` its ``|x|^2``, ``u`` the centred
+        data (0 where not ``ok``), ``s`` the stored float32 scores."""
+        xp, acc = self.xp, self.acc
+        npix = xd.shape[1] if every else int(xp.sum(xp.astype(ok, xp.int64)))
+        if npix == 0:
+            return
+        if every:
+            lo, hi = xp.min(xd), xp.max(xd)
+        else:
+            lo = xp.min(xp.where(ok[None, :], xd, xp.inf))
+            hi = xp.max(xp.where(ok[None, :], xd, -xp.inf))
             s = xp.where(ok[None, :], s, 0.0)
             xd = xp.where(ok[None, :], xd, 0.0)
             xx = xp.where(ok, xx, 0.0)
         e = self.work[:, : xd.shape[1]]
-        _module(e).matmul(self.wt, xp.astype(s, xp.float64), out=e)
+        array_module(e).matmul(self.wt, xp.astype(s, xp.float64), out=e)
         e *= -1.0
         e += u
-        self.xx[a:b] = xx
-        self.xe[a:b] = _colsum(xp, xd, e)
-        self.ee[a:b] = _colsum(xp, e, e)
-        self.ok[a:b] = ok
+        sse, sam, nsam = error_sums(xp, xx, _colsum(xp, xd, e), _colsum(xp, e, e), ok)
+        acc[0] += sse
+        acc[1] += float(npix * xd.shape[0])
+        acc[2] += sam
+        acc[3] += nsam
+        acc[4] = min(acc[4], float(lo))
+        acc[5] = max(acc[5], float(hi))
 
     def partial(self) -> list[float]:
-        xp, ok = self.xp, self.ok
-        npix = int(xp.sum(xp.astype(ok, xp.int64)))
-        if npix == 0:
-            return [0.0, 0.0, 0.0, 0.0, float("inf"), float("-inf")]
-        sse, sam, nsam = error_sums(xp, self.xx, self.xe, self.ee, ok)
-        if npix == ok.shape[0]:  # every pixel valid: no NaN anywhere
-            lo, hi = xp.min(self.x), xp.max(self.x)
-        else:
-            lo = xp.min(xp.where(ok[None, :], self.x, xp.inf))
-            hi = xp.max(xp.where(ok[None, :], self.x, -xp.inf))
-        return [sse, float(npix * self.x.shape[0]), sam, nsam, float(lo), float(hi)]
+        return list(self.acc)
 
 
 def error_sums(xp: Any, xx: Any, xe: Any, ee: Any, ok: Any) -> tuple[float, float, float]:
@@ -158,14 +142,14 @@ def error_sums(xp: Any, xx: Any, xe: Any, ee: Any, ok: Any) -> tuple[float, floa
     ``x . x_hat = |x|^2 - x . e`` and ``|x_hat|^2 = |x|^2 - 2 x . e + |e|^2``. A pixel
     whose spectrum or reconstruction is all zero has no angle. One definition for every
     compression method, so their errors compare."""
-    nx = xp.sqrt(xx)
-    ny = xp.sqrt(xp.clip(xx - 2 * xe + ee, 0.0, None))
-    good = ok & (nx > 0) & (ny > 0)
-    cos = xp.clip((xx - xe) / xp.where(good, nx * ny, 1.0), -1.0, 1.0)
+    yy = xx - 2 * xe + ee  # |x_hat|^2
+    good = ok & (xx > 0) & (yy > 0)
+    cos = (xx - xe) / xp.sqrt(xp.where(good, xx * yy, 1.0))
+    cos = xp.minimum(xp.maximum(cos, -1.0), 1.0)  # rounding can step just past +-1
     return (
         float(xp.sum(xp.where(ok, ee, 0.0))),
         float(xp.sum(xp.where(good, xp.acos(cos), 0.0))),
-        float(xp.sum(xp.astype(good, xp.float64))),
+        float(xp.count_nonzero(good)),
     )
 
 
@@ -202,7 +186,7 @@ def reconstruct_block(scores: Any, *, m: dict[str, np.ndarray], axis: int) -> An
     wt = xp.asarray((m["w"] * m["factor"][:, None]).T)  # (B, K)
     mean, scale = xp.asarray(m["mean"])[:, None], xp.asarray(m["scale"])[:, None]
     out = xp.empty((wt.shape[0], s.shape[1]), dtype=xp.float32)
-    step = strip_pixels(wt.shape[0])
+    step = strip_pixels(wt.shape[0], WIDE_STRIP)
     for a in range(0, s.shape[1], step):
         xhat = wt @ xp.astype(s[:, a : a + step], xp.float64)
         xhat *= scale
@@ -219,7 +203,7 @@ def metric_block(x: Any, s: Any, *, m: dict[str, np.ndarray], axis: int, ndim: i
     srows = _as_rows(xp, s, axis)
     wt = xp.asarray((m["w"] * m["factor"][:, None] * m["scale"][None, :]).T)  # (B, K)
     mean = xp.asarray(m["mean"])[:, None]
-    errors = _Errors(xp, rows, wt)
+    errors = _Errors(xp, wt, min(strip_pixels(rows.shape[0], WIDE_STRIP), rows.shape[1]))
     for a, xd, xx, u, ok, every in _centred_strips(xp, rows, mean, scores=srows):
-        errors.add(a, xd, xx, u, srows[:, a : a + xd.shape[1]], ok, every)
+        errors.add(xd, xx, u, srows[:, a : a + xd.shape[1]], ok, every)
     return xp.reshape(xp.asarray(errors.partial(), dtype=xp.float64), (1,) * ndim + (6,))
