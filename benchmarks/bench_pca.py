@@ -74,7 +74,7 @@ from cubepipe.pipeline.pca import (
     pca_encode,
     summarize_metrics,
 )
-from cubepipe.pipeline.scheduling import scheduler
+from cubepipe.pipeline.scheduling import keep_between_passes, scheduler
 from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import open_cube, store_state, write_cube
 from cubepipe.storage.store import default_compressors
@@ -232,6 +232,14 @@ def copy_floor(size: str, workdir: Path) -> dict[str, Any]:
     return {}
 
 
+def cubepipe_copy(size: str, workdir: Path) -> dict[str, Any]:
+    """cubepipe's own copy, ``write_cube(open_cube(IN), OUT)``: its direct chunk I/O
+    (storage/chunkio.py), with no computation. Not a goal; shows how much of cubepipe's
+    lead over the zarr floors is I/O."""
+    write_cube(open_cube(_store(size)), workdir / "copy.zarr", op="copy")
+    return {}
+
+
 def io_floor_2read(size: str, workdir: Path) -> dict[str, Any]:
     arr = da.from_zarr(_src(size))
     arr.sum().compute()
@@ -247,7 +255,7 @@ def cubepipe(size: str, workdir: Path) -> dict[str, Any]:
     source = str(_store(size))
     t0 = time.perf_counter()
     with scheduler("threads"):
-        ds = open_cube(source)
+        ds = open_cube(source, keep_bytes=keep_between_passes("threads", source))
         model, stats = fit_pca(ds, n_components=K)
         fitted = time.perf_counter()
         scores, partials = pca_encode(ds, model)
@@ -419,6 +427,7 @@ def float64_gram_dask(size: str, workdir: Path) -> dict[str, Any]:
 CASES = {
     "copy_floor": copy_floor,
     "io_floor_2read": io_floor_2read,
+    "cubepipe_copy": cubepipe_copy,
     "cubepipe": cubepipe,
     "sklearn_pca": sklearn_pca,
     "sklearn_incremental": sklearn_incremental,

@@ -22,6 +22,7 @@ from typing import Any
 import dask.array as da
 import xarray as xr
 
+from cubepipe.pipeline.scheduling import keep_between_passes, scheduler
 from cubepipe.pipeline.standardize import standardize
 from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import open_cube, store_state, write_cube
@@ -50,6 +51,14 @@ def copy_floor(size: str, workdir: Path) -> dict[str, Any]:
     return {}
 
 
+def cubepipe_copy(size: str, workdir: Path) -> dict[str, Any]:
+    """cubepipe's own copy, ``write_cube(open_cube(IN), OUT)``: its direct chunk I/O
+    (storage/chunkio.py), with no computation. Not a goal; shows how much of cubepipe's
+    lead over the zarr floors is I/O."""
+    write_cube(open_cube(_input(size)), workdir / "copy.zarr", op="copy")
+    return {}
+
+
 def io_floor_2read(size: str, workdir: Path) -> dict[str, Any]:
     arr = da.from_zarr(str(_input(size) / "cube"))
     arr.sum().compute()
@@ -66,7 +75,11 @@ def naive_xarray(size: str, workdir: Path) -> dict[str, Any]:
 
 
 def cubepipe(size: str, workdir: Path) -> dict[str, Any]:
-    write_cube(standardize(open_cube(_input(size))), workdir / "z.zarr", op="standardize")
+    """What ``cubepipe standardize IN -o OUT`` runs (fit, then apply; pipeline/cli/stats.py)."""
+    source = _input(size)
+    with scheduler("threads"):
+        ds = open_cube(source, keep_bytes=keep_between_passes("threads", source))
+        write_cube(standardize(ds), workdir / "z.zarr", op="standardize")
     return {}
 
 
@@ -76,6 +89,7 @@ if __name__ == "__main__":
         {
             "copy_floor": copy_floor,
             "io_floor_2read": io_floor_2read,
+            "cubepipe_copy": cubepipe_copy,
             "naive_xarray": naive_xarray,
             "cubepipe": cubepipe,
         },
