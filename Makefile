@@ -27,8 +27,9 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 
+# Tests run in parallel worker processes, one per core (at most 4): CI has 2 cores.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4
 
 $(VENV)/.installed-bench: pyproject.toml constraints/torch-cpu.txt | $(BIN)/python
 	$(PIP) install -c constraints/torch-cpu.txt -e ".[dev,distributed,video,ae,bench]"

@@ -3,7 +3,9 @@ and write the result table (markdown + JSON) under benchmarks/results/.
 
 A benchmark script defines ``CASES = {name: function(size, workdir) -> dict}`` and calls
 :func:`main`. Every case runs in a fresh child process that reports its own peak resident
-memory (``VmHWM``); the parent reports ratios to a baseline.
+memory (``VmHWM``); the parent reports ratios to a baseline. ``--quick`` (the test suite's
+smoke run) runs every case once in the parent instead: it checks that the cases work, not
+how fast or small they are.
 """
 
 from __future__ import annotations
@@ -57,14 +59,18 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def _child(cases: dict[str, Case], case: str, size: str, workdir: Path) -> None:
+def _measure(cases: dict[str, Case], case: str, size: str, workdir: Path) -> dict[str, Any]:
     sampler = _AnonSampler()
     sampler.start()
     t0 = time.perf_counter()
     extra = cases[case](size, workdir) or {}
     seconds = time.perf_counter() - t0
     anon = sampler.stop()
-    result = {"seconds": seconds, "peak_rss_mb": _vm_hwm_mb(), "peak_anon_mb": anon, **extra}
+    return {"seconds": seconds, "peak_rss_mb": _vm_hwm_mb(), "peak_anon_mb": anon, **extra}
+
+
+def _child(cases: dict[str, Case], case: str, size: str, workdir: Path) -> None:
+    result = _measure(cases, case, size, workdir)
     print("BENCH-RESULT " + json.dumps(result), flush=True)
 
 
@@ -139,7 +145,12 @@ def main(
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--size", action="append", help=f"sizes to run (default {sizes})")
-    ap.add_argument("--quick", action="store_true", help="tiny size, no result files")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: tiny size, once, every case in this process (times and memory not "
+        "comparable), no result files",
+    )
     ap.add_argument("--repeat", type=int, default=repeat, help="runs per case; the median is kept")
     args = ap.parse_args()
     if args.child:
@@ -157,7 +168,10 @@ def main(
             for _ in range(repeat):
                 workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
                 try:
-                    runs.append(_run_child(sys.argv[0], case, size, workdir))
+                    if args.quick:  # a smoke run: every case in this process, no new imports
+                        runs.append(_measure(cases, case, size, workdir))
+                    else:
+                        runs.append(_run_child(sys.argv[0], case, size, workdir))
                 finally:
                     shutil.rmtree(workdir, ignore_errors=True)
             runs.sort(key=lambda r: r["seconds"])

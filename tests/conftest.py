@@ -1,12 +1,17 @@
-"""Shared fixtures: small real stores on disk, the CLI as a subprocess, GPU skipping."""
+"""Shared fixtures: small real stores on disk, the CLI (in-process or as a console
+script), GPU skipping."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import subprocess
 import sys
+import warnings
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dask
@@ -74,8 +79,76 @@ def cubepipe_exe() -> str:
     return str(exe) if exe.exists() else "cubepipe"
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None):
-    """Run the real console script; returns CompletedProcess with text stdout/stderr."""
+@dataclass
+class CliResult:
+    """What a CLI run gave: the fields of ``subprocess.CompletedProcess`` tests read."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def _environment(cwd: Path | None, env: dict | None) -> Iterator[None]:
+    """``cwd`` and extra ``env`` for the duration of an in-process run, then restored."""
+    saved = {k: os.environ.get(k) for k in env or {}}
+    old_cwd = os.getcwd()
+    try:
+        os.environ.update(env or {})
+        if cwd is not None:
+            os.chdir(cwd)
+        yield
+    finally:
+        os.chdir(old_cwd)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _fresh_process_warnings() -> None:
+    """Warning filters and display as in a new interpreter (pytest records warnings
+    instead of printing them): shown on stderr, once per place, deprecations hidden."""
+    warnings.resetwarnings()
+    warnings.simplefilter("default")
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+        warnings.simplefilter("ignore", category)
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = show
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> CliResult:
+    """Run the CLI's ``main`` (what the console script calls) in this process, with
+    stdout/stderr captured; returns its exit code and output.
+
+    In-process because a fresh interpreter costs ~2 s of imports, which ~100 CLI runs
+    would spend over and over. Tests of what only a separate process shows (the console
+    script itself, SIGKILL, a terminal, worker processes, an unimportable extra) use
+    :func:`run_cli_process`.
+    """
+    from cubepipe.pipeline.cli import main  # noqa: PLC0415
+
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        _environment(cwd, {"CUBEPIPE_DEVICE": "", **(env or {})}),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        warnings.catch_warnings(),
+    ):
+        _fresh_process_warnings()
+        code = main(list(args))
+    return CliResult(list(args), code, out.getvalue(), err.getvalue())
+
+
+def run_cli_process(
+    *args: str, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real console script in a new process; CompletedProcess with text output."""
     full_env = {**os.environ, "CUBEPIPE_DEVICE": "", **(env or {})}
     return subprocess.run(
         [cubepipe_exe(), *args],
@@ -140,7 +213,14 @@ def cube_chunk_reads(reads: Counter) -> dict[str, int]:
 
 @pytest.fixture
 def cli():
+    """The CLI run in-process (:func:`run_cli`)."""
     return run_cli
+
+
+@pytest.fixture
+def cli_process():
+    """The console script in a new process (:func:`run_cli_process`)."""
+    return run_cli_process
 
 
 def signed_float_block(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

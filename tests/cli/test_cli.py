@@ -24,8 +24,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     return lines[0]
 
 
-def test_help_lists_commands_and_global_options(cli) -> None:
-    proc = cli("--help")
+def test_help_lists_commands_and_global_options(cli_process) -> None:
+    proc = cli_process("--help")  # the installed console script, in its own process
     assert proc.returncode == 0
     for word in ("info", "demo", "--device", "--scheduler", "--debug"):
         assert word in proc.stdout
@@ -64,8 +64,8 @@ def test_debug_shows_the_traceback(cli, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(GPU_OK, reason="this machine has a GPU")
-def test_gpu_without_a_gpu_exits_2_with_one_line(cli, small_store: Path) -> None:
-    proc = cli("--device", "gpu", "info", str(small_store))
+def test_gpu_without_a_gpu_exits_2_with_one_line(cli, cli_process, small_store: Path) -> None:
+    proc = cli_process("--device", "gpu", "info", str(small_store))  # exit status of a process
     assert proc.returncode == 2
     _one_line_error(proc, "gpu", "--device cpu")
     proc = cli("info", str(small_store), env={"CUBEPIPE_DEVICE": "gpu"})
