@@ -25,7 +25,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .backend import array_module, array_namespace
+from .backend import array_module, array_namespace, matmul
 
 __all__ = [
     "M2",
@@ -148,7 +148,7 @@ def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
         lo = xp.minimum(lo, xp.astype(xp.min(strip, axis=1), f64))  # while it is in cache
         hi = xp.maximum(hi, xp.astype(xp.max(strip, axis=1), f64))
         dev = array_module(buf).subtract(strip, mean[:, None], out=buf[:, : strip.shape[1]])
-        cross += dev @ xp.permute_dims(dev, (1, 0))
+        cross += matmul(dev, xp.permute_dims(dev, (1, 0)))
     if any_bad:  # each band's own valid values differ from the all-valid pixel set
         stats = block_moments(block, valid, band_axis=band_axis)
     else:  # the same pixels: the per-band moments are the diagonal
