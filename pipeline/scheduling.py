@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import dask.local
+import dask.threaded
 from dask.utils import parse_bytes
 from threadpoolctl import threadpool_limits
 
@@ -124,7 +126,11 @@ def scheduler(
     spec = check_scheduler(spec)
     if spec in _THREADED:
         name = "threads" if spec.startswith("thread") else "synchronous"
-        with dask.config.set(scheduler=name), _blas_threads(name):
+        # The scheduler function itself, not its name: dask resolves a name by importing
+        # dask.distributed first when it is installed (~0.2-0.5 s a process) only to
+        # look for a client this mode never uses.
+        get = dask.threaded.get if name == "threads" else dask.local.get_sync
+        with dask.config.set(scheduler=get), _blas_threads(name):
             yield None
         return
     distributed = _distributed()
