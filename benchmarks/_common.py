@@ -152,6 +152,13 @@ def main(
         "comparable), no result files",
     )
     ap.add_argument("--repeat", type=int, default=repeat, help="runs per case; the median is kept")
+    ap.add_argument(
+        "--case",
+        action="append",
+        choices=list(cases),
+        help=f"cases to run (default: all; the baseline {baseline!r} always runs); with a "
+        "subset no result files are written",
+    )
     args = ap.parse_args()
     if args.child:
         _child(cases, args.child, args.size[0], args.workdir)
@@ -163,7 +170,8 @@ def main(
         if prepare is not None:
             prepare(size)  # inputs are made once, outside every timed case
         per_case: dict[str, dict[str, Any]] = {}
-        for case in cases:
+        chosen = [c for c in cases if not args.case or c in args.case or c == baseline]
+        for case in chosen:
             runs = []
             for _ in range(repeat):
                 workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
@@ -202,7 +210,7 @@ def main(
     text = summary(rows) if summary is not None else ""
     if text:
         print(text, flush=True)
-    if args.quick:
+    if args.quick or args.case:
         return
     RESULTS.mkdir(exist_ok=True)
     meta = machine()
