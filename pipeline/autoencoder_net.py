@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .backend import matmul
+
 __all__ = [
     "ACTIVATIONS",
     "ARCHITECTURES",
@@ -254,7 +256,7 @@ def _conv1d(xp: Any, x: Any, w: Any, b: Any, *, stride: int, padding: int) -> An
     cols = xp.stack(
         [x[:, t : t + stride * (l_out - 1) + 1 : stride, :] for t in range(taps)], axis=1
     )  # (C_in, taps, L_out, n): the row order of w's (C_in, taps) flattening
-    out = xp.reshape(w, (c_out, c_in * taps)) @ xp.reshape(cols, (c_in * taps, l_out * n))
+    out = matmul(xp.reshape(w, (c_out, c_in * taps)), xp.reshape(cols, (c_in * taps, l_out * n)))
     return xp.reshape(out, (c_out, l_out, n)) + b[:, None, None]
 
 
@@ -262,7 +264,7 @@ def _run(xp: Any, layers: list[dict], x: Any, p: dict[str, Any], activation: str
     for lay in layers:
         op = lay["op"]
         if op == "linear":
-            x = p[f"{lay['name']}_weight"] @ x + p[f"{lay['name']}_bias"][:, None]
+            x = matmul(p[f"{lay['name']}_weight"], x) + p[f"{lay['name']}_bias"][:, None]
         elif op == "conv1d":
             w, b = p[f"{lay['name']}_weight"], p[f"{lay['name']}_bias"]
             x = _conv1d(xp, x, w, b, stride=lay["stride"], padding=lay["padding"])
