@@ -134,6 +134,9 @@ def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
         if valid is not None:
             bad_values = bad_values | ~xp.astype(v, xp.bool)
         bad = xp.any(bad_values, axis=0)
+        # Invalid whole pixels (NaN in every band, mask False) leave each band's own valid
+        # values the same set as the pixels valid in every band.
+        any_bad = int(xp.count_nonzero(bad_values)) != nb * int(xp.count_nonzero(bad))
         x = x[:, ~bad]  # the pixels valid in every band
         total = xp.sum(x, axis=1, dtype=f64)
     n = float(x.shape[1])
@@ -149,7 +152,7 @@ def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
         hi = xp.maximum(hi, xp.astype(xp.max(strip, axis=1), f64))
         dev = array_module(buf).subtract(strip, mean[:, None], out=buf[:, : strip.shape[1]])
         cross += matmul(dev, xp.permute_dims(dev, (1, 0)))
-    if any_bad:  # each band's own valid values differ from the all-valid pixel set
+    if any_bad:  # some band's own valid values differ from the all-valid pixel set
         stats = block_moments(block, valid, band_axis=band_axis)
     else:  # the same pixels: the per-band moments are the diagonal
         stats = xp.stack(

@@ -24,6 +24,7 @@ from cubepipe.pipeline.pca import (
     reconstruction_metrics,
     summarize_metrics,
 )
+from cubepipe.pipeline.stats import fit_stats
 from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import InputError, history, read_attrs, write_cube
 from cubepipe.storage.ingest import open_input
@@ -287,3 +288,23 @@ def test_encode_metrics_stay_exact_when_the_reconstruction_is_near_lossless(
     assert direct["rmse"] > 0
     for key in ("rmse", "sam_rad"):
         assert fast[key] == pytest.approx(direct[key], rel=1e-6), key
+
+
+@pytest.mark.parametrize("one_band_nan", [False, True])
+def test_statistics_of_the_fitting_pass_equal_fit_stats(one_band_nan: bool) -> None:
+    # Whole invalid pixels (NaN disc, mask) take the per-band statistics from the
+    # co-moments' diagonal; a value missing in one band only needs each band's own.
+    ds = make_cube((5, 48, 60), seed=11, chunks={"y": 20, "x": 25})
+    mask = np.ones((48, 60), bool)
+    mask[40:, :7] = False
+    ds["mask"] = (("y", "x"), mask)
+    if one_band_nan:
+        cube = ds["cube"].values.copy()
+        cube[3, 5, 6] = np.nan
+        ds["cube"] = (("band", "y", "x"), da.from_array(cube, chunks=(5, 20, 25)))
+    _, stats = fit_pca(ds, n_components=2)
+    ref = fit_stats(ds).compute()
+    for k in ("stats_count", "stats_min", "stats_max"):
+        np.testing.assert_array_equal(stats[k].values, ref[k].values)
+    for k in ("stats_mean", "stats_std"):
+        np.testing.assert_allclose(stats[k].values, ref[k].values, rtol=1e-12)
