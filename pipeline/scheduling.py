@@ -126,11 +126,13 @@ def scheduler(
     spec = check_scheduler(spec)
     if spec in _THREADED:
         name = "threads" if spec.startswith("thread") else "synchronous"
-        # The scheduler function itself, not its name: dask resolves a name by importing
-        # dask.distributed first when it is installed (~0.2-0.5 s a process) only to
-        # look for a client this mode never uses.
+        # The scheduler function itself, not its name, and rechunks by tasks: dask
+        # resolves a scheduler name, and picks a rechunk method, by importing
+        # dask.distributed when it is installed (~0.2-0.5 s a process) only to look for a
+        # client this mode never uses (without one it picks "tasks" anyway).
         get = dask.threaded.get if name == "threads" else dask.local.get_sync
-        with dask.config.set(scheduler=get), _blas_threads(name):
+        config = {"scheduler": get, "array.rechunk.method": "tasks"}
+        with dask.config.set(config), _blas_threads(name):
             yield None
         return
     distributed = _distributed()
