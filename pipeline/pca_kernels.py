@@ -63,13 +63,12 @@ def _encode_rows(
     gram = None if same else xp.asarray(at @ at.T)  # (K, K)
     at_mu = xp.asarray((at @ mean)[None, :])  # (1, K)
     mu2 = float(mean @ mean)
-    wt = xp.asarray(at.T)  # (B, K), for strips measured directly
     mod = array_module(x)
     mean_x = xp.asarray(mean)[:, None]
     out = xp.empty((k, x.shape[1]), dtype=xp.float32)
     step = strip_pixels(nb, WIDE_STRIP)
     buf = xp.empty((nb, max(1, min(step, x.shape[1]))), dtype=xp.float64)
-    acc = [0.0, 0.0, 0.0, 0.0, float("inf"), float("-inf")]
+    errors = _Errors(xp, xp.asarray(at.T), buf.shape[1])
     for a in range(0, x.shape[1], step):
         n = min(step, x.shape[1] - a)
         xs = x[:, a : a + n]
@@ -104,24 +103,12 @@ def _encode_rows(
         sse = float(xp.sum(xp.where(ok, ee, 0.0)))
         if sse < GRAM_GUARD * float(xp.sum(uu)):
             # near-lossless: measure this strip directly (forming e), not by the identity
-            part = _Errors(xp, wt, n)
             xd = xp.astype(xs, xp.float64)
-            part.add(xd, _colsum(xp, xd, xd), u, s, ok, every)
-            sse, _, sam, nsam, lo, hi = part.partial()
+            errors.add(xd, _colsum(xp, xd, xd), u, s, ok, every)
         else:
             _, sam, nsam = error_sums(xp, xx, xe, xp.maximum(ee, 0.0), ok)
-            if every:
-                lo, hi = float(xp.min(xs)), float(xp.max(xs))
-            else:
-                lo = float(xp.min(xp.where(ok[None, :], xs, xp.inf)))
-                hi = float(xp.max(xp.where(ok[None, :], xs, -xp.inf)))
-        acc[0] += sse
-        acc[1] += float(npix * nb)
-        acc[2] += sam
-        acc[3] += nsam
-        acc[4] = min(acc[4], lo)
-        acc[5] = max(acc[5], hi)
-    return out, (acc if metrics else [])
+            errors.record(sse, npix * nb, sam, nsam, *_valid_range(xp, xs, ok, every))
+    return out, (errors.partial() if metrics else [])
 
 
 #: A strip's error sums come from the Gram identities of :func:`_encode_rows` when its
@@ -178,39 +165,50 @@ class _Errors:
     """
 
     def __init__(self, xp: Any, wt: Any, width: int) -> None:
-        self.xp, self.wt = xp, wt
-        self.work = xp.empty((wt.shape[0], max(1, width)), dtype=xp.float64)  # e, one strip
+        self.xp, self.wt, self.width = xp, wt, max(1, width)
+        self.work: Any = None  # e, one strip; made on the first strip that needs it
         self.acc = [0.0, 0.0, 0.0, 0.0, float("inf"), float("-inf")]
 
-    def add(self, xd: Any, xx: Any, u: Any, s: Any, ok: Any, every: bool) -> None:
-        """One strip: ``xd`` the float64 data, ``xx`` its ``|x|^2``, ``u`` the centred
-        data (0 where not ``ok``), ``s`` the stored float32 scores."""
-        xp, acc = self.xp, self.acc
-        npix = xd.shape[1] if every else int(xp.sum(xp.astype(ok, xp.int64)))
-        if npix == 0:
-            return
-        if every:
-            lo, hi = xp.min(xd), xp.max(xd)
-        else:
-            lo = xp.min(xp.where(ok[None, :], xd, xp.inf))
-            hi = xp.max(xp.where(ok[None, :], xd, -xp.inf))
-            s = xp.where(ok[None, :], s, 0.0)
-            xd = xp.where(ok[None, :], xd, 0.0)
-            xx = xp.where(ok, xx, 0.0)
-        e = self.work[:, : xd.shape[1]]
-        array_module(e).matmul(self.wt, xp.astype(s, xp.float64), out=e)
-        e *= -1.0
-        e += u
-        sse, sam, nsam = error_sums(xp, xx, _colsum(xp, xd, e), _colsum(xp, e, e), ok)
+    def record(self, sse: float, nvals: int, sam: float, nsam: float, lo: Any, hi: Any) -> None:
+        """Add one strip's sums (however they were computed) to the chunk's partials."""
+        acc = self.acc
         acc[0] += sse
-        acc[1] += float(npix * xd.shape[0])
+        acc[1] += float(nvals)
         acc[2] += sam
         acc[3] += nsam
         acc[4] = min(acc[4], float(lo))
         acc[5] = max(acc[5], float(hi))
 
+    def add(self, xd: Any, xx: Any, u: Any, s: Any, ok: Any, every: bool) -> None:
+        """One strip: ``xd`` the float64 data, ``xx`` its ``|x|^2``, ``u`` the centred
+        data (0 where not ``ok``), ``s`` the stored float32 scores."""
+        xp = self.xp
+        npix = xd.shape[1] if every else int(xp.sum(xp.astype(ok, xp.int64)))
+        if npix == 0:
+            return
+        lo, hi = _valid_range(xp, xd, ok, every)
+        if not every:
+            s = xp.where(ok[None, :], s, 0.0)
+            xd = xp.where(ok[None, :], xd, 0.0)
+            xx = xp.where(ok, xx, 0.0)
+        if self.work is None:
+            self.work = xp.empty((self.wt.shape[0], self.width), dtype=xp.float64)
+        e = self.work[:, : xd.shape[1]]
+        array_module(e).matmul(self.wt, xp.astype(s, xp.float64), out=e)
+        e *= -1.0
+        e += u
+        sse, sam, nsam = error_sums(xp, xx, _colsum(xp, xd, e), _colsum(xp, e, e), ok)
+        self.record(sse, npix * xd.shape[0], sam, nsam, lo, hi)
+
     def partial(self) -> list[float]:
         return list(self.acc)
+
+
+def _valid_range(xp: Any, x: Any, ok: Any, every: bool) -> tuple[Any, Any]:
+    """Smallest and largest value of the ``ok`` pixels (columns) of ``x (B, N)``."""
+    if every:
+        return xp.min(x), xp.max(x)
+    return xp.min(xp.where(ok[None, :], x, xp.inf)), xp.max(xp.where(ok[None, :], x, -xp.inf))
 
 
 def error_sums(xp: Any, xx: Any, xe: Any, ee: Any, ok: Any) -> tuple[float, float, float]:
