@@ -10,9 +10,9 @@ import subprocess
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import dask
 import numpy as np
@@ -89,25 +89,6 @@ class CliResult:
     stderr: str
 
 
-@contextlib.contextmanager
-def _environment(cwd: Path | None, env: dict | None) -> Iterator[None]:
-    """``cwd`` and extra ``env`` for the duration of an in-process run, then restored."""
-    saved = {k: os.environ.get(k) for k in env or {}}
-    old_cwd = os.getcwd()
-    try:
-        os.environ.update(env or {})
-        if cwd is not None:
-            os.chdir(cwd)
-        yield
-    finally:
-        os.chdir(old_cwd)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _fresh_process_warnings() -> None:
     """Warning filters and display as in a new interpreter (pytest records warnings
     instead of printing them): shown on stderr, once per place, deprecations hidden."""
@@ -135,7 +116,8 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> Cli
 
     out, err = io.StringIO(), io.StringIO()
     with (
-        _environment(cwd, {"CUBEPIPE_DEVICE": "", **(env or {})}),
+        mock.patch.dict(os.environ, {"CUBEPIPE_DEVICE": "", **(env or {})}),
+        contextlib.chdir(cwd or os.getcwd()),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
         warnings.catch_warnings(),
