@@ -16,13 +16,16 @@ __all__ = [
     "CubepipeError",
     "CubepipeWarning",
     "DeviceError",
+    "FileSystemError",
     "FormatError",
     "IncompleteStoreError",
     "InputError",
     "InvalidStoreError",
     "MissingDependencyError",
+    "NonFiniteError",
     "StepError",
     "StoreExistsError",
+    "StoreLockedError",
     "StoreNotFoundError",
 ]
 
@@ -77,6 +80,15 @@ class StoreExistsError(CubepipeError, FileExistsError):
     """The output path already holds data and the user did not say what to do with it."""
 
 
+class StoreLockedError(CubepipeError):
+    """Another live process is writing the same output (see :mod:`cubepipe.storage.guard`)."""
+
+
+class NonFiniteError(InputError):
+    """An operation turned values into +-inf (an overflow of the output dtype), or its
+    fitted parameters are not finite; nothing is marked complete."""
+
+
 class StepError(CubepipeError):
     """A step of a pipeline (``cubepipe run``) failed; the message names the step and op.
 
@@ -104,3 +116,22 @@ class MissingDependencyError(CubepipeError, ImportError):
         )
         self.module = module
         self.extra = extra
+
+
+class FileSystemError(CubepipeError, OSError):
+    """The operating system refused a read or write the user can do something about: no
+    space left, a quota, a read-only or too-small filesystem, no permission, too many open
+    files (see :mod:`cubepipe.storage.oserrors`, which makes these from ``OSError``).
+
+    ``errno`` is the original error number, ``path`` what cubepipe was working on; the
+    original ``OSError`` is ``__cause__``. ``str()`` is the one-line message.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None, path: object = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.path = path
+
+    def __str__(self) -> str:
+        # OSError.__str__ would print "[Errno N] ..." once errno is set.
+        return str(self.args[0]) if self.args else ""
