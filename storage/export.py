@@ -19,10 +19,19 @@ The writer is chosen by the suffix of the output:
 Float dtypes of ``.tif``/``.npy``: :mod:`.writers.floats`. Every file is written under a
 temporary name in the output directory and renamed into place only when all files are
 complete; existing files are replaced only with ``overwrite=True``.
+
+Filesystem trouble is reported, never crashes or leaves debris: before reading any data
+the output directory must be writable and have room for the bytes an export certainly
+writes (:func:`check_room`); files are written with ordinary ``pwrite`` calls (no memory
+maps, which turn a full disk into SIGBUS), and a full disk, quota, read-only filesystem
+or missing permission met while writing is a one-line
+:class:`~cubepipe.storage.errors.FileSystemError` after every temporary file is removed.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +39,17 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .errors import InputError
+from .errors import FileSystemError, InputError
 from .layout import CORE_DIMS, LEADING_DIMS
+from .oserrors import os_error_message, user_os_errors
 from .sidecar import sidecar_path
 from .store import open_cube
 from .writers._staging import check_free
-from .writers.floats import export_floats
+from .writers.floats import export_floats, float_dtype
 from .writers.scaled import ImagePlan, export_images, plan_images
 from .writers.scaling import ScaleSpec, parse_scale
 
-__all__ = ["SUFFIXES", "ExportJob", "ExportResult", "export", "prepare_export"]
+__all__ = ["SUFFIXES", "ExportJob", "ExportResult", "check_room", "export", "prepare_export"]
 
 #: Output suffix -> format.
 SUFFIXES = {
@@ -170,9 +180,14 @@ class ExportJob:
     plans: list[ImagePlan]
 
     def run(self) -> ExportResult:
-        """Read the store and write the file(s)."""
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        return self._floats() if self.spec is None else self._images()
+        """Read the store and write the file(s).
+
+        Raises :class:`~cubepipe.storage.errors.FileSystemError` for a full disk, a
+        quota, a read-only filesystem, a missing permission or too many open files, after
+        removing every temporary file."""
+        with user_os_errors(self.out, "exporting to"):
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            return self._floats() if self.spec is None else self._images()
 
     def _floats(self) -> ExportResult:
         r = export_floats(
@@ -233,6 +248,49 @@ class ExportJob:
         )
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def check_room(out: Path, nbytes: int) -> None:
+    """Refuse an export to ``out`` up front (before any data is read) when its
+    filesystem is mounted read-only or has less than ``nbytes`` free for this user.
+
+    Advisory: space can still run out while writing (other writers, compressed sizes
+    not known in advance); that is reported then, the same way.
+    """
+    for d in (out.parent, *out.parent.parents):
+        try:
+            st = os.statvfs(d)
+            break
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return  # cannot tell: the writes will say
+    else:
+        return
+    if st.f_flag & os.ST_RDONLY:
+        exc = OSError(errno.EROFS, os.strerror(errno.EROFS))
+        raise FileSystemError(
+            os_error_message(exc, out, "exporting to", detail=f"{d} is mounted read-only"),
+            errno=errno.EROFS,
+            path=out,
+        )
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        exc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        detail = f"it needs {_size(nbytes)}, {d} has {_size(free)} free"
+        raise FileSystemError(
+            os_error_message(exc, out, "exporting to", detail=detail),
+            errno=errno.ENOSPC,
+            path=out,
+        )
+
+
 def prepare_export(
     store: str | Path,
     out: str | Path,
@@ -252,8 +310,10 @@ def prepare_export(
     spec = parse_scale(scale) if scale is not None else None
     var, idx = _select(open_cube(store, allow_incomplete=allow_incomplete), variable, bands, store)
     plans: list[ImagePlan] = []
+    n_values = int(np.prod(var.shape, dtype=np.int64))
     if spec is None:
         check_free([out], overwrite=overwrite)
+        check_room(out, n_values * float_dtype(var, bits).itemsize)
     else:
         if bits == 16 and len(idx) == 3:
             raise InputError(
@@ -265,6 +325,7 @@ def prepare_export(
         plans = plan_images(out, lead_dim=lead, n_lead=n_lead, bands=idx)
         outputs = [p for pl in plans for p in (pl.path, sidecar_path(pl.path))]
         check_free(outputs, overwrite=overwrite)
+        check_room(out, n_values * (bits // 8))  # the codes, written before the images
     return ExportJob(var, out, fmt, idx, str(store), bits, spec, plans)
 
 
@@ -316,6 +377,10 @@ def export(
         that would overflow, a scale range over no finite values.
     StoreExistsError
         An output exists and ``overwrite`` is False.
+    FileSystemError
+        The output's filesystem is read-only or too full (checked up front where
+        possible), a quota or a permission stopped a write, too many files are open;
+        nothing is left behind.
 
     Notes
     -----

@@ -2,8 +2,9 @@
 
 Every writer writes to a hidden temporary file in the destination directory and
 :class:`Staging` renames all of them into place only after the last one is finished
-(``os.replace``: atomic on one filesystem). On any error the temporary files are removed,
-so an interrupted export leaves nothing under the final names.
+(``os.replace``: atomic on one filesystem). On any error (a full disk included, while
+writing or at the final ``fsync``) the temporary files are removed, so an interrupted
+export leaves nothing under the final names and no hidden partial files.
 """
 
 from __future__ import annotations
@@ -63,15 +64,29 @@ class Staging:
         return self.temp_name(near, tag)
 
     def commit(self) -> None:
-        for tmp, final in self._pairs:
-            # Blocks were written through shared memory maps without per-block flushes;
-            # one fsync here puts the finished file on disk before it gets its real name.
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
+        """Put every finished file on disk (``fsync``: where a full disk or an I/O error
+        may still show up), then rename them into place; on any error remove the
+        temporary files *and* the final files this commit already renamed, so a failed
+        export leaves none of its outputs (a set of files is complete or absent)."""
+        renamed: list[Path] = []
+        try:
+            for tmp, _final in self._pairs:
+                # Blocks were written with pwrite and no per-block flushes; one fsync per
+                # file here puts it on disk before it gets its real name.
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for tmp, final in self._pairs:
+                os.replace(tmp, final)
+                renamed.append(final)
+        except BaseException:
+            for final in renamed:
+                with contextlib.suppress(OSError):
+                    final.unlink()
+            self.abort()
+            raise
         self._pairs.clear()
         self.abort()  # what is left are scratch files
 
@@ -93,4 +108,4 @@ def staging() -> Iterator[Staging]:
     except BaseException:
         st.abort()
         raise
-    st.commit()
+    st.commit()  # aborts (and re-raises) if it fails

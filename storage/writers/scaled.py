@@ -116,7 +116,9 @@ def export_images(
                 extra = {"jpeg_max_code_error": dev, "nan_mismatches": mismatches}
             if lead_dim is not None:
                 extra[lead_dim] = pl.lead
-            side_tmp = write_sidecar(
+            # Registered before it is written, so that a failed write is cleaned up too.
+            st.add(sidecar_path(tmp), sidecar_path(pl.path))
+            write_sidecar(
                 tmp,
                 scale=qz.scale,
                 offset=qz.offset,
@@ -137,7 +139,6 @@ def export_images(
                 channels="rgb" if len(pl.positions) == 3 else "grey",
                 **extra,
             )
-            st.add(side_tmp, sidecar_path(pl.path))
             st.add(tmp, pl.path)
             files.append(pl.path)
             errors.append(error)

@@ -1,9 +1,10 @@
 """Float TIFF: one page per band (per leading index, then band), written in one pass.
 
-The file is laid out by :func:`tifffile.memmap` (uncompressed, native byte order, strips of
-about 1 MiB, pages contiguous) and every chunk of the cube is converted and written into
-its place by :func:`~._stream.stream_into`, so the cube is read once and never held in
-memory. Files above :data:`BIGTIFF_BYTES` are BigTIFF. tifffile's JSON description records
+The file is laid out by :func:`tifffile.imwrite` without data (uncompressed, native byte
+order, strips of about 1 MiB, pages contiguous: what :func:`tifffile.memmap` makes) and
+every chunk of the cube is converted and written into its place by
+:func:`~._stream.stream_into` (``pwrite``, no memory map), so the cube is read once and
+never held in memory. Files above :data:`BIGTIFF_BYTES` are BigTIFF. tifffile's JSON description records
 the full shape (e.g. ``(frame, band, y, x)``) and ``metadata`` (source, variable, bands). tifffile, Pillow (mode ``F``,
 float32 pages) and OpenCV (``cv2.imread``/``cv2.imreadmulti`` with
 ``cv2.IMREAD_UNCHANGED``) read the result bit for bit.
@@ -18,7 +19,7 @@ import dask.array as da
 import numpy as np
 import tifffile
 
-from ._stream import Converter, MemmapTarget, stream_into
+from ._stream import Converter, FileTarget, stream_into
 
 __all__ = ["BIGTIFF_BYTES", "write_tiff"]
 
@@ -48,15 +49,19 @@ def write_tiff(
         # tifffile's "shaped" layout drops trailing length-1 dims (x == 1 would become the
         # page width of y); without it the pages keep their (y, x) geometry for all readers.
         metadata = None
-    mm = tifffile.memmap(
+    located = tifffile.imwrite(
         str(path),
+        data=None,
         shape=shape,
         dtype=dtype,
         photometric="minisblack",
         rowsperstrip=rows,
         bigtiff=nbytes > BIGTIFF_BYTES,
         metadata=metadata,
+        align=tifffile.TIFF.ALLOCATIONGRANULARITY,  # as tifffile.memmap lays it out
+        returnoffset=True,
     )
-    target = MemmapTarget(str(path), int(mm.offset), dtype.str, shape)
-    del mm
+    if located is None:  # cannot happen for uncompressed contiguous pages
+        raise ValueError(f"tifffile did not lay out {path} as one contiguous block")
+    target = FileTarget(str(path), int(located[0]), dtype.str, shape)
     return stream_into(data, target, convert, k=k, token="cubepipe-export-tiff")
