@@ -4,10 +4,15 @@ One image at a time is held in memory: ``(y, x)`` grey or ``(y, x, 3)`` RGB code
 PNG is lossless (8-bit ``L``/``RGB``, 16-bit grey ``I;16``). JPEG is 8-bit and lossy: it is
 written at quality 95 without chroma subsampling, then read back so the error it added
 can be measured and recorded honestly.
+
+Pillow encodes into memory and the bytes are written here with an ordinary ``write``:
+Pillow's own file output (JPEG through the file descriptor) ignores a short ``write(2)``,
+so on a disk that fills up it can leave a truncated file and report success.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +33,17 @@ def write_image(codes: np.ndarray, path: Path, *, fmt: str) -> None:
         img = Image.fromarray(codes.astype("<u2"))  # mode I;16
     else:
         img = Image.fromarray(codes)
+    buf = io.BytesIO()
     if fmt == "jpeg":
-        img.save(path, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+        img.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
     else:
-        img.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    data = buf.getbuffer()
+    with open(path, "xb") as fh:  # writes all of it or raises (ENOSPC, ...)
+        fh.write(data)
+        written = fh.tell()
+    if written != data.nbytes:  # pragma: no cover (a buffered write never stops short)
+        raise OSError(f"wrote {written} of {data.nbytes} bytes of {path}")
 
 
 def jpeg_deviation(path: Path, codes: np.ndarray, *, nan_value: int) -> tuple[int, int]:
