@@ -63,6 +63,9 @@ class ChunkLayout:
     separator: str
     level: int
     checksum: bool
+    #: A missing chunk file is an error (chunks of a complete cubepipe store all exist)
+    #: rather than the fill value (zarr's semantics, kept for every other store).
+    strict: bool = False
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -89,10 +92,24 @@ class ChunkLayout:
             with open(path, "rb") as fh:
                 encoded = fh.read()
         except FileNotFoundError:
+            if self.strict:
+                raise InvalidStoreError(
+                    f"chunk {idx} of variable {os.path.basename(self.root)!r} is missing "
+                    f"({path}) from a store marked complete: the store was damaged after it "
+                    "was written; re-run the step that wrote it with --overwrite"
+                ) from None
             return np.full(shape, self.fill_value, dtype=self.dtype)
         full = np.empty(self.chunks, dtype=self.dtype)
         try:
-            Zstd().decode(encoded, out=full)
+            if frame_content_size(encoded) == full.nbytes:
+                # zstd checks that a frame decodes to exactly the size its header states,
+                # and a trailing frame would overflow ``full``: every byte is written.
+                Zstd().decode(encoded, out=full)
+            else:  # no size in the header, or the wrong one: decode and measure
+                raw = Zstd().decode(encoded)
+                if len(raw) != full.nbytes:
+                    raise ValueError(f"it decodes to {len(raw)} bytes, not {full.nbytes}")
+                full = np.frombuffer(raw, dtype=self.dtype).reshape(self.chunks).copy()
         except Exception as exc:  # numcodecs raises RuntimeError/ValueError for bad frames
             raise InvalidStoreError(
                 f"chunk file {path} is damaged ({exc}); re-run the step that wrote this "
@@ -121,9 +138,29 @@ class ChunkLayout:
         os.replace(tmp, path)
 
 
-def direct_layout(array_dir: str | Path) -> ChunkLayout | None:
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def frame_content_size(encoded: bytes) -> int | None:
+    """The decoded size a zstd frame header declares (RFC 8878, 3.1.1.1), or None when
+    ``encoded`` does not start with a frame header that states one."""
+    if len(encoded) < 6 or encoded[:4] != _ZSTD_MAGIC:
+        return None
+    fhd = encoded[4]
+    fcs_flag, single = fhd >> 6, (fhd >> 5) & 1
+    did_size = (0, 1, 2, 4)[fhd & 3]
+    start = 5 + (0 if single else 1) + did_size
+    size = (1 if single else 0, 2, 4, 8)[fcs_flag]
+    if size == 0 or len(encoded) < start + size:
+        return None
+    value = int.from_bytes(encoded[start : start + size], "little")
+    return value + 256 if size == 2 else value
+
+
+def direct_layout(array_dir: str | Path, *, strict: bool = False) -> ChunkLayout | None:
     """The :class:`ChunkLayout` of the zarr v3 array in ``array_dir`` if its chunks can be
-    read and written directly (see the module docs), else ``None``."""
+    read and written directly (see the module docs), else ``None``. ``strict``: reading a
+    missing chunk is an error (for a store marked complete)."""
     try:
         meta = json.loads((Path(array_dir) / "zarr.json").read_text())
     except (OSError, ValueError):
@@ -156,6 +193,7 @@ def direct_layout(array_dir: str | Path) -> ChunkLayout | None:
             separator=(keys.get("configuration") or {}).get("separator", "/"),
             level=int(zcfg.get("level", 0)),
             checksum=bool(zcfg.get("checksum", False)),
+            strict=strict,
         )
     except (KeyError, TypeError, ValueError, IndexError):
         return None

@@ -8,7 +8,11 @@ told otherwise. See DESIGN.md, "The cube store contract".
 from __future__ import annotations
 
 import copy
+import glob
+import hashlib
 import json
+import os
+import secrets
 import shutil
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -26,12 +30,15 @@ from zarr.codecs import ZstdCodec
 from ._version import __version__
 from .chunkio import ChunkLayout, DirectChunkArray, KeptChunks, direct_layout
 from .errors import (
+    CubepipeError,
     IncompleteStoreError,
     InputError,
     InvalidStoreError,
+    NonFiniteError,
     StoreExistsError,
     StoreNotFoundError,
 )
+from .guard import check_disjoint, output_lock, resolve
 from .layout import default_chunks
 
 __all__ = [
@@ -92,6 +99,19 @@ def store_state(path: str | Path) -> str:
     return "complete" if meta.get("complete") is True else "incomplete"
 
 
+def _check_meta(path: Path, attrs: Mapping[str, Any]) -> None:
+    """Refuse a store whose cubepipe attrs are not the shape cubepipe writes."""
+    meta = attrs.get(ATTR)
+    if meta is None:
+        return
+    try:
+        if not isinstance(meta, Mapping):
+            raise InvalidStoreError(f"{ATTR} is a {type(meta).__name__}, not a mapping")
+        history(attrs)
+    except InvalidStoreError as exc:
+        raise InvalidStoreError(f"{path}: {exc}") from None
+
+
 def is_complete(path: str | Path) -> bool | None:
     """True/False for stores cubepipe wrote; None for zarr stores written by other tools."""
     state = store_state(path)
@@ -104,9 +124,16 @@ def history(ds_or_attrs: xr.Dataset | Mapping[str, Any]) -> list[dict[str, Any]]
     """The provenance history (oldest first) carried by a dataset or attrs mapping."""
     attrs = ds_or_attrs.attrs if isinstance(ds_or_attrs, xr.Dataset) else ds_or_attrs
     meta = attrs.get(ATTR)
-    if isinstance(meta, Mapping):
-        return [dict(h) for h in meta.get("history", [])]
-    return []
+    if not isinstance(meta, Mapping):
+        return []
+    entries = meta.get("history", [])
+    if not isinstance(entries, list) or not all(isinstance(h, Mapping) for h in entries):
+        raise InvalidStoreError(
+            f"the store's provenance attrs are damaged: {ATTR}.history is a "
+            f"{type(entries).__name__}, not a list of entries; restore the store's zarr.json "
+            "or write the store again"
+        )
+    return [dict(h) for h in entries]
 
 
 def _open_group(path: str | Path, *, mode: str) -> zarr.Group:
@@ -172,6 +199,8 @@ def open_cube(
         _open_group(p, mode="r")  # raises StoreNotFoundError / InvalidStoreError
     if state == "incomplete" and not allow_incomplete:
         raise IncompleteStoreError(p)
+    if state in ("complete", "incomplete"):
+        _check_meta(p, read_attrs(p))
     try:
         ds = xr.open_zarr(
             str(p), chunks=None, consolidated=_has_consolidated_metadata(p), zarr_format=None
@@ -183,18 +212,55 @@ def open_cube(
     chunks: dict[Hashable, int] = {}
     for var in ds.variables.values():
         chunks.update(var.encoding.get("preferred_chunks") or {})
-    ds = _read_directly(ds, p, KeptChunks(keep_bytes) if keep_bytes > 0 else None)
+    strict = state == "complete" and read_attrs(p)[ATTR].get("all_chunks") is True
+    if strict:
+        _check_chunks_exist(ds, p)
+    ds = _read_directly(ds, p, KeptChunks(keep_bytes) if keep_bytes > 0 else None, strict)
     return ds.chunk(chunks, name_prefix="cubepipe-read-", inline_array=True)
 
 
-def _read_directly(ds: xr.Dataset, path: Path, kept: KeptChunks | None) -> xr.Dataset:
+def _check_chunks_exist(ds: xr.Dataset, path: Path) -> None:
+    """In a complete cubepipe store every chunk of every variable was written (cubepipe
+    writes empty chunks too): check the variables read through zarr-python, whose
+    missing chunks would silently read as the fill value. (Directly read variables check
+    each chunk as they read it: :attr:`ChunkLayout.strict`.)"""
+    for name, var in ds.variables.items():
+        if var.ndim == 0 or direct_layout(path / str(name)) is not None:
+            continue
+        try:
+            meta = json.loads((path / str(name) / "zarr.json").read_text())
+            grid = meta["chunk_grid"]["configuration"]["chunk_shape"]
+            keys = meta["chunk_key_encoding"]
+            if meta["chunk_grid"]["name"] != "regular" or keys["name"] != "default":
+                continue
+            sep = (keys.get("configuration") or {}).get("separator", "/")
+            codecs = [c.get("name") for c in meta.get("codecs", [])]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # zarr itself reports unreadable metadata
+        if "sharding_indexed" in codecs:
+            continue
+        shape = meta["shape"]
+        counts = [-(-int(n) // int(c)) for n, c in zip(shape, grid, strict=True)]
+        for idx in np.ndindex(*counts):
+            key = sep.join(["c", *map(str, idx)])
+            if not (path / str(name) / key).is_file():
+                raise InvalidStoreError(
+                    f"chunk {idx} of variable {str(name)!r} is missing ({path / str(name) / key})"
+                    " from a store marked complete: the store was damaged after it was "
+                    "written; re-run the step that wrote it with --overwrite"
+                )
+
+
+def _read_directly(
+    ds: xr.Dataset, path: Path, kept: KeptChunks | None, strict: bool = False
+) -> xr.Dataset:
     """Back each variable whose chunks :mod:`.chunkio` can read (and that xarray does not
     decode: no scale/offset, no non-NaN fill mask, no dtype change) by direct chunk reads."""
     replaced: dict[Hashable, xr.Variable] = {}
     for name, var in ds.variables.items():
         if var.ndim == 0 or name in ds.dims:
             continue
-        layout = direct_layout(path / str(name))
+        layout = direct_layout(path / str(name), strict=strict)
         enc = var.encoding
         fill = enc.get("_FillValue")
         if (
@@ -270,15 +336,35 @@ def _to_numpy(block: Any) -> np.ndarray:
 
 
 def _write_block(
-    block: Any, *, target: zarr.Array | ChunkLayout, block_info: dict | None = None
+    block: Any,
+    *,
+    target: zarr.Array | ChunkLayout,
+    var: str,
+    allow_inf: bool,
+    block_info: dict | None = None,
 ) -> np.ndarray:
+    """Write one block; return the count of its infinite values (one per block).
+
+    An infinite value in an output is an overflow of its dtype (or an infinite input):
+    unless ``allow_inf``, the block is refused before it is written.
+    """
     assert block_info is not None
+    host = _to_numpy(block)
+    n_inf = int(np.count_nonzero(np.isinf(host))) if host.dtype.kind == "f" else 0
+    if n_inf and not allow_inf:
+        raise NonFiniteError(
+            f"{n_inf} values of variable {var!r} in chunk "
+            f"{tuple(block_info[0]['chunk-location'])} are infinite: the result overflows "
+            f"{host.dtype} (or the input holds +-inf); nothing was marked complete. Rescale "
+            "the input or use float64, or pass --allow-nonfinite (allow_nonfinite=True) to "
+            "write them anyway with the count recorded"
+        )
     if isinstance(target, ChunkLayout):  # blocks are the store's chunks (see _writer)
-        target.write_chunk(tuple(block_info[0]["chunk-location"]), _to_numpy(block))
+        target.write_chunk(tuple(block_info[0]["chunk-location"]), host)
     else:
         loc = block_info[0]["array-location"]
-        target[tuple(slice(a, b) for a, b in loc)] = _to_numpy(block)
-    return np.ones((1,) * block.ndim, dtype=np.int8)
+        target[tuple(slice(a, b) for a, b in loc)] = host
+    return np.full((1,) * block.ndim, n_inf, dtype=np.int64)
 
 
 def _writer(path: Path, name: str, data: da.Array) -> zarr.Array | ChunkLayout:
@@ -334,8 +420,89 @@ def _history_entry(
     }
 
 
-def _check_resumable(path: Path, ds: xr.Dataset) -> dict[str, Any]:
+def _fingerprint(inputs: Iterable[str]) -> list[str]:
+    """A cheap fingerprint of each input, compared by ``--resume``: for a store, its
+    history (op and start time of each entry); for a file, its size and mtime; for a
+    directory or glob, the same for every file it holds."""
+    prints = []
+    for src in inputs:
+        h = hashlib.sha256()
+        matches = [src] if os.path.lexists(src) else sorted(glob.glob(src))
+        for m in matches:
+            real = resolve(m)
+            h.update(str(real).encode())
+            if (real / "zarr.json").is_file() or (real / ".zgroup").is_file():
+                try:
+                    entries = history(read_attrs(real))
+                except CubepipeError:
+                    entries = []
+                h.update(json.dumps([(e.get("op"), e.get("started")) for e in entries]).encode())
+            elif real.is_dir():
+                for dirpath, dirs, files in os.walk(real):
+                    dirs.sort()
+                    for f in sorted(files):
+                        st = os.stat(os.path.join(dirpath, f))
+                        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns};".encode())
+            elif real.exists():
+                st = real.stat()
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        prints.append(h.hexdigest()[:20])
+    return prints
+
+
+def _same_option(a: Any, b: Any, cwd_a: str, cwd_b: str) -> bool:
+    if a == b:
+        return True
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return all(_same_option(x, y, cwd_a, cwd_b) for x, y in zip(a, b, strict=True))
+    if isinstance(a, str) and isinstance(b, str) and a and b:
+        return os.path.normpath(os.path.join(cwd_a, a)) == os.path.normpath(os.path.join(cwd_b, b))
+    return False
+
+
+def _resume_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """What differs between the run that started a store (its last history entry) and
+    this one, or None: op, inputs (by fingerprint), parameters, command-line options."""
+    if old.get("op") != new["op"]:
+        return f"it was started by {old.get('op')!r}, this run is {new['op']!r}"
+    if "fingerprint" in old:
+        if (
+            len(old.get("inputs", [])) != len(new["inputs"])
+            or old["fingerprint"] != new["fingerprint"]
+        ):
+            return (
+                f"its input was {old.get('inputs')} and has changed or is not this run's "
+                f"{new['inputs']}"
+            )
+    if old.get("params") != new["params"]:
+        keys = sorted(
+            k
+            for k in set(old.get("params") or {}) | set(new["params"])
+            if (old.get("params") or {}).get(k) != new["params"].get(k)
+        )
+        return f"its parameters differ ({', '.join(map(str, keys))})"
+    rec, cur = old.get("cli"), new.get("cli")
+    if isinstance(rec, Mapping) and isinstance(cur, Mapping):
+        a, b = rec.get("options") or {}, cur.get("options") or {}
+        for key in sorted(set(a) | set(b)):
+            if key in ("source", "sources", "store"):
+                continue  # compared by fingerprint
+            if not _same_option(a.get(key), b.get(key), str(rec.get("cwd")), str(cur.get("cwd"))):
+                return f"option {key.replace('_', '-')} was {a.get(key)!r}, now {b.get(key)!r}"
+    return None
+
+
+def _check_resumable(path: Path, ds: xr.Dataset, entry: Mapping[str, Any]) -> dict[str, Any]:
     group = _open_group(path, mode="r")
+    attrs = dict(group.attrs)
+    entries = history(attrs)
+    if entries:
+        why = _resume_mismatch(entries[-1], entry)
+        if why:
+            raise InputError(
+                f"cannot resume {path}: {why}; rerun the original command with --resume, or "
+                "use --overwrite to start over"
+            )
     for name, var in ds.data_vars.items():
         if name not in group:
             raise InputError(
@@ -348,7 +515,83 @@ def _check_resumable(path: Path, ds: xr.Dataset) -> dict[str, Any]:
                 f"cannot resume {path}: variable {name!r} there is {arr.dtype}{tuple(arr.shape)}"
                 f" but this run writes {var.dtype}{tuple(var.shape)}; use --overwrite"
             )
-    return dict(group.attrs)
+    return attrs
+
+
+def _stage_of(real: Path) -> Path:
+    """Where ``--overwrite`` writes the new store before swapping it in."""
+    return real.with_name(f".{real.name}.overwrite")
+
+
+def _plan(
+    real: Path,
+    shown: Path,
+    prepared: xr.Dataset,
+    entry: Mapping[str, Any],
+    resume: bool,
+    overwrite: bool,
+) -> tuple[Path | None, dict[str, Any] | None, bool]:
+    """(where to write, attrs of the store being resumed, swap into ``real`` at the end);
+    ``None`` as the path: nothing to do."""
+    stage = _stage_of(real)
+    if resume and store_state(stage) == "incomplete":
+        return stage, _check_resumable(stage, prepared, entry), True
+    state = store_state(real)
+    if state == "missing":
+        return real, None, False
+    if state == "not-a-store":
+        raise StoreExistsError(f"{shown} exists and is not a zarr store; refusing to replace it")
+    if resume and state == "complete":
+        entries = history(read_attrs(real))
+        why = _resume_mismatch(entries[-1], entry) if entries else "it has no history"
+        if why:
+            raise InputError(
+                f"{shown} is complete but was not made by this run ({why}); to replace it, "
+                "pass --overwrite instead of --resume"
+            )
+        return None, None, False  # resuming a finished job is a no-op
+    if resume and state == "incomplete":
+        return real, _check_resumable(real, prepared, entry), False
+    if overwrite:
+        if stage.exists():
+            shutil.rmtree(stage)  # a killed --overwrite's leftover
+        return stage, None, True
+    if state == "incomplete":
+        raise StoreExistsError(
+            f"{shown} exists and is incomplete (an interrupted run?): pass --resume to finish "
+            "it or --overwrite to start over"
+        )
+    raise StoreExistsError(f"{shown} already exists: pass --overwrite to replace it")
+
+
+def _swap(stage: Path, real: Path) -> None:
+    """Put the finished ``stage`` where ``real`` is; the old store is removed last."""
+    old = real.with_name(f".{real.name}.replaced-{secrets.token_hex(4)}")
+    try:
+        os.rename(real, old)
+    except FileNotFoundError:
+        old = None  # type: ignore[assignment]
+    os.rename(stage, real)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _sync(path: Path) -> None:
+    """Flush ``path``'s file system (chunk files written without per-file fsync) so a
+    completion marker written next is never on disk before the data it vouches for."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            import ctypes  # noqa: PLC0415
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.syncfs(fd) == 0:
+                return
+        except (OSError, AttributeError):
+            pass
+        os.sync()
+    finally:
+        os.close(fd)
 
 
 def write_cube(
@@ -365,6 +608,7 @@ def write_cube(
     results: Mapping[str, Any] | None = None,
     summarize: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    allow_nonfinite: bool = False,
 ) -> Path:
     """Write ``ds`` to a new cube store at ``path``, chunk by chunk.
 
@@ -383,7 +627,8 @@ def write_cube(
         Continue an interrupted write of the same computation: chunks already on disk
         (and decodable) are skipped, and only the missing ones are computed.
     overwrite
-        Replace an existing store at ``path``.
+        Replace an existing store at ``path``: the new store is written beside it and
+        swapped in only once complete, so a failed run leaves the old one as it was.
     results, summarize
         Extra dask collections (e.g. error-metric partials) computed in the same pass as
         the writes, so tasks they share with the data are run once; ``summarize`` turns
@@ -392,6 +637,10 @@ def write_cube(
     provenance
         Extra JSON-ready keys for the new history entry (the CLI records the command and
         its options under ``cli``, which ``cubepipe run --resume`` compares).
+    allow_nonfinite
+        Write +-inf values in float outputs (their count is recorded in the history entry's
+        ``nonfinite``) instead of refusing them: an infinite output is an overflow of its
+        dtype, or an infinite input.
 
     Returns
     -------
@@ -404,46 +653,75 @@ def write_cube(
     computation, so data variables sharing inputs read them once), then the attrs with
     ``complete: true`` and consolidated metadata last. A writer killed at any point
     leaves a store that :func:`open_cube` refuses.
+
+    Before anything is read or deleted, ``path`` is refused if it is, contains or lies
+    inside one of ``inputs``; the output is locked for the whole write
+    (:func:`~cubepipe.storage.guard.output_lock`), so a second writer fails at once;
+    ``resume`` refuses a store that was started from other inputs (a fingerprint of
+    each) or with other parameters.
+
+    Raises
+    ------
+    InputError, StoreExistsError, StoreLockedError, NonFiniteError
     """
     p = Path(path)
+    real = resolve(p)
+    inputs = [str(i) for i in inputs]
+    check_disjoint(real, inputs)
     prepared, encoding = _prepare(ds, chunks)
-    state = store_state(p)
-    resuming = False
-    if state != "missing":
-        if state == "not-a-store":
-            raise StoreExistsError(f"{p} exists and is not a zarr store; refusing to replace it")
-        if resume and state == "complete":
-            return p  # nothing left to do: resuming a finished job is a no-op
-        if resume and state == "incomplete":
-            resuming = True
-        elif overwrite:
-            shutil.rmtree(p)
-        elif state == "incomplete":
-            raise StoreExistsError(
-                f"{p} exists and is incomplete (an interrupted run?): pass --resume to finish "
-                "it or --overwrite to start over"
+    entry = _history_entry(op, params, inputs, device, provenance)
+    entry["fingerprint"] = _fingerprint(inputs)
+    with output_lock(real):
+        target, attrs, swap = _plan(real, p, prepared, entry, resume, overwrite)
+        if target is None:
+            return p
+        try:
+            _write(
+                prepared, encoding, target, ds, entry, attrs, results, summarize, allow_nonfinite
             )
-        else:
-            raise StoreExistsError(f"{p} already exists: pass --overwrite to replace it")
+        except BaseException as exc:
+            # A stage is all or nothing; a fresh store stays, marked incomplete, for
+            # --resume (after a kill, a full disk, a damaged input block), and goes when its
+            # data were refused (resuming would refuse them again).
+            if swap or (attrs is None and isinstance(exc, NonFiniteError)):
+                shutil.rmtree(target, ignore_errors=True)
+            raise
+        if swap:
+            _swap(target, real)
+    return p
 
+
+def _write(
+    prepared: xr.Dataset,
+    encoding: dict[str, dict[str, Any]],
+    p: Path,
+    ds: xr.Dataset,
+    entry: dict[str, Any],
+    attrs: dict[str, Any] | None,
+    results: Mapping[str, Any] | None,
+    summarize: Callable[[dict[str, Any]], Mapping[str, Any]] | None,
+    allow_nonfinite: bool,
+) -> None:
+    resuming = attrs is not None
     if resuming:
-        attrs = _check_resumable(p, prepared)
         for leftover in p.rglob("*.partial"):  # chunk files a killed writer never renamed
             leftover.unlink()
         meta = copy.deepcopy(attrs[ATTR])
         meta["history"][-1].setdefault("resumed", []).append(_now())
     else:
-        meta = {
-            "version": __version__,
-            "complete": False,
-            "history": history(ds) + [_history_entry(op, params, inputs, device, provenance)],
-        }
+        meta = {"version": __version__, "complete": False, "history": [*history(ds), entry]}
         prepared.attrs = {**{k: v for k, v in ds.attrs.items() if k != ATTR}, ATTR: meta}
-        prepared.to_zarr(
-            str(p), mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding
-        )
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            prepared.to_zarr(
+                str(p),
+                mode="w-",
+                compute=False,
+                zarr_format=3,
+                consolidated=False,
+                encoding=encoding,
+            )
 
-    writes = []
+    writes, names = [], []
     for name in encoding:
         data = prepared[name].data
         if not isinstance(data, da.Array):
@@ -452,27 +730,40 @@ def write_cube(
             _write_block,
             data,
             target=_writer(p, name, data),
-            dtype=np.int8,
+            var=name,
+            allow_inf=allow_nonfinite,
+            dtype=np.int64,
             chunks=tuple((1,) * len(c) for c in data.chunks),
-            token=f"cubepipe-{op}-write",
-            meta=np.empty((0,) * data.ndim, dtype=np.int8),
+            token=f"cubepipe-{entry['op']}-write",
+            meta=np.empty((0,) * data.ndim, dtype=np.int64),
         )
         if resuming:
             target = zarr.open_array(store=str(p), path=name, mode="r")
             for idx in np.ndindex(*done.numblocks):
                 if not _block_done(target, p, name, idx):
                     writes.append(done.blocks[idx])
+                    names.append(name)
         else:
             writes.append(done)
+            names.append(name)
     extra = dict(results or {})
     computed = dask.compute(*writes, *extra.values()) if (writes or extra) else ()
     values = dict(zip(extra, computed[len(writes) :], strict=True))
+    nonfinite: dict[str, int] = {}
+    for name, counts in zip(names, computed[: len(writes)], strict=True):
+        if int(np.sum(counts)):
+            nonfinite[name] = nonfinite.get(name, 0) + int(np.sum(counts))
 
-    meta["complete"] = True
-    meta["history"][-1]["finished"] = _now()
+    last = meta["history"][-1]
+    last["finished"] = _now()
+    if nonfinite:
+        last["nonfinite"] = nonfinite
     if extra:
         summary = summarize(values) if summarize else values
-        meta["history"][-1]["results"] = json.loads(json.dumps(summary, default=_jsonable))
+        last["results"] = json.loads(json.dumps(summary, default=_jsonable))
+    _sync(p)  # every chunk on disk before the marker that vouches for them
+    meta["complete"] = True
+    meta["all_chunks"] = True
     group = zarr.open_group(str(p), mode="r+")
     group.attrs[ATTR] = meta
     with warnings.catch_warnings():
@@ -481,4 +772,12 @@ def write_cube(
         # other v3 readers ignore it.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(str(p))
-    return p
+    _fsync_file(p / "zarr.json")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -66,7 +66,9 @@ def test_lowpass_fill_resume_and_overwrite(cli, small_store: Path, tmp_path: Pat
     n_in = np.isnan(open_cube(small_store)["cube"].values).sum()
     assert 0 < np.isnan(v).sum() < n_in  # the disc's rim was filled, its centre not
     assert cli(*args).returncode == 2  # exists
-    assert cli(*args, "--resume").returncode == 0  # complete: a no-op
+    assert cli(*args, "--fill", "--min-support", "0.3", "--resume").returncode == 0  # a no-op
+    proc = cli(*args, "--resume")  # complete, but made with other options: refused
+    assert proc.returncode == 2 and "fill, min_support" in proc.stderr
     proc = cli(*args, "--overwrite", "--chunks", "y=100,x=120")
     assert proc.returncode == 0, proc.stderr
     assert open_cube(out)["cube"].data.chunksize[1:] == (100, 120)

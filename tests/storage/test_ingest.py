@@ -164,7 +164,10 @@ def test_ingest_writes_a_complete_store_with_provenance(tmp_path: Path) -> None:
         "y": 32,
         "x": 32,
     }
-    assert ingest(tmp_path / "a.npy", tmp_path / "a.zarr", resume=True) == out  # no-op
+    same = {"chunks": {"y": 32, "x": 32}}
+    assert ingest(tmp_path / "a.npy", tmp_path / "a.zarr", resume=True, **same) == out  # no-op
+    with pytest.raises(InputError, match="chunks"):  # not what made it: refused, not skipped
+        ingest(tmp_path / "a.npy", tmp_path / "a.zarr", resume=True)
     half = ingest(tmp_path / "a.npy", tmp_path / "h.zarr", encoding="float16")
     assert open_cube(half)["cube"].attrs["cubepipe_encoding"] == "float16"
 

@@ -176,7 +176,7 @@ def test_resume_rewrites_a_corrupt_chunk(tmp_path: Path) -> None:
     _write_that_dies(data, path)
     chunk = path / "cube" / "c" / "0" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:-9])  # cut short, as a kill mid-write would
-    write_cube(_cube(data, (2, 8, 8)), path, chunks={"y": 8, "x": 8}, resume=True)
+    write_cube(_cube(data, (2, 8, 8)), path, op="crashy", chunks={"y": 8, "x": 8}, resume=True)
     assert open_cube(path)["cube"].values.tobytes() == data.tobytes()
 
 
