@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import struct
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,15 @@ from threadpoolctl import threadpool_limits
 from cubepipe.storage.chunkio import largest_chunk
 from cubepipe.storage.errors import InputError, MissingDependencyError
 
-__all__ = ["check_memory_limit", "check_scheduler", "keep_between_passes", "scheduler"]
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "MIN_WORKER_MEMORY",
+    "check_memory_limit",
+    "check_scheduler",
+    "keep_between_passes",
+    "probe_scheduler",
+    "scheduler",
+]
 
 _THREADED = ("threads", "threaded", "sync", "synchronous")
 
@@ -37,9 +48,22 @@ def check_scheduler(spec: str) -> str:
     return spec
 
 
-def check_memory_limit(text: str | None) -> str | None:
+#: The smallest ``--memory-limit`` a ``--scheduler local`` worker can work under: a
+#: worker process idles at about 250 MiB of code and libraries (benchmarks/results/
+#: bench_memory_limit.md: 243 MiB), holds a few chunks while it works (4 x 15 MiB for the
+#: default 15-band 512 x 512 float32 chunks: it peaked at 317 MiB), and dask *pauses* it
+#: at 80% of its limit: (250 + 4 x 15) MiB / 0.8 ~ 390 MiB, rounded up. Below it a worker
+#: pauses before its first task and the job waits forever.
+MIN_WORKER_MEMORY = 400 * 2**20
+_MIN_WORKER_TEXT = "400 MiB"
+
+
+def check_memory_limit(text: str | None, *, scheduler: str | None = None) -> str | None:
     """Validate a ``--memory-limit`` value (``1GB``, ``512MiB``, ``2e9``); returns it as
-    given. It is dask's limit for *each* worker process of ``--scheduler local``."""
+    given. It is dask's limit for *each* worker process of ``--scheduler local``.
+
+    With ``scheduler="local"`` (the only scheduler that uses it) a limit below
+    :data:`MIN_WORKER_MEMORY` is refused too, before any worker starts."""
     if text is None or not str(text).strip():
         return None
     text = str(text).strip()
@@ -50,6 +74,13 @@ def check_memory_limit(text: str | None) -> str | None:
     if n <= 0:
         raise InputError(
             f"--memory-limit: {text!r} is not a memory size such as 1GB, 512MiB or 2e9 (bytes)"
+        )
+    if scheduler == "local" and n < MIN_WORKER_MEMORY:
+        raise InputError(
+            f"--memory-limit {text} is below the minimum a worker needs ({_MIN_WORKER_TEXT}: "
+            "~250 MiB of code and libraries plus a few chunks, and dask pauses a worker at 80% "
+            f"of its limit, so it would wait forever); raise it to at least {_MIN_WORKER_TEXT} "
+            "(e.g. 1GB), or leave it out to share the machine's memory among the workers"
         )
     return text
 
@@ -105,6 +136,110 @@ def _blas_threads(name: str) -> Iterator[None]:
         yield
 
 
+#: Seconds to wait for a scheduler given by address (``--connect-timeout``).
+DEFAULT_CONNECT_TIMEOUT = 30.0
+#: A dask scheduler's first message (its handshake: a small dict) is a few hundred bytes.
+_MAX_HANDSHAKE_BYTES = 2**20
+
+
+def _seconds(t: float) -> str:
+    return f"{t:g} s"
+
+
+def _recv_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
+    """``n`` bytes from ``sock`` (fewer only if the peer closes), by ``deadline``."""
+    data = bytearray()
+    while len(data) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        part = sock.recv(min(n - len(data), 65536))
+        if not part:
+            break
+        data += part
+    return bytes(data)
+
+
+def probe_scheduler(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
+    """Check that a dask scheduler answers at ``address`` (``tcp://HOST:PORT``) within
+    ``timeout`` seconds, before ``distributed.Client`` is handed the address.
+
+    A dask scheduler speaks first: on accepting a connection it sends its handshake, a
+    message framed by an 8-byte length. The client in ``distributed`` reads that length
+    without a timeout and allocates it at once, so a server that never answers hangs it
+    forever, and one that speaks another protocol (an HTTP server: ``b"HTTP/1.1"`` read as
+    a length is ~3.5 EiB) makes it try to allocate exabytes. This probe reads the first
+    message itself, with the timeout, and accepts only a small, well-framed one. Other
+    schemes (``tls://``, ``ucx://``, ``inproc://``) are left to ``distributed``.
+
+    Raises
+    ------
+    InputError
+        Nothing listens there, nothing answered in time, or the answer is not dask's.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port  # noqa: PLC0415
+
+    scheme, loc = parse_address(address)
+    if scheme != "tcp":
+        return
+    host, port = parse_host_port(loc, default_port=8786)
+    within = _seconds(timeout)
+    fix = "check the address, or raise --connect-timeout"
+    head = f"could not connect to the dask scheduler at {address}"
+    deadline = time.monotonic() + timeout
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError:
+        raise InputError(
+            f"{head} within {within}: the connection was not accepted; {fix}"
+        ) from None
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise InputError(
+            f"{head}: {why}; check the address and that the scheduler is running there"
+        ) from None
+    with sock:
+        try:
+            first = _recv_exactly(sock, 8, deadline)
+            (size,) = struct.unpack("Q", first) if len(first) == 8 else (0,)
+            body = b""
+            if 16 <= size <= _MAX_HANDSHAKE_BYTES:
+                body = _recv_exactly(sock, size, deadline)
+        except TimeoutError:
+            raise InputError(
+                f"{head} within {within}: it accepted the connection but sent no dask "
+                f"handshake (not a dask scheduler, or one too busy to answer); {fix}"
+            ) from None
+        except OSError as exc:
+            raise InputError(f"{head}: {exc.strerror or exc}; {fix}") from None
+    if not first:
+        raise InputError(
+            f"{head}: it closed the connection without a dask handshake (not a dask "
+            "scheduler?); check the address"
+        )
+    if len(body) != size or not _is_dask_frames(body):
+        shown = first.decode("ascii", "replace") if first.isascii() else first.hex(" ")
+        hint = " (an HTTP server: the dashboard?)" if first.startswith(b"HTTP/") else ""
+        raise InputError(
+            f"{head}: the server there speaks another protocol{hint}, its first bytes "
+            f"were {shown!r}; check the address (a dask scheduler's default port is 8786, "
+            "its dashboard's 8787)"
+        )
+
+
+def _is_dask_frames(body: bytes) -> bool:
+    """Whether ``body`` is laid out as distributed packs frames: a count, the lengths,
+    the frames (``distributed.protocol.utils.pack_frames``)."""
+    if len(body) < 16:
+        return False
+    (n_frames,) = struct.unpack_from("Q", body)
+    if not 1 <= n_frames <= 64 or 8 * (1 + n_frames) > len(body):
+        return False
+    lengths = struct.unpack_from(f"{n_frames}Q", body, 8)
+    return 8 * (1 + n_frames) + sum(lengths) == len(body)
+
+
 @contextlib.contextmanager
 def scheduler(
     spec: str = "threads",
@@ -112,6 +247,7 @@ def scheduler(
     workers: int | None = None,
     memory_limit: str | None = None,
     quiet: bool = False,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> Iterator[Any]:
     """Run the enclosed dask computations on the scheduler named by ``spec``.
 
@@ -120,8 +256,11 @@ def scheduler(
     ``dask.distributed.LocalCluster`` (``workers`` processes of one thread, ``memory_limit``
     *each*, with dask's spill/pause/restart thresholds of 70/80/95% of it) and prints its
     dashboard link to stderr. The scheduler and nannies run in this process, outside the
-    limit (``benchmarks/bench_memory_limit.py`` measures both). Anything else is taken as the address of a running
-    scheduler (``tcp://HOST:PORT``) to join. Yields the ``distributed.Client`` or None.
+    limit (``benchmarks/bench_memory_limit.py`` measures both); a ``memory_limit`` below
+    :data:`MIN_WORKER_MEMORY` is refused before the cluster starts. Anything else is taken
+    as the address of a running scheduler (``tcp://HOST:PORT``) to join, which must answer
+    within ``connect_timeout`` seconds (:func:`probe_scheduler`). Yields the
+    ``distributed.Client`` or None.
     """
     spec = check_scheduler(spec)
     if spec in _THREADED:
@@ -141,7 +280,7 @@ def scheduler(
         if workers:
             kwargs["n_workers"] = workers
         if memory_limit:
-            kwargs["memory_limit"] = check_memory_limit(memory_limit)
+            kwargs["memory_limit"] = check_memory_limit(memory_limit, scheduler="local")
         with (
             distributed.LocalCluster(**kwargs) as cluster,
             distributed.Client(cluster) as client,
@@ -150,10 +289,15 @@ def scheduler(
                 print(f"cubepipe: dask dashboard at {client.dashboard_link}", file=sys.stderr)
             yield client
         return
+    probe_scheduler(spec, connect_timeout)
     try:
-        client = distributed.Client(spec, timeout="10s")
-    except OSError as exc:
-        raise InputError(f"--scheduler: could not reach a dask scheduler at {spec}: {exc}") from exc
+        client = distributed.Client(spec, timeout=connect_timeout)
+    except (OSError, TimeoutError) as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(
+            f"could not connect to the dask scheduler at {spec} within "
+            f"{_seconds(connect_timeout)}: {msg}; check the address, or raise --connect-timeout"
+        ) from exc
     with client:
         if not quiet:
             print(f"cubepipe: joined {spec}; dashboard at {client.dashboard_link}", file=sys.stderr)

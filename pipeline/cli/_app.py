@@ -17,10 +17,11 @@ from typing import Any
 import click
 
 from cubepipe.storage.errors import CubepipeError
+from cubepipe.storage.oserrors import as_user_error
 
 from ..backend import Device, resolve_device
 from ..progress import Progress
-from ..scheduling import check_memory_limit, check_scheduler, scheduler
+from ..scheduling import DEFAULT_CONNECT_TIMEOUT, check_memory_limit, check_scheduler, scheduler
 
 __all__ = ["CliState", "cli", "main", "pass_state", "run"]
 
@@ -35,6 +36,7 @@ class CliState:
     memory_limit: str | None = None
     debug: bool = False
     quiet: bool = False
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
 
     def say(self, message: str) -> None:
         """Print a progress/status line to stderr unless ``--quiet``."""
@@ -54,6 +56,7 @@ class CliState:
                     workers=self.workers,
                     memory_limit=self.memory_limit,
                     quiet=self.quiet,
+                    connect_timeout=self.connect_timeout,
                 )
             )
             if not self.quiet and client is None:
@@ -94,6 +97,14 @@ _debug_requested = False
     "worker spills at 70%, pauses at 80% and is restarted at 95% of it; the cubepipe "
     "process (client, scheduler, nannies: under 400 MiB) comes on top.",
 )
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_CONNECT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the dask scheduler of --scheduler ADDRESS to answer.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.option("--quiet", "-q", is_flag=True, help="Print results only, no status lines.")
 @click.pass_context
@@ -103,6 +114,7 @@ def cli(
     scheduler_spec: str,
     workers: int | None,
     memory_limit: str | None,
+    connect_timeout: float,
     debug: bool,
     quiet: bool,
 ) -> None:
@@ -113,13 +125,15 @@ def cli(
     """
     global _debug_requested
     _debug_requested = debug
+    spec = check_scheduler(scheduler_spec)
     ctx.obj = CliState(
         device=resolve_device(device),
-        scheduler_spec=check_scheduler(scheduler_spec),
+        scheduler_spec=spec,
         workers=workers,
-        memory_limit=check_memory_limit(memory_limit),
+        memory_limit=check_memory_limit(memory_limit, scheduler=spec),
         debug=debug,
         quiet=quiet,
+        connect_timeout=connect_timeout,
     )
 
 
@@ -147,6 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo("cubepipe: interrupted", err=True)
         return 130
     except Exception as exc:
+        user = as_user_error(exc)  # a full disk, a read-only mount, ... raised anywhere
+        if user is not None:
+            if _debug_requested or "--debug" in args:
+                traceback.print_exc()
+            click.echo(f"cubepipe: error: {user}", err=True)
+            return 2
         if _debug_requested or "--debug" in args:
             traceback.print_exc()
         msg = " ".join(str(exc).split())
