@@ -18,7 +18,7 @@ import xarray as xr
 
 from .encodings import encode
 from .errors import CubepipeError, FormatError, InputError
-from .readers import detect_format, open_source
+from .readers import check_input, detect_format, open_source
 from .readers.image import check_same, expand_sources, stack_images
 from .readers.npy import open_npy
 from .sidecar import read_sidecar, sidecar_path
@@ -47,15 +47,21 @@ def _target_dtype(path: Path, native: np.dtype, dtype: np.dtype | None) -> np.dt
     """The dtype policy (see :func:`open_input`)."""
     if dtype is not None:
         return dtype
-    if native.kind == "f":
-        return np.dtype(np.float64 if native.itemsize == 8 else np.float32)
+    if native.kind == "f":  # float16 -> float32; float64 and wider (long double) -> float64
+        return np.dtype(np.float64 if native.itemsize >= 8 else np.float32)
     if native.kind == "b" or (native.kind in "iu" and native.itemsize <= 2):
         return np.dtype(np.float32)
-    if native.kind in "iu":
+    if native.kind in "iu" and native.itemsize == 4:
         raise InputError(
             f"{path}: {native} values above 2**24 are not exact in float32; pass "
             "dtype='float64' (CLI: --dtype float64) to keep them exact, or dtype='float32' "
             "to accept rounding"
+        )
+    if native.kind in "iu":
+        raise InputError(
+            f"{path}: {native} values above 2**24 are not exact in float32 nor above 2**53 in "
+            "float64; pass dtype='float64' (CLI: --dtype float64: ingest then stops at the "
+            "first value that would change), or dtype='float32' to accept rounding"
         )
     raise FormatError(f"{path}: dtype {native} is not supported; expected real numbers")
 
@@ -77,8 +83,55 @@ def _invalid(block: np.ndarray, nodata: Any) -> np.ndarray:
     return np.isnan(block) if np.isnan(nodata) else block == nodata
 
 
-def _cast_block(block: np.ndarray, *, out_dtype: np.dtype, nodata: Any) -> np.ndarray:
-    out = block.astype(out_dtype)
+def _exact(native: np.dtype, target: np.dtype) -> bool:
+    """Does every value of ``native`` survive the cast to the float ``target``?"""
+    if native.kind == "b":
+        return True
+    if native.kind in "iu":
+        return native.itemsize * 8 - (native.kind == "i") <= np.finfo(target).nmant + 1
+    return native.kind == "f" and native.itemsize <= target.itemsize
+
+
+def _first(block: np.ndarray, bad: np.ndarray) -> str:
+    return str(block[np.unravel_index(int(np.argmax(bad)), bad.shape)])
+
+
+def _check_cast(block: np.ndarray, out: np.ndarray, source: str, promised: bool) -> None:
+    """Raise InputError if the cast of ``block`` to ``out`` overflowed, or (``promised``:
+    the cast was chosen to be exact) changed a value."""
+    if block.dtype.kind == "f":
+        bad = np.isinf(out) & np.isfinite(block)
+        if bad.any():
+            raise InputError(
+                f"{source}: {int(bad.sum())} {block.dtype} value(s) overflow {out.dtype} "
+                f"(the first: {_first(block, bad)}, max {np.finfo(out.dtype).max:.7g}); "
+                "ingest them as float64 (--dtype float64) or rescale the data first"
+            )
+    elif promised and block.dtype.kind in "iu":
+        with np.errstate(invalid="ignore", over="ignore"):
+            bad = out.astype(block.dtype) != block
+        if bad.any():
+            raise InputError(
+                f"{source}: {int(bad.sum())} {block.dtype} value(s) in one block are not exact "
+                f"in {out.dtype} (the first: {_first(block, bad)}; float64 holds integers "
+                "exactly up to 2**53); pass --dtype float32 (dtype='float32') explicitly if "
+                "rounding is acceptable"
+            )
+
+
+def _cast_block(
+    block: np.ndarray,
+    *,
+    out_dtype: np.dtype,
+    nodata: Any,
+    source: str = "input",
+    check: bool = False,
+    promised: bool = False,
+) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        out = block.astype(out_dtype)
+    if check:
+        _check_cast(block, out, source, promised)
     if nodata is not None:
         out[_invalid(block, nodata)] = np.nan
     return out
@@ -96,6 +149,7 @@ def _restore_block(
     nan_value: Any,
     axis: int,
     out_dtype: np.dtype,
+    source: str = "input",
     block_info: Any = None,
 ) -> np.ndarray:
     b0, b1 = block_info[0]["array-location"][axis]
@@ -103,7 +157,10 @@ def _restore_block(
     shape[axis] = b1 - b0
     scale = scale[b0:b1].reshape(shape) if scale.size > 1 else scale
     offset = offset[b0:b1].reshape(shape) if offset.size > 1 else offset
-    out = (block.astype(np.float64) * scale + offset).astype(out_dtype)
+    wide = block.astype(np.float64) * scale + offset
+    with np.errstate(over="ignore"):
+        out = wide.astype(out_dtype)
+    _check_cast(wide, out, source, promised=False)
     if nan_value is not None:
         out[block == nan_value] = np.nan
     return out
@@ -138,6 +195,7 @@ def _restore(
         nan_value=side.get("nan_value"),
         axis=axis,
         out_dtype=target,
+        source=str(path),
         dtype=target,
         meta=np.empty((0,) * cube.ndim, dtype=target),
         token="cubepipe-ingest-sidecar",
@@ -169,6 +227,9 @@ def _decode(path: Path, ds: xr.Dataset, dtype: np.dtype | None) -> xr.Dataset:
             data,
             out_dtype=target,
             nodata=value,
+            source=str(path),
+            check=not _exact(native, target),
+            promised=target.itemsize == 8,
             dtype=target,
             meta=np.empty((0,) * cube.ndim, dtype=target),
             token="cubepipe-ingest-cast",
@@ -192,6 +253,7 @@ def _decode(path: Path, ds: xr.Dataset, dtype: np.dtype | None) -> xr.Dataset:
 
 
 def _open_raw(path: Path, *, format: str, chunks: Mapping[str, int], layout: str | None):
+    check_input(path)
     try:
         if layout is None:
             return open_source(path, format=format, chunks=chunks)
@@ -268,8 +330,13 @@ def open_input(
     -----
     Dtype policy: (u)int8, (u)int16 and bool become float32 (exact); (u)int32 and
     (u)int64 are refused unless ``dtype`` is given (float32 would round values above
-    2**24; pass ``dtype="float64"`` to keep them exact); float16 becomes float32;
-    float32 and float64 are kept. ``dtype`` overrides all of these.
+    2**24). ``dtype="float64"`` keeps (u)int32 exact, and for (u)int64 it is checked as
+    it is written: a value above 2**53 that float64 would change stops the ingest with an
+    :class:`InputError` (``dtype="float32"`` says rounding is acceptable). float16
+    becomes float32; float32 is kept; float64 and wider floats (``np.longdouble``)
+    become float64. ``dtype`` overrides all of these; a finite value that overflows the
+    chosen float (1e300 asked to be float32, a long double beyond float64) stops the
+    ingest with an :class:`InputError`, never becomes inf.
 
     Nodata: when a reader puts ``nodata`` in the cube's attrs (ENVI ``data ignore
     value``, GeoTIFF ``GDAL_NODATA``), values equal to it become NaN and ``mask`` is
@@ -334,6 +401,9 @@ def write_input(
         resume=resume,
         overwrite=overwrite,
         provenance=provenance,
+        # +-inf in the input is data, kept bit for bit; encodings refuse what they cannot
+        # represent themselves (storage.encodings).
+        allow_nonfinite=True,
     )
 
 

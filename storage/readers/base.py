@@ -10,6 +10,8 @@ chunks are read from the file only when computed. Readers never load the whole i
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ import xarray as xr
 
 from ..errors import FormatError, InputError, StoreNotFoundError
 
-__all__ = ["READERS", "ReaderSpec", "detect_format", "open_source", "register"]
+__all__ = ["READERS", "ReaderSpec", "check_input", "detect_format", "open_source", "register"]
 
 #: How many leading bytes a sniffer sees.
 SNIFF_BYTES = 64
@@ -66,11 +68,49 @@ def _by_name(name: str) -> ReaderSpec:
     raise InputError(f"unknown --format {name!r}; expected auto or one of: {known}")
 
 
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_input(path: str | os.PathLike) -> os.stat_result:
+    """Refuse, before anything opens it, an input that is not a regular file or a directory.
+
+    Reading a FIFO waits for a writer forever and a character device (``/dev/zero``,
+    ``/dev/urandom``) never ends, so readers never see them. A dangling or looping
+    symbolic link is named as such. Returns the ``os.stat`` result of the target.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        if os.path.islink(p):
+            raise InputError(
+                f"{p}: is a symbolic link to {os.readlink(p)}, which does not exist; fix the "
+                "link or pass the file it should point to"
+            ) from None
+        raise StoreNotFoundError(p, what="input file") from None
+    except OSError as exc:  # a symlink loop, no permission, a name too long
+        raise InputError(
+            f"{p}: cannot be opened ({exc.strerror or exc}); check the path, its symbolic "
+            "links and its permissions"
+        ) from None
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return st
+    kind = next((what for test, what in _SPECIAL if test(st.st_mode)), "not a regular file")
+    raise InputError(
+        f"{p}: is {kind}, not a regular file; cubepipe reads only files whose size is known "
+        "up front: save the data to a file first and pass that"
+    )
+
+
 def detect_format(path: str | Path) -> ReaderSpec:
     """The reader for ``path``: by content (magic bytes) first, then by suffix."""
     p = Path(path)
-    if not p.exists():
-        raise StoreNotFoundError(p, what="input file")
+    check_input(p)
     if p.is_file():
         if p.stat().st_size == 0:
             raise FormatError(f"{p}: the file is empty (0 bytes); nothing to ingest")
@@ -97,8 +137,7 @@ def open_source(
     chunks: Mapping[str, int] | None = None,
 ) -> xr.Dataset:
     """Open one input file lazily with the reader for it (see module docstring)."""
+    check_input(path)
     spec = detect_format(path) if format in ("auto", None) else _by_name(format)
     p = Path(path)
-    if not p.exists():
-        raise StoreNotFoundError(p, what="input file")
     return spec.open(p, chunks=dict(chunks or {}))

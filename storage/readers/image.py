@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..errors import FormatError, InputError, MissingDependencyError
 from ..sidecar import SIDECAR_SUFFIX
-from .base import READERS, SNIFF_BYTES, ReaderSpec, register
+from .base import READERS, SNIFF_BYTES, ReaderSpec, check_input, register
 from .npy import block_array
 
 __all__ = ["check_same", "expand_sources", "open_image", "stack_images"]
@@ -272,6 +272,7 @@ def expand_sources(
             files += matched
             collection = True
         else:
+            check_input(p)  # before anything opens it: a FIFO would block, /dev/zero never end
             files.append(p)
     files = list(dict.fromkeys(files))
     headers = {f for f in files if f.suffix.lower() == ".hdr"}

@@ -25,6 +25,7 @@ and, for 4-D arrays, ``i`` (image): ``"byx"``, ``"yxb"``, ``"ibyx"``, ``"xy"``, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -215,11 +216,13 @@ def open_npy(
             f"{p}: array of shape {shape} cannot be a cube; expected a non-empty 2-D (y, x), "
             "3-D (band, y, x) / (y, x, band) or 4-D (image, ...) array"
         )
-    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a lying header such as (2**32, 2**32, 4) wraps to 0 in int64
+    expected = offset + math.prod(shape) * dtype.itemsize
     if p.stat().st_size < expected:
         raise FormatError(
-            f"{p}: the file is truncated ({p.stat().st_size} bytes, the header promises "
-            f"{expected} for {dtype}{shape}); copy or save it again"
+            f"{p}: the header promises {expected} bytes for {dtype}{shape} but the file has "
+            f"{p.stat().st_size}: it is truncated or its header is damaged; copy or save it "
+            "again"
         )
     chosen = _check_layout(p, layout, len(shape)) if layout else default_layout(shape)
     out_letters = "ibyx" if len(shape) == 4 else ("byx" if len(shape) == 3 else "yx")
