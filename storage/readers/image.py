@@ -21,6 +21,9 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import struct
+import warnings
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,11 +71,85 @@ def _png_ihdr(path: Path) -> tuple[int, int]:
     return head[24], head[25]
 
 
+#: PNG colour type -> samples per pixel.
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+#: Adam7 passes: (x0, y0, dx, dy).
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2))
+_ADAM7 += ((0, 1, 1, 2),)
+
+
+def _png_raw_size(path: Path) -> int:
+    """Bytes the IDAT stream of a PNG must inflate to (filter bytes included)."""
+    with path.open("rb") as fh:
+        head = fh.read(29)
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
+    bits = _PNG_SAMPLES.get(colour, 1) * depth
+    passes = _ADAM7 if interlace == 1 else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if w > 0 and h > 0:
+            total += h * (1 + -(-(w * bits) // 8))
+    return total
+
+
+def _check_png_data(path: Path) -> None:
+    """Raise FormatError unless the IDAT data inflate to exactly the image's size.
+
+    Pillow fills missing rows with zeros when the compressed stream ends early (a damaged
+    or deliberately short file): inflating once, counting bytes in 1 MiB pieces, catches
+    that without holding the image.
+    """
+    expected = _png_raw_size(path)
+    inflate = zlib.decompressobj()
+    total = 0
+    with path.open("rb") as fh:
+        fh.seek(8)
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                break
+            length, tag = struct.unpack(">I4s", head)
+            if tag == b"IEND":
+                break
+            if tag != b"IDAT":
+                fh.seek(length + 4, 1)
+                continue
+            left = length
+            while left > 0 and total <= expected:
+                piece = fh.read(min(left, 2**20))
+                if not piece:
+                    break
+                left -= len(piece)
+                while piece and total <= expected:
+                    total += len(inflate.decompress(piece, 2**20))
+                    piece = inflate.unconsumed_tail
+            fh.seek(left + 4, 1)
+    if total != expected:
+        raise FormatError(
+            f"{path}: damaged PNG: its image data inflate to {'more than ' if total > expected else ''}"
+            f"{total} bytes where the header's size needs {expected}; copy or export it again"
+        )
+
+
+def _too_big(path: Path, fmt: str, exc: BaseException) -> FormatError:
+    return FormatError(
+        f"{path}: the {fmt.upper()} header declares more pixels than Pillow's "
+        f"decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels): {exc}; a PNG/JPEG is "
+        "decoded whole, so convert an image this large to a tiled TIFF (e.g. `vips tiffsave "
+        "IN OUT.tif --tile` or `gdal_translate -co TILED=YES IN OUT.tif`)"
+    )
+
+
 def _inspect(path: Path, fmt: str) -> dict[str, Any]:
     try:
-        with Image.open(path, formats=_PIL_FORMATS[fmt]) as im:
-            mode, (nx, ny) = im.mode, im.size
-            transparent = "transparency" in im.info
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=_PIL_FORMATS[fmt]) as im:
+                mode, (nx, ny) = im.mode, im.size
+                transparent = "transparency" in im.info
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_big(path, fmt, exc) from None
     except Exception as exc:
         raise FormatError(
             f"{path}: not a readable {fmt.upper()} image ({type(exc).__name__}: {exc}); "
@@ -125,7 +202,15 @@ def _read_image(
 ) -> np.ndarray:
     """The whole image as one ``(band, y, x)`` block."""
     try:
-        pixels = _decode(path, fmt, decoder, mode)
+        if fmt == "png":
+            _check_png_data(Path(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            pixels = _decode(path, fmt, decoder, mode)
+    except FormatError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_big(Path(path), fmt, exc) from None
     except Exception as exc:
         raise FormatError(f"{path}: decoding the {fmt.upper()} image failed ({exc})") from exc
     pixels = pixels[np.newaxis] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)

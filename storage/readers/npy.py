@@ -220,9 +220,9 @@ def open_npy(
     expected = offset + math.prod(shape) * dtype.itemsize
     if p.stat().st_size < expected:
         raise FormatError(
-            f"{p}: the header promises {expected} bytes for {dtype}{shape} but the file has "
-            f"{p.stat().st_size}: it is truncated or its header is damaged; copy or save it "
-            "again"
+            f"{p}: the file is truncated or its header is damaged: the header promises "
+            f"{expected} bytes for {dtype}{shape}, the file has {p.stat().st_size}; copy or "
+            "save it again"
         )
     chosen = _check_layout(p, layout, len(shape)) if layout else default_layout(shape)
     out_letters = "ibyx" if len(shape) == 4 else ("byx" if len(shape) == 3 else "yx")

@@ -6,9 +6,12 @@ file order, into ``band``. So a multi-page file of single-sample pages is
 ``(pages, y, x)`` and an RGB image is ``(3, y, x)``.
 
 Laziness: pages stored raw and in one piece are memory-mapped and each block copies only
-its window; other data are read through tifffile's zarr store, which decodes only the
-strips or tiles a block overlaps (so a compressed page stored as one huge strip is
-decoded whole, once per block that touches it).
+its window; other data are read through tifffile's zarr store, which decodes the strips
+or tiles a block overlaps, whole. So for those, blocks are cut along strip/tile borders
+(full-width row bands for strips): each strip or tile is decoded once per read pass,
+and the store is rechunked as it is written. A strip or tile that would decode to more
+than :data:`DECODE_BUDGET` (a 1.5 MB deflate strip can inflate to gigabytes) is refused
+at open, from the header alone, with a message saying how to re-save the file.
 
 Validation at open: the header must parse, every strip/tile of the series must lie inside
 the file (this catches truncated files) and the compression must be decodable; errors
@@ -19,6 +22,7 @@ naming the file.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import threading
@@ -27,12 +31,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import tifffile
 import xarray as xr
 import zarr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import CubepipeWarning, FormatError, MissingDependencyError
+from ..layout import MAX_CHUNK_BYTES, default_chunks
 from .base import ReaderSpec, register
 from .npy import block_array
 
@@ -40,6 +48,8 @@ __all__ = ["open_tiff"]
 
 _MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _GDAL_NODATA = "GDAL_NODATA"
+#: The most one strip or tile may decode to (bytes); larger ones are refused at open.
+DECODE_BUDGET = 512 * 2**20
 
 # tifffile reports oddities through the logging module; while cubepipe parses a file those
 # records are collected (and quoted in errors) instead of printed on stderr.
@@ -139,7 +149,10 @@ def _inspect(path: Path) -> dict[str, Any]:
                     "rgb": keyframe.photometric == tifffile.PHOTOMETRIC.RGB,
                     "nodata": nodata,
                     "n_series": len(tif.series),
+                    **_chunking(keyframe),
                 }
+                if info["page_offsets"] is None:
+                    _check_budget(path, keyframe, info["decoded"])
         except (FormatError, MissingDependencyError):
             raise
         except Exception as exc:
@@ -155,6 +168,127 @@ def _inspect(path: Path) -> dict[str, Any]:
                 path, f"damaged TIFF ({type(exc).__name__}: {exc}); copy it again", log
             ) from exc
     return info
+
+
+def _chunking(keyframe: tifffile.TiffPage) -> dict[str, Any]:
+    """How the page is cut for storage: one strip's or tile's ``(y, x)`` extent, its
+    decoded size in bytes, and how many consecutive bands one strip/tile holds."""
+    ny, nx = int(keyframe.imagelength), int(keyframe.imagewidth)
+    if keyframe.is_tiled:
+        extent = (int(keyframe.tilelength), int(keyframe.tilewidth))
+    else:
+        extent = (min(int(keyframe.rowsperstrip or ny), ny), nx)
+    contig = keyframe.planarconfig == 1 and keyframe.samplesperpixel > 1
+    decoded = math.prod(int(n) for n in keyframe.chunks) * np.dtype(keyframe.dtype).itemsize
+    return {
+        "extent": (max(1, extent[0]), max(1, extent[1])),
+        "decoded": decoded,
+        "granule": int(keyframe.samplesperpixel) if contig else 1,
+    }
+
+
+def _check_budget(path: Path, keyframe: tifffile.TiffPage, decoded: int) -> None:
+    """Refuse a strip or tile that would decode to more than :data:`DECODE_BUDGET`.
+
+    This is checked from the header alone, before anything is decoded: a 1.5 MB file can
+    hold one deflate strip that inflates to gigabytes.
+    """
+    if decoded <= DECODE_BUDGET:
+        return
+    what = "tile" if keyframe.is_tiled else "strip"
+    name = getattr(keyframe.compression, "name", str(keyframe.compression))
+    raise FormatError(
+        f"{path}: one {what} of this TIFF ({name} compressed, {tuple(keyframe.chunks)} "
+        f"{np.dtype(keyframe.dtype).name}) decodes to {decoded / 2**20:.0f} MiB, more than the "
+        f"{DECODE_BUDGET // 2**20} MiB cubepipe decodes at once; re-save it with smaller "
+        "strips or tiles, e.g. `tiffcp -s -r 64 IN OUT`, `tiffcp -t -w 512 -l 512 IN OUT` or "
+        "tifffile.imwrite(OUT, data, tile=(512, 512), compression='zlib')"
+    )
+
+
+def _aligned_chunks(
+    info: dict[str, Any], nbands: int, ny: int, nx: int, want: Mapping[str, int]
+) -> dict[str, int]:
+    """Block sizes that hold whole strips/tiles, so each is decoded once per read pass.
+
+    tifffile decodes every strip or tile a block overlaps, whole; blocks that cut one
+    (a 512 x 512 block of a page stored as one strip) would decode it again for each.
+    So reads span whole strips (the full width) or whole tiles, as close to the chunk
+    sizes ``want`` as that allows and at most about :data:`MAX_CHUNK_BYTES` of float32;
+    :func:`open_tiff` then rechunks them to ``want``.
+    """
+    itemsize = max(info["dtype"].itemsize, 4)
+    sy, sx = info["extent"]
+    g = info["granule"]
+
+    def multiple(size: int, step: int, n: int) -> int:
+        return min(n, max(1, round(size / step)) * step)
+
+    cx = multiple(want["x"], sx, nx)
+    cb = multiple(want["band"], g, nbands)
+    unit = sy * cx * itemsize  # one band of one row of strips/tiles
+    if cb * unit > MAX_CHUNK_BYTES:  # bands whole would be too much: cut at pages/planes
+        cb = min(cb, max(g, (MAX_CHUNK_BYTES // unit) // g * g))
+    rows = max(1, min(round(want["y"] / sy) or 1, MAX_CHUNK_BYTES // max(1, cb * unit)))
+    return {"band": cb, "y": min(ny, rows * sy), "x": cx}
+
+
+def _overlaps(src: tuple[int, ...], dst: tuple[int, ...]) -> list[list[tuple[int, int, int]]]:
+    """Per block of ``dst`` (chunk sizes along one axis): the blocks of ``src`` it
+    overlaps, as ``(src block, start, stop)`` with start/stop relative to that block."""
+    bounds = np.cumsum((0, *src))
+    out, start = [], 0
+    for size in dst:
+        stop, parts = start + size, []
+        i = int(np.searchsorted(bounds, start, side="right")) - 1
+        while i < len(src) and bounds[i] < stop:
+            parts.append(
+                (i, max(start, bounds[i]) - bounds[i], min(stop, bounds[i + 1]) - bounds[i])
+            )
+            i += 1
+        out.append(parts)
+        start = stop
+    return out
+
+
+def _assemble(
+    plan: np.ndarray, shape: tuple[int, ...], dtype: str, *parts: np.ndarray
+) -> np.ndarray:
+    """One block cut from the read blocks ``parts``: row ``r`` of ``plan`` holds the
+    destination box then the source box (start, stop per axis) of ``parts[r]``."""
+    out = np.empty(shape, dtype=np.dtype(dtype))
+    n = len(shape)
+    for row, part in zip(plan, parts, strict=True):
+        dst = tuple(slice(row[2 * a], row[2 * a + 1]) for a in range(n))
+        src = tuple(slice(row[2 * (n + a)], row[2 * (n + a) + 1]) for a in range(n))
+        out[dst] = part[src]
+    return out
+
+
+def _recut(data: da.Array, chunks: tuple[int, ...]) -> da.Array:
+    """``data`` (blocks of whole strips/tiles) cut into blocks of ``chunks``, in one graph
+    layer named like the read: each read block is computed once per pass and shared by the
+    blocks cut from it (``rechunk`` would do the same, under other task names)."""
+    out_chunks = da.core.normalize_chunks(chunks, data.shape)
+    per_axis = [_overlaps(s, d) for s, d in zip(data.chunks, out_chunks, strict=True)]
+    name = "cubepipe-ingest-read-tiff-blocks-" + tokenize(data.name, out_chunks)
+    layer: dict[tuple, tuple] = {}
+    for index in itertools.product(*(range(len(c)) for c in out_chunks)):
+        shape = tuple(out_chunks[a][i] for a, i in enumerate(index))
+        rows, keys = [], []
+        for combo in itertools.product(*(per_axis[a][i] for a, i in enumerate(index))):
+            dst, src, at = [], [], []
+            for a, (block, start, stop) in enumerate(combo):
+                offset = sum(data.chunks[a][:block]) + start - sum(out_chunks[a][: index[a]])
+                dst += [offset, offset + stop - start]
+                src += [start, stop]
+                at.append(block)
+            rows.append(dst + src)
+            keys.append((data.name, *at))
+        plan = np.array(rows, dtype=np.int64)  # an array: never mistaken for a task key
+        layer[(name, *index)] = (_assemble, plan, shape, data.dtype.str, *keys)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])
+    return da.Array(graph, name, out_chunks, meta=data._meta)
 
 
 def _contiguous_pages(path: Path, series: tifffile.TiffPageSeries) -> tuple[int, ...] | None:
@@ -277,6 +411,12 @@ def open_tiff(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> x
         raise FormatError(f"{p}: TIFF image axes {axes!r} lack Y and X; expected an image")
     _, nbands = _band_axes(axes, shape)
     ny, nx = shape[axes.index("Y")], shape[axes.index("X")]
+    read_chunks, want = chunks, None
+    if info["page_offsets"] is None:  # decoded by strip/tile: reads take whole ones
+        want = default_chunks(
+            {"band": nbands, "y": ny, "x": nx}, max(info["dtype"].itemsize, 4), overrides=chunks
+        )
+        read_chunks = _aligned_chunks(info, nbands, ny, nx, want)
     data = block_array(
         _read_tiff,
         str(p),
@@ -289,9 +429,11 @@ def open_tiff(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> x
         shape=(nbands, ny, nx),
         dtype=info["dtype"],
         dims=("band", "y", "x"),
-        chunks=chunks,
+        chunks=read_chunks,
         token="cubepipe-ingest-read-tiff",
     )
+    if want is not None and read_chunks != want:
+        data = _recut(data, (want["band"], want["y"], want["x"]))
     attrs: dict[str, Any] = {"source_axes": axes}
     if info["nodata"] is not None:
         with contextlib.suppress(ValueError):
