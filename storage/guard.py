@@ -174,9 +174,14 @@ def _take(lock: Path, output: str | os.PathLike[str]) -> None:
                 f"if that process is gone, delete {lock}"
             ) from None
         try:
-            os.write(fd, json.dumps(_holder()).encode())
-        finally:
-            os.close(fd)
+            try:
+                os.write(fd, json.dumps(_holder()).encode())
+            finally:
+                os.close(fd)
+        except OSError:  # a full disk: no half-made lock left behind
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            raise
         return
     raise StoreLockedError(f"could not take the lock {lock} (it keeps changing hands); retry")
 

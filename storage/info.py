@@ -22,12 +22,25 @@ def _dir_bytes(path: Path) -> int:
 
 def _codec_names(arr: zarr.Array) -> list[str]:
     names = []
-    for codec in getattr(arr.metadata, "codecs", ()):
+    codecs = getattr(arr.metadata, "codecs", None)
+    if codecs is None:  # zarr v2: filters and a compressor
+        codecs = (*(arr.filters or ()), *(arr.compressors or ()))
+    for codec in codecs:
         d = codec.to_dict() if hasattr(codec, "to_dict") else {"name": type(codec).__name__}
         conf = d.get("configuration") or {}
         extra = ",".join(f"{k}={v}" for k, v in sorted(conf.items()) if k != "endian")
         names.append(f"{d.get('name')}({extra})" if extra else str(d.get("name")))
     return names
+
+
+def _dim_names(arr: Any) -> list[str]:
+    """Dimension names: zarr v3 metadata, or xarray's ``_ARRAY_DIMENSIONS`` attr (v2)."""
+    names = getattr(arr.metadata, "dimension_names", None)
+    if not names:
+        names = arr.attrs.get("_ARRAY_DIMENSIONS")
+    if not isinstance(names, list | tuple) or len(names) != arr.ndim:
+        names = [f"dim_{i}" for i in range(arr.ndim)]
+    return [str(n) for n in names]
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -47,7 +60,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     dims: dict[str, int] = {}
     variables: dict[str, Any] = {}
     for name, arr in sorted(group.arrays()):
-        var_dims = list(arr.metadata.dimension_names or [f"dim_{i}" for i in range(arr.ndim)])
+        var_dims = _dim_names(arr)
         for d, n in zip(var_dims, arr.shape, strict=True):
             dims[str(d)] = int(n)
         arr_attrs = dict(arr.attrs)

@@ -7,7 +7,9 @@ told otherwise. See DESIGN.md, "The cube store contract".
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import glob
 import hashlib
 import json
@@ -15,7 +17,7 @@ import os
 import secrets
 import shutil
 import warnings
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from dask.array.core import getter
 from zarr.codecs import ZstdCodec
 
 from ._version import __version__
@@ -40,9 +43,11 @@ from .errors import (
 )
 from .guard import check_disjoint, output_lock, resolve
 from .layout import default_chunks
+from .oserrors import user_os_errors
 
 __all__ = [
     "ATTR",
+    "claim_output",
     "default_compressors",
     "history",
     "is_complete",
@@ -216,7 +221,27 @@ def open_cube(
     if strict:
         _check_chunks_exist(ds, p)
     ds = _read_directly(ds, p, KeptChunks(keep_bytes) if keep_bytes > 0 else None, strict)
-    return ds.chunk(chunks, name_prefix="cubepipe-read-", inline_array=True)
+    return ds.chunk(
+        chunks,
+        name_prefix="cubepipe-read-",
+        inline_array=True,
+        from_array_kwargs={"getitem": functools.partial(_checked_getter, str(p))},
+    )
+
+
+def _checked_getter(store: str, a: Any, b: Any, asarray: bool = True, lock: Any = None) -> Any:
+    """dask's chunk getter for variables read through zarr-python/xarray, with a chunk
+    that cannot be decoded (damaged, or decoding to the wrong size) reported in one line
+    naming the store, as the direct path does."""
+    try:
+        return getter(a, b, asarray=asarray, lock=lock)
+    except (ValueError, RuntimeError, TypeError, zarr.errors.BaseZarrError) as exc:
+        where = ", ".join(f"{s.start}:{s.stop}" for s in b) if isinstance(b, tuple) else b
+        raise InvalidStoreError(
+            f"a chunk of store {store} (at [{where}]) is damaged "
+            f"({type(exc).__name__}: {exc}); re-run the step that wrote this store with "
+            "--overwrite"
+        ) from exc
 
 
 def _check_chunks_exist(ds: xr.Dataset, path: Path) -> None:
@@ -518,6 +543,36 @@ def _check_resumable(path: Path, ds: xr.Dataset, entry: Mapping[str, Any]) -> di
     return attrs
 
 
+@contextlib.contextmanager
+def claim_output(
+    path: str | Path,
+    inputs: Iterable[Any] = (),
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Iterator[Path]:
+    """Check an output before any work and hold its write lock meanwhile.
+
+    For a command that fits before it writes: refuses at once (not after the fit pass)
+    an output that overlaps ``inputs``, or that exists while neither ``resume`` nor
+    ``overwrite`` was given; then holds :func:`~cubepipe.storage.guard.output_lock`, which
+    :func:`write_cube` takes again (re-entrant). Yields ``path`` resolved.
+    """
+    real = resolve(path)
+    check_disjoint(real, [str(i) for i in inputs])
+    state = store_state(real)
+    if state == "not-a-store":
+        raise StoreExistsError(f"{path} exists and is not a zarr store; refusing to replace it")
+    if state != "missing" and not (resume or overwrite):
+        raise StoreExistsError(
+            f"{path} already exists"
+            + (" and is incomplete (an interrupted run?)" if state == "incomplete" else "")
+            + ": pass --resume to finish it or --overwrite to replace it"
+        )
+    with output_lock(real):
+        yield real
+
+
 def _stage_of(real: Path) -> Path:
     """Where ``--overwrite`` writes the new store before swapping it in."""
     return real.with_name(f".{real.name}.overwrite")
@@ -671,7 +726,7 @@ def write_cube(
     prepared, encoding = _prepare(ds, chunks)
     entry = _history_entry(op, params, inputs, device, provenance)
     entry["fingerprint"] = _fingerprint(inputs)
-    with output_lock(real):
+    with user_os_errors(p, "writing store"), output_lock(real):
         target, attrs, swap = _plan(real, p, prepared, entry, resume, overwrite)
         if target is None:
             return p

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -12,7 +15,9 @@ import xarray as xr
 import zarr
 
 from .errors import IncompleteStoreError, InputError
-from .store import ATTR, _history_entry, _now, _open_group, store_state
+from .guard import output_lock, resolve
+from .oserrors import user_os_errors
+from .store import ATTR, _history_entry, _now, _open_group, history, store_state
 
 __all__ = ["add_variables"]
 
@@ -29,36 +34,73 @@ def add_variables(
 ) -> Path:
     """Write the (small, computed) variables of ``new`` into the store at ``path``.
 
-    Variables of the same name are replaced. The store is marked incomplete while this
-    runs and complete again, with one more history entry (``op``, ``params``, ``inputs``,
-    ``device`` and any ``provenance`` keys), when it is done; so a crash mid-way leaves a
-    store that says so.
+    Variables of the same name are replaced. Nothing that is there is damaged on the way:
+    the new variables are written to a temporary store beside ``path`` and moved in only
+    once complete, and the root metadata (one more history entry: ``op``, ``params``,
+    ``inputs``, ``device`` and any ``provenance`` keys) is replaced atomically last. A
+    failure at any point (a full disk, a kill) leaves the store as it was, still complete;
+    the store's write lock is held meanwhile.
     """
     p = Path(path)
-    state = store_state(p)
-    if state == "incomplete":
-        raise IncompleteStoreError(p)
-    group = _open_group(p, mode="r+")
-    meta = dict(group.attrs.get(ATTR) or {"history": []})
-    clash = [n for n in new.data_vars if n in group and n not in _replaceable(group)]
-    if clash:
-        raise InputError(f"{p} already has data variable(s) {clash} that are not fitted results")
-    meta["complete"] = False
-    entry = _history_entry(op, params, inputs, device, provenance)
-    meta["history"] = list(meta.get("history", [])) + [entry]
-    group.attrs[ATTR] = meta
-    new = new.drop_encoding().compute()
-    new.attrs = {}
-    keep_coords = [c for c in new.coords if c not in group]
-    to_write = new.drop_vars([c for c in new.coords if c not in keep_coords])
-    to_write.to_zarr(str(p), mode="a", zarr_format=3, consolidated=False)
-    group = zarr.open_group(str(p), mode="r+")
-    entry["finished"] = _now()
-    meta["complete"] = True
-    group.attrs[ATTR] = json.loads(json.dumps(meta, default=str))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        zarr.consolidate_metadata(str(p))
+    real = resolve(p)
+    with user_os_errors(p, "saving results into store"), output_lock(real):
+        state = store_state(real)
+        if state == "incomplete":
+            raise IncompleteStoreError(p)
+        group = _open_group(real, mode="r")
+        clash = [n for n in new.data_vars if n in group and n not in _replaceable(group)]
+        if clash:
+            raise InputError(
+                f"{p} already has data variable(s) {clash} that are not fitted results"
+            )
+        meta = dict(group.attrs.get(ATTR) or {"history": []})
+        zarr_format = group.metadata.zarr_format
+        entry = _history_entry(op, params, inputs, device, provenance)
+        new = new.drop_encoding().compute()
+        new.attrs = {}
+        to_write = new.drop_vars([c for c in new.coords if c in group])
+        token = secrets.token_hex(4)
+        stage = real.with_name(f".{real.name}.add-{token}")
+        moved: list[tuple[Path, Path | None]] = []  # (moved in, what it replaced)
+        try:
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                # In the store's own format (a zarr v2 group written by another tool
+                # gets v2 arrays: one store, one format).
+                to_write.to_zarr(
+                    str(stage), mode="w-", zarr_format=zarr_format, consolidated=False
+                )
+            for child in sorted(stage.iterdir()):
+                if not any((child / f).is_file() for f in ("zarr.json", ".zarray")):
+                    continue
+                dst = real / child.name
+                aside = None
+                if dst.exists():
+                    aside = real.with_name(f".{real.name}.old-{child.name}-{token}")
+                    os.rename(dst, aside)
+                os.rename(child, dst)
+                moved.append((dst, aside))
+            entry["finished"] = _now()
+            meta["history"] = [*history({ATTR: meta}), entry]
+            meta["complete"] = True
+            root = zarr.open_group(str(real), mode="r+")
+            root.attrs[ATTR] = json.loads(json.dumps(meta, default=str))
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", message="Consolidated metadata", category=UserWarning
+                )
+                zarr.consolidate_metadata(str(real))
+        except BaseException:
+            for dst, aside in reversed(moved):  # put back what was there
+                shutil.rmtree(dst, ignore_errors=True)
+                if aside is not None:
+                    os.rename(aside, dst)
+            moved.clear()
+            raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+            for _, aside in moved:
+                if aside is not None:
+                    shutil.rmtree(aside, ignore_errors=True)
     return p
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import click
 import xarray as xr
 
 from cubepipe.storage import open_cube, parse_chunks, store_state, write_cube
+from cubepipe.storage.store import claim_output
 
 from ..runner_resume import invocation
 from ..scheduling import keep_between_passes
@@ -39,8 +41,47 @@ def in_argument(f: Any) -> Any:
     return click.argument("source", metavar="IN", type=str)(f)
 
 
+#: Options naming what a command reads, besides IN: an output must not overlap them.
+_INPUT_OPTIONS = ("source", "sources", "stats_from", "stats", "model_from")
+
+
+def _claimed(f: Any) -> Any:
+    """Run command ``f`` holding its output (see :func:`~cubepipe.storage.claim_output`):
+    an output that overlaps an input, or exists without --resume/--overwrite, is refused
+    before IN is opened, and a second writer of the same output fails at once."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        ctx.meta["cubepipe.allow_nonfinite"] = kwargs.pop("allow_nonfinite", False)
+        inputs: list[str] = []
+        for key in _INPUT_OPTIONS:
+            value = kwargs.get(key)
+            if isinstance(value, str | Path):
+                inputs.append(str(value))
+            elif isinstance(value, list | tuple):
+                inputs.extend(str(v) for v in value)
+        with claim_output(
+            kwargs["output"],
+            inputs,
+            resume=bool(kwargs.get("resume")),
+            overwrite=bool(kwargs.get("overwrite")),
+        ):
+            return f(*args, **kwargs)
+
+    return wrapper
+
+
 def write_options(f: Any) -> Any:
-    """``-o OUT``, ``--resume``, ``--overwrite``, ``--chunks`` for commands that write."""
+    """``-o OUT``, ``--resume``, ``--overwrite``, ``--chunks``, ``--allow-nonfinite`` for
+    commands that write a store; the output is checked and locked before the command runs."""
+    f = _claimed(f)
+    f = click.option(
+        "--allow-nonfinite",
+        is_flag=True,
+        help="Write +-inf results (an overflow of the output dtype) instead of failing; "
+        "their count is recorded in the store's history.",
+    )(f)
     f = click.option("--chunks", help="Output chunks, e.g. y=512,x=512 (default: store's).")(f)
     f = click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")(f)
     f = click.option(
@@ -85,5 +126,11 @@ def write_output(
         resume=resume,
         overwrite=overwrite,
         provenance=provenance(),
+        allow_nonfinite=_allow_nonfinite(),
         **kwargs,
     )
+
+
+def _allow_nonfinite() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get("cubepipe.allow_nonfinite"))

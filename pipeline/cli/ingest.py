@@ -10,6 +10,7 @@ import click
 from cubepipe.storage import describe, parse_chunks
 from cubepipe.storage.ingest import ingest_params, open_input, write_input
 from cubepipe.storage.readers.image import expand_sources
+from cubepipe.storage.store import claim_output
 
 from ._app import CliState, cli, pass_state
 from ._format import human_bytes
@@ -72,25 +73,28 @@ def ingest(
     chunk, so inputs larger than memory are fine.
     """
     sizes = parse_chunks(chunks)
-    # Open (and so validate) every input before the compute status line: a bad file is
-    # then reported on stderr as a single line.
-    files, _ = expand_sources(list(sources))
-    ds = open_input(list(sources), format=fmt.lower(), chunks=sizes, dtype=dtype, layout=layout)
-    with state.compute():
-        t0 = time.perf_counter()
-        store = write_input(
-            ds,
-            output,
-            inputs=files,
-            encoding=encoding,
-            chunks=sizes,
-            resume=resume,
-            overwrite=overwrite,
-            device=str(state.device),
-            params=ingest_params(format=fmt.lower(), dtype=dtype, layout=layout),
-            provenance=provenance(),
-        )
-        elapsed = time.perf_counter() - t0
+    # Refuse an output that overlaps the input or exists (without --resume/--overwrite)
+    # before reading anything, and hold its lock until the store is complete.
+    with claim_output(output, sources, resume=resume, overwrite=overwrite):
+        # Open (and so validate) every input before the compute status line: a bad file
+        # is then reported on stderr as a single line.
+        files, _ = expand_sources(list(sources))
+        ds = open_input(list(sources), format=fmt.lower(), chunks=sizes, dtype=dtype, layout=layout)
+        with state.compute():
+            t0 = time.perf_counter()
+            store = write_input(
+                ds,
+                output,
+                inputs=files,
+                encoding=encoding,
+                chunks=sizes,
+                resume=resume,
+                overwrite=overwrite,
+                device=str(state.device),
+                params=ingest_params(format=fmt.lower(), dtype=dtype, layout=layout),
+                provenance=provenance(),
+            )
+            elapsed = time.perf_counter() - t0
     d = describe(store)
     cube = d["variables"]["cube"]
     shape = ", ".join(f"{dim}={n}" for dim, n in zip(cube["dims"], cube["shape"], strict=True))
