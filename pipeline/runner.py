@@ -50,8 +50,11 @@ import yaml
 from cubepipe.storage.errors import CubepipeError, InputError, StepError, StoreExistsError
 
 from .runner_keys import (
+    MAX_PIPELINE_BYTES,
     as_text,
     check_chunks,
+    check_expanded_size,
+    check_yaml_shape,
     convert_globals,
     convert_value,
     did_you_mean,
@@ -131,14 +134,29 @@ def load_pipeline(path: str | Path, group: click.Group, *, overwrite: bool = Fal
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"pipeline file not found: {p}")
+        what = "not a regular file" if p.exists() else "not found"
+        raise InputError(f"pipeline file {what}: {p}")
+    size = p.stat().st_size
+    if size > MAX_PIPELINE_BYTES:
+        raise InputError(
+            f"{p}: the pipeline file is {size} bytes; a pipeline is a short list of steps "
+            f"(at most {MAX_PIPELINE_BYTES // 2**20} MiB): check that this is the right file"
+        )
     try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        check_yaml_shape(text, str(p))
+        doc = yaml.safe_load(text)
+        check_expanded_size(doc, str(p))
     except yaml.YAMLError as exc:
         raise InputError(f"{p}: not valid YAML: {yaml_reason(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{p}: cannot be read: {exc}") from None
-    return plan_pipeline(doc, group, source=str(p), overwrite=overwrite)
+    except RecursionError:
+        raise InputError(f"{p}: the YAML is nested too deeply to be a pipeline") from None
+    try:
+        return plan_pipeline(doc, group, source=str(p), overwrite=overwrite)
+    except RecursionError:
+        raise InputError(f"{p}: the YAML is nested too deeply to be a pipeline") from None
 
 
 def plan_pipeline(

@@ -20,8 +20,12 @@ from cubepipe.storage.errors import InputError
 from cubepipe.storage.layout import parse_chunks
 
 __all__ = [
+    "MAX_PIPELINE_BYTES",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_NODES",
     "as_text",
     "check_chunks",
+    "check_expanded_size",
     "convert_globals",
     "convert_value",
     "did_you_mean",
@@ -31,6 +35,7 @@ __all__ = [
     "norm_key",
     "option_args",
     "same_path",
+    "check_yaml_shape",
     "yaml_reason",
 ]
 
@@ -140,6 +145,52 @@ def as_text(value: Any, where: str, *, scalar: bool = False) -> str:
     if isinstance(value, Mapping | list | tuple | set):
         raise InputError(f"{where}: expected a single value, got a {kind(value)}")
     return str(value)
+
+
+#: Largest pipeline file read (bytes); a pipeline is a few dozen lines.
+MAX_PIPELINE_BYTES = 4 * 2**20
+#: Deepest nesting of mappings/lists accepted (a pipeline needs 4).
+MAX_YAML_DEPTH = 32
+#: Most values a pipeline may hold once YAML aliases are expanded ("billion laughs").
+MAX_YAML_NODES = 100_000
+
+
+def check_yaml_shape(text: str, source: str) -> None:
+    """Refuse YAML nested deeper than :data:`MAX_YAML_DEPTH`, from the parser's events
+    (no recursion: a document nested 3000 deep would exhaust Python's stack in the
+    loader)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                mark = event.start_mark
+                raise InputError(
+                    f"{source}: the YAML nests mappings/lists more than {MAX_YAML_DEPTH} deep "
+                    f"(at line {mark.line + 1}, column {mark.column + 1}); a pipeline is a "
+                    "mapping with a 'steps:' list of one-key mappings"
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def check_expanded_size(doc: Any, source: str) -> None:
+    """Refuse a document with more than :data:`MAX_YAML_NODES` values once aliases are
+    followed (``&a [*b, *b, ...]`` chains grow exponentially), walked without recursion."""
+    stack, seen = [doc], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_NODES:
+            raise InputError(
+                f"{source}: the YAML expands to more than {MAX_YAML_NODES} values (through "
+                "its &anchors and *aliases); a pipeline is a short list of steps"
+            )
+        if isinstance(node, Mapping):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple | set):
+            stack.extend(node)
 
 
 def yaml_reason(exc: yaml.YAMLError) -> str:

@@ -28,6 +28,8 @@ __all__ = ["FORMS", "Kernel", "KernelSpec", "Taps", "make_kernel", "parse_kernel
 FORMS = "gaussian:SIGMA, box:N, file:K.npy, lowpass:F, highpass:F, bandpass:F1,F2"
 #: Largest kernel radius accepted (pixels or bands), for every kind.
 MAX_RADIUS = 1100
+#: Most weights a ``file:K.npy`` kernel may hold (32 MiB of float64).
+MAX_KERNEL_TAPS = 2**22
 #: Weights of smaller magnitude do not count as taps (scipy.ndimage's rule).
 TINY = float(np.finfo(np.float64).eps)
 
@@ -96,16 +98,60 @@ def parse_kernel(spec: str) -> KernelSpec:
     raise _bad(spec, f"unknown kind {kind!r}")
 
 
-def _load(spec: str, path: Path) -> np.ndarray:
-    if not path.is_file():
+def _header(spec: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the ``.npy`` header alone, checked against the limits and the
+    file's size before anything is allocated (a 100-byte file may claim 100000 x 100000)."""
+    if not path.exists():
         raise _bad(spec, f"kernel file {path} not found")
+    if not path.is_file():  # a FIFO would block, /dev/zero never end
+        raise _bad(spec, f"{path} is not a regular file; save the kernel with numpy.save")
+    fmt = np.lib.format
+    try:
+        with path.open("rb") as fh:
+            version = fmt.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
+            offset = fh.tell()
+    except Exception as exc:  # a damaged header may raise anything
+        raise _bad(spec, f"{path} is not a readable .npy array ({exc})") from None
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise _bad(
+            spec,
+            f"{path} is not a readable numeric array: it holds Python objects (a pickle), and "
+            "cubepipe never unpickles files since that can run arbitrary code; save a "
+            "numeric array",
+        )
+    if dtype.kind not in "biuf" or dtype.names is not None or len(shape) not in (1, 2):
+        raise _bad(spec, f"{path} must hold a 1-D or 2-D real array, got {dtype}{tuple(shape)}")
+    side = 2 * MAX_RADIUS + 1
+    if max(shape) > side or math.prod(shape) > MAX_KERNEL_TAPS:
+        raise _bad(
+            spec,
+            f"{path} declares shape {tuple(shape)}; a kernel may have at most {side} taps per "
+            f"axis and {MAX_KERNEL_TAPS} in all",
+        )
+    need = offset + math.prod(shape) * dtype.itemsize
+    if path.stat().st_size < need:
+        raise _bad(
+            spec,
+            f"{path} is truncated or its header is damaged: {dtype}{tuple(shape)} needs "
+            f"{need} bytes, the file has {path.stat().st_size}",
+        )
+    return tuple(shape), dtype
+
+
+def _load(spec: str, path: Path) -> np.ndarray:
+    _header(spec, path)
     try:
         a = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise _bad(spec, f"{path} is not a readable .npy array ({exc})") from exc
-    if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf" or a.ndim not in (1, 2):
-        raise _bad(spec, f"{path} must hold a 1-D or 2-D real array, got {getattr(a, 'dtype', a)}")
-    a = a.astype(np.float64)
+    a = np.asarray(a, dtype=np.float64)
     if a.size == 0 or not np.isfinite(a).all() or not np.abs(a).max() > 0:
         raise _bad(spec, f"{path} must be non-empty, finite and not all zero")
     if max(a.shape) > 2 * MAX_RADIUS + 1:
