@@ -17,7 +17,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from cubepipe.storage.errors import CubepipeWarning, InputError
+from cubepipe.storage.errors import CubepipeWarning, InputError, NonFiniteError
 
 from .backend import array_namespace
 from .moments import strip_pixels
@@ -60,6 +60,13 @@ def transform_params(stats: xr.Dataset, method: str = "zscore") -> tuple[np.ndar
         scale = s["stats_max"].values - s["stats_min"].values
     center = np.asarray(center, dtype=np.float64)
     scale = np.asarray(scale, dtype=np.float64).copy()
+    bad = np.flatnonzero(~np.isfinite(center) | np.isinf(scale))
+    if bad.size:
+        names = ", ".join(_band_label(s, int(i)) for i in bad[:5])
+        raise NonFiniteError(
+            f"the statistics of {names} are not finite (the data held +-inf when they were "
+            "fitted); refit them on data whose infinite values are marked invalid (NaN)"
+        )
     flat = np.flatnonzero(~(scale > 0))
     if flat.size:
         names = ", ".join(_band_label(s, int(i)) for i in flat[:5])

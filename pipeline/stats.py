@@ -17,7 +17,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from cubepipe.storage.errors import InputError
+from cubepipe.storage.errors import InputError, NonFiniteError
 
 from .moments import M2, MAX, MEAN, MIN, N, band_moments
 
@@ -116,9 +116,17 @@ def stats_from_packed(packed: Any, cube: xr.DataArray, variable: str = "cube") -
 def _field(packed: Any, *, field: str) -> Any:
     """One ``stats_*`` field (over band) from packed moments ``(band, 5)``."""
     n = packed[:, N]
+    empty = n == 0
+    bad = np.flatnonzero(~empty & ~np.isfinite(packed[:, MEAN]))
+    if bad.size:
+        raise NonFiniteError(
+            f"band(s) {', '.join(map(str, bad[:10].tolist()))} hold +-inf values, which "
+            "statistics (and standardization or PCA fitted on them) cannot use: the mean "
+            "would be inf or NaN. Mark those values invalid (NaN, or the store's mask) "
+            "before fitting"
+        )
     if field == "stats_count":
         return n.astype(np.int64)
-    empty = n == 0
     if field == "stats_std":
         value = np.sqrt(packed[:, M2] / np.maximum(n, 1))
     else:

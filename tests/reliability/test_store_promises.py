@@ -47,7 +47,9 @@ def _cube(shape: tuple[int, ...] = (4, 96, 80), seed: int = 0) -> np.ndarray:
 
 def _store(path: Path, data: np.ndarray, chunks: dict[str, int] | None = None) -> Path:
     ds = xr.Dataset({"cube": (("band", "y", "x"), data)})
-    return write_cube(ds, path, op="fixture", chunks=chunks or {"y": 32, "x": 32})
+    return write_cube(
+        ds, path, op="fixture", chunks=chunks or {"y": 32, "x": 32}, allow_nonfinite=True
+    )
 
 
 def _not_complete(path: Path) -> bool:
@@ -376,3 +378,20 @@ def test_an_overflowing_compress_fails_instead_of_writing_inf(cli, tmp_path: Pat
     assert n_inf > 0
     entry = xr.open_zarr(out).attrs["cubepipe"]["history"][-1]
     assert entry["nonfinite"] == {"scores": n_inf}
+
+
+def test_infinite_input_values_are_refused_by_every_fit(cli, tmp_path: Path) -> None:
+    data = _cube(seed=12)
+    data[1, 5, 5] = np.inf  # data (ingest keeps it bit for bit), but nothing to fit on
+    src = _store(tmp_path / "inf.zarr", data)
+    assert np.isinf(data.astype(np.float64)[1].mean())  # what NumPy's statistics give
+    for argv in (
+        ["stats", str(src)],
+        ["standardize", str(src), "-o", str(tmp_path / "z.zarr")],
+        ["compress", str(src), "-o", str(tmp_path / "c.zarr"), "-k", "2"],
+    ):
+        proc = cli(*argv)
+        _one_line_exit_2(proc)
+        assert "band(s) 1 hold +-inf" in proc.stderr
+    assert _not_complete(tmp_path / "z.zarr") and _not_complete(tmp_path / "c.zarr")
+    assert "stats_mean" not in xr.open_zarr(src)  # nothing saved into the input
