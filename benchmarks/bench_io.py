@@ -225,8 +225,9 @@ NOTES = (
     "array with that codec from a memmap (`z[...] = np.load(npy, mmap_mode='r')`, "
     "`tifffile.memmap`); export floors `da.store` the store's array into a memmapped "
     ".npy/.tif. Inputs are read from the page cache (made just before). Peak RSS counts "
-    "the file pages a process has mapped: the floors map the whole file once, cubepipe maps "
-    "per block, so the floors' peak grows with the file. Goal (issue 3): each cubepipe case "
+    "the file pages a process has mapped: the floors map the whole file once, so their "
+    "peak grows with the file; cubepipe's ingest maps input blocks, and its export writes "
+    "with pwrite (no map: a full disk is an error, not SIGBUS). Goal (issue 3): each cubepipe case "
     f"within {TIME_GOAL}x of its own floor, peak RSS at 4x at most {RSS_GOAL}x that at 1x; "
     "see 'Paired ratios' below."
 )

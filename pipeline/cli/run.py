@@ -15,7 +15,7 @@ from cubepipe.storage.errors import InputError
 
 from ..backend import resolve_device
 from ..runner import Pipeline, load_pipeline, resume_action, run_pipeline
-from ..scheduling import check_memory_limit, check_scheduler, scheduler
+from ..scheduling import DEFAULT_CONNECT_TIMEOUT, check_memory_limit, check_scheduler, scheduler
 from ._app import CliState, cli
 
 
@@ -50,6 +50,8 @@ def _global_args(state: CliState) -> list[str]:
         args += ["--workers", str(state.workers)]
     if state.memory_limit:
         args += ["--memory-limit", state.memory_limit]
+    if state.connect_timeout != DEFAULT_CONNECT_TIMEOUT:
+        args += ["--connect-timeout", f"{state.connect_timeout:g}"]
     return args
 
 
