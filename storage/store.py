@@ -509,7 +509,7 @@ def _resume_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | No
     rec, cur = old.get("cli"), new.get("cli")
     if isinstance(rec, Mapping) and isinstance(cur, Mapping):
         a, b = rec.get("options") or {}, cur.get("options") or {}
-        for key in sorted(set(a) | set(b)):
+        for key in sorted(set(a) & set(b)):  # an option one version lacks: not compared
             if key in ("source", "sources", "store"):
                 continue  # compared by fingerprint
             if not _same_option(a.get(key), b.get(key), str(rec.get("cwd")), str(cur.get("cwd"))):
