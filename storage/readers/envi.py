@@ -24,6 +24,8 @@ from .base import ReaderSpec, register
 
 __all__ = ["find_pair", "open_envi", "parse_header", "read_header"]
 
+#: Largest header read: headers are text, a few KiB even with thousands of wavelengths.
+MAX_HEADER_BYTES = 16 * 2**20
 #: ENVI ``data type`` codes that map onto real NumPy dtypes (little-endian spelling).
 DATA_TYPES = {1: "u1", 2: "i2", 3: "i4", 4: "f4", 5: "f8", 12: "u2", 13: "u4", 14: "i8", 15: "u8"}
 #: Suffixes of the binary file tried next to a header, in order ("" = no suffix).
@@ -87,6 +89,13 @@ def parse_header(text: str, *, source: str | Path = "<header>") -> dict[str, str
 def read_header(path: str | Path) -> dict[str, str]:
     """Read and parse the ENVI header file ``path`` (see :func:`parse_header`)."""
     p = Path(path)
+    size = p.stat().st_size
+    if size > MAX_HEADER_BYTES:
+        raise FormatError(
+            f"{p}: {size} bytes is far more than an ENVI header holds (at most "
+            f"{MAX_HEADER_BYTES // 2**20} MiB read); pass the small text .hdr file written "
+            "with the data"
+        )
     return parse_header(p.read_text(encoding="utf-8", errors="replace"), source=p)
 
 
