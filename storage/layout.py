@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 
 import numpy as np
@@ -52,7 +53,7 @@ def default_chunks(
         else:
             chunks[dim] = n
         chunks[dim] = max(chunks[dim], 1)
-    while int(np.prod(list(chunks.values()), dtype=np.int64)) * itemsize > MAX_CHUNK_BYTES:
+    while math.prod(int(c) for c in chunks.values()) * itemsize > MAX_CHUNK_BYTES:
         shrinkable = [d for d in ("y", "x") if d not in overrides and chunks.get(d, 1) > 1]
         if not shrinkable:
             break

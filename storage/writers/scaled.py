@@ -99,7 +99,7 @@ def export_images(
     with staging() as st:
         codes_path = st.scratch(plans[0].path.with_suffix(".npy"), "codes")
         stats = _reduce(write_npy(var.data, codes_path, dtype=qz.dtype, convert=qz, k=qz.K))
-        codes = np.load(codes_path, mmap_mode="r")
+        codes = np.load(codes_path, mmap_mode="r", allow_pickle=False)
         for pl in plans:
             sel = (pl.lead,) if pl.lead is not None else ()
             img = np.asarray(codes[sel + (list(pl.positions),)])

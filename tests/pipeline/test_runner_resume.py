@@ -45,6 +45,7 @@ def test_each_kind_of_output_gets_its_action(small_store: Path, tmp_path: Path) 
     assert cli_record["command"] == "standardize"
     assert cli_record["options"] == {
         "source": str(small_store), "chunks": None, "method": "zscore", "stats_from": None,
+        "allow_nonfinite": False,
     }  # fmt: skip
     assert resume_action(step, cli).kind == "skip"
 
