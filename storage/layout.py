@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping
 
-import numpy as np
-
 from .errors import InputError
 
 __all__ = [
