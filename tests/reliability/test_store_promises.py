@@ -395,3 +395,38 @@ def test_infinite_input_values_are_refused_by_every_fit(cli, tmp_path: Path) -> 
         assert "band(s) 1 hold +-inf" in proc.stderr
     assert _not_complete(tmp_path / "z.zarr") and _not_complete(tmp_path / "c.zarr")
     assert "stats_mean" not in xr.open_zarr(src)  # nothing saved into the input
+
+
+def test_a_reconstruction_of_infinite_scores_fails(cli, tmp_path: Path) -> None:
+    src, _ = _overflowing(tmp_path)
+    c = tmp_path / "c.zarr"
+    assert (
+        cli("-q", "compress", str(src), "-o", str(c), "-k", "4", "--allow-nonfinite").returncode
+        == 0
+    )
+    proc = cli("reconstruct", str(c), "-o", str(tmp_path / "r.zarr"))
+    _one_line_exit_2(proc)
+    assert "infinite" in proc.stderr and not (tmp_path / "r.zarr").exists()
+
+
+def test_a_destandardization_that_overflows_float32_fails(cli, tmp_path: Path) -> None:
+    # A standardized cube of a scene with a huge spread: z * std overflows float32 for
+    # z = 10 (NumPy: 10 * 1e38 = 1e39 > 3.4e38), though every stored value is finite.
+    z = np.full((2, 32, 32), 0.5, np.float32)
+    z[0, 0, 0] = 10.0
+    assert np.isinf(np.float32(10.0 * 1e38))
+    cube = xr.DataArray(z, dims=("band", "y", "x"), attrs={"cubepipe_standardized": "zscore"})
+    ds = xr.Dataset(
+        {
+            "cube": cube,
+            "stats_count": ("band", np.array([1024, 1024], np.int64)),
+            "stats_mean": ("band", np.zeros(2)),
+            "stats_std": ("band", np.array([1e38, 1.0])),
+            "stats_min": ("band", np.array([-1e38, 0.0])),
+            "stats_max": ("band", np.array([1e38, 1.0])),
+        }
+    )
+    src = write_cube(ds, tmp_path / "z.zarr", op="standardize")
+    proc = cli("destandardize", str(src), "-o", str(tmp_path / "d.zarr"))
+    _one_line_exit_2(proc)
+    assert "infinite" in proc.stderr and not (tmp_path / "d.zarr").exists()
