@@ -569,7 +569,7 @@ def claim_output(
             + (" and is incomplete (an interrupted run?)" if state == "incomplete" else "")
             + ": pass --resume to finish it or --overwrite to replace it"
         )
-    with output_lock(real):
+    with user_os_errors(path, "writing"), output_lock(real):
         yield real
 
 
