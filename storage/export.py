@@ -44,6 +44,7 @@ from .layout import CORE_DIMS, LEADING_DIMS
 from .oserrors import os_error_message, user_os_errors
 from .sidecar import sidecar_path
 from .store import open_cube
+from .guard import check_disjoint
 from .writers._staging import check_free
 from .writers.floats import export_floats, float_dtype
 from .writers.scaled import ImagePlan, export_images, plan_images
@@ -305,6 +306,7 @@ def prepare_export(
     """Validate an export without reading any data (see :func:`export`): options, the
     store and variable, bands, and that no output file exists (unless ``overwrite``)."""
     out, store = Path(out), Path(store)
+    check_disjoint(out, [store])  # e.g. -o STORE/cube/c/0/0/0 would replace a chunk
     fmt = _format_of(out)
     bits = _check_options(out, fmt, scale, bits)
     spec = parse_scale(scale) if scale is not None else None

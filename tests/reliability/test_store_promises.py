@@ -430,3 +430,12 @@ def test_a_destandardization_that_overflows_float32_fails(cli, tmp_path: Path) -
     proc = cli("destandardize", str(src), "-o", str(tmp_path / "d.zarr"))
     _one_line_exit_2(proc)
     assert "infinite" in proc.stderr and not (tmp_path / "d.zarr").exists()
+
+
+def test_an_export_into_its_own_store_is_refused(cli, tmp_path: Path) -> None:
+    src = _store(tmp_path / "in.zarr", _cube())
+    before = _digest(src)
+    chunk = src / "cube" / "c" / "0" / "0" / "0.npy"
+    proc = cli("export", str(src), "-o", str(chunk), "--overwrite")
+    _one_line_exit_2(proc)
+    assert "inside the input" in proc.stderr and _digest(src) == before
