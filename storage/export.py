@@ -40,11 +40,11 @@ import numpy as np
 import xarray as xr
 
 from .errors import FileSystemError, InputError
+from .guard import check_disjoint
 from .layout import CORE_DIMS, LEADING_DIMS
 from .oserrors import os_error_message, user_os_errors
 from .sidecar import sidecar_path
 from .store import open_cube
-from .guard import check_disjoint
 from .writers._staging import check_free
 from .writers.floats import export_floats, float_dtype
 from .writers.scaled import ImagePlan, export_images, plan_images
