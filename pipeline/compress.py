@@ -1,0 +1,427 @@
+"""Compression of the spectral axis as a library call: fit (or load) a model, encode,
+reconstruct.
+
+:func:`compress` is what ``cubepipe compress`` runs: it fits PCA or a spectral
+autoencoder over ``band`` (one read of the input, computed at once), or takes a fitted
+model, and returns the output Dataset with lazy ``scores``. :func:`prepare_compress`
+returns the same Dataset together with the lazy error metrics of the reconstruction,
+so that writing the scores and measuring the error share one read of the input
+(:meth:`Compressed.write`); :func:`reconstruct` rebuilds the bands from the scores and
+the model stored beside them; :func:`load_model` takes the model out of a store.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from cubepipe.storage import open_cube, write_cube
+from cubepipe.storage.errors import InputError
+
+from .autoencoder_apply import ae_project, ae_reconstruct, model_kind, summarize_ae_metrics
+from .backend import Device, resolve_device, to_device
+from .pca import MODEL_VARS, fit_pca, pca_encode, pca_reconstruct, summarize_metrics
+
+__all__ = ["METHODS", "Compressed", "compress", "load_model", "prepare_compress", "reconstruct"]
+
+#: The compression methods: principal components, autoencoder, variational autoencoder.
+METHODS = ("pca", "ae", "vae")
+
+
+@dataclass(frozen=True, eq=False)
+class Compressed:
+    """What :func:`prepare_compress` returns: the output and its pending error metrics.
+
+    Attributes
+    ----------
+    dataset
+        The output Dataset, as :func:`compress` returns it (lazy ``scores``).
+    partials
+        Lazy per-chunk partial sums of the reconstruction error (float64 dask array),
+        computed from the same task per chunk as the scores: computing both together
+        reads the input once.
+    method
+        ``"pca"``, ``"ae"`` or ``"vae"``.
+    params
+        The parameters as resolved (JSON-ready), for the store's history entry.
+    training
+        An autoencoder's training report (held-out losses, epochs); empty otherwise.
+    """
+
+    dataset: xr.Dataset
+    partials: da.Array
+    method: str
+    params: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def components(self) -> int:
+        """``K``, the number of components (scores per pixel)."""
+        return int(self.dataset.sizes["component"])
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """``{"metrics": partials}``: the ``results`` of :func:`~cubepipe.storage.write_cube`."""
+        return {"metrics": self.partials}
+
+    def summarize(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The metrics from the computed :attr:`results` (``summarize`` of ``write_cube``):
+        ``rmse``, ``psnr_db``, ``sam_rad``, ``sam_deg``, ``n_values``, ``data_range``; a VAE
+        adds ``kl_nats``, a trained autoencoder its ``training`` report."""
+        if self.method == "pca":
+            return summarize_metrics(values["metrics"])
+        out: dict[str, Any] = summarize_ae_metrics(values["metrics"], kind=self.method)
+        if self.training:
+            out["training"] = self.training
+        return out
+
+    def metrics(self) -> dict[str, Any]:
+        """Compute the metrics alone (a read of the input; :meth:`write` shares it)."""
+        return self.summarize({"metrics": self.partials.compute()})
+
+    def write(self, path: str | Path, **kwargs: Any) -> Path:
+        """Write :attr:`dataset` with :func:`~cubepipe.storage.write_cube` (``op``
+        ``compress``, :attr:`params`, ``component`` chunked whole), measuring the metrics
+        in the same pass; they are recorded as the history entry's ``results``.
+        ``kwargs`` go to ``write_cube`` (``inputs``, ``chunks``, ``overwrite``, ...)."""
+        chunks = {"component": self.components, **(kwargs.pop("chunks", None) or {})}
+        return write_cube(
+            self.dataset,
+            path,
+            op="compress",
+            params=self.params,
+            chunks=chunks,
+            results=self.results,
+            summarize=self.summarize,
+            **kwargs,
+        )
+
+
+def compress(
+    ds: xr.Dataset,
+    *,
+    components: int | None = None,
+    variance: float | None = None,
+    method: str | None = None,
+    model: xr.Dataset | str | Path | None = None,
+    standardize: bool = False,
+    whiten: bool = False,
+    sample: float | None = None,
+    seed: int = 0,
+    device: Device | str | None = None,
+    variable: str = "cube",
+    progress: Callable[[str], None] | None = None,
+    architecture: str = "mlp",
+    hidden: Sequence[int] = (64, 32),
+    activation: str = "silu",
+    train_pixels: int = 200_000,
+    init: str = "pca",
+    epochs: int = 50,
+    patience: int = 5,
+    batch_size: int = 1024,
+    learning_rate: float = 1e-3,
+    beta: float = 1.0,
+) -> xr.Dataset:
+    """Compress the bands of every pixel of ``ds[variable]`` to ``K`` scores.
+
+    Fits the model now (one read of the input, float64 statistics and co-moments) unless
+    ``model`` is given, and returns the output lazily: writing it (or computing
+    ``scores``) reads the input once more.
+
+    Parameters
+    ----------
+    ds
+        Input with ``variable`` of dims ``(..., band, y, x)``, any float or integer dtype;
+        pixels with NaN in any band or ``mask`` False are left out of the fit and get NaN
+        scores.
+    components, variance
+        PCA: exactly one, ``K`` (``1 <= K <= band``) or the explained-variance fraction
+        ``0 < F < 1`` (the fewest components whose cumulative ratio exceeds it).
+        Autoencoders: ``components``, the bottleneck width. Ignored with ``model``.
+    method
+        ``"pca"`` (default), ``"ae"`` or ``"vae"``; with ``model`` the model's kind
+        decides, and a different ``method`` is an error.
+    model
+        A fitted model to apply instead of fitting: a Dataset holding its variables (e.g.
+        an earlier output) or the path of a store written by ``compress``.
+    standardize
+        Fit on per-band z-scores (correlation PCA; the autoencoders' input scaling).
+    whiten
+        PCA: divide the scores by ``sqrt(explained_variance)`` (unit variance).
+    sample, seed
+        PCA: fit on a random fraction ``0 < sample <= 1`` of the chunks (only those are
+        read); all pixels are projected. ``seed`` also seeds an autoencoder's sampling,
+        initialisation and training.
+    device
+        ``"cpu"``, ``"gpu"``, ``"auto"`` or a :class:`~cubepipe.pipeline.backend.Device`:
+        the chunks are moved there (NumPy or CuPy) before projecting, and an autoencoder
+        trains there. None: they stay where they are.
+    variable
+        The data variable to compress.
+    progress
+        Called with one line per autoencoder training epoch.
+    architecture, hidden, activation, train_pixels, init, epochs, patience, \
+batch_size, learning_rate, beta
+        Autoencoder options (see
+        :func:`~cubepipe.pipeline.autoencoder.fit_autoencoder`); ignored by PCA.
+
+    Returns
+    -------
+    xarray.Dataset
+        What ``cubepipe compress`` writes: ``scores`` of dims ``(..., component, y, x)``
+        float32 (lazy; NaN at invalid pixels; a VAE's latent means), the model variables
+        (float64: ``pca_components (component, band)``, ``pca_mean``, ``pca_scale``,
+        ``pca_explained_variance``, ... or ``<kind>_mean``, ``<kind>_scale``,
+        ``<kind>_<layer>_weight``/``_bias``), the fit's ``stats_*`` over ``band`` (not for
+        a sample fit or a given model), ``mask`` if ``ds`` has one, and ``ds.attrs``.
+        The reconstruction error is not in it: use :func:`prepare_compress` to measure it
+        in the same pass as the write.
+
+    Raises
+    ------
+    InputError
+        Options that contradict each other, ``K`` out of range, too few valid pixels, a
+        model with another band count.
+
+    Notes
+    -----
+    PCA: with the pixel mean ``mu``, the per-band scale ``s`` (the stds with
+    ``standardize``, else 1) and the components ``W (K, band)`` (eigenvectors of the
+    covariance, ``n - 1``, of ``(x - mu) / s``, largest ``|loading|`` positive), a pixel's
+    scores are ``t = W ((x - mu) / s) / f`` with ``f = sqrt(explained_variance)`` when
+    whitening, else 1; :func:`reconstruct` inverts it, ``x^ = s * (W^T (f t)) + mu``.
+
+    References
+    ----------
+    .. [1] Jolliffe, I. T. and Cadima, J. (2016), "Principal component analysis: a review
+       and recent developments", Phil. Trans. R. Soc. A 374: 20150202.
+    """
+    return _prepare(**locals()).dataset
+
+
+def prepare_compress(ds: xr.Dataset, **options: Any) -> Compressed:
+    """:func:`compress` (same arguments), keeping the lazy error metrics beside the output.
+
+    Returns
+    -------
+    Compressed
+        ``.dataset`` (what :func:`compress` returns), ``.partials`` (lazy metric partials
+        sharing the scores' reads), ``.write(path)`` (both in one pass),
+        ``.metrics()``.
+
+    Notes
+    -----
+    Over the pixels valid in the input and the reconstruction ``x^`` (from the float32
+    scores): ``rmse = sqrt(sum (x - x^)^2 / n_values)``,
+    ``psnr_db = 10 log10(data_range^2 / rmse^2)`` with ``data_range`` the input's
+    max - min, and the mean spectral angle ``arccos(x . x^ / (|x| |x^|))``.
+    """
+    bound = inspect.signature(compress).bind(ds, **options)
+    bound.apply_defaults()
+    return _prepare(**bound.arguments)
+
+
+def load_model(source: xr.Dataset | str | Path) -> xr.Dataset:
+    """The fitted compression model held by a store (path) or Dataset, loaded.
+
+    Returns
+    -------
+    xarray.Dataset
+        PCA: the ``pca_*`` variables (float64); an autoencoder: its ``<kind>_*``
+        variables, the network's spec in the attrs of ``<kind>_mean``. Its kind:
+        :func:`~cubepipe.pipeline.autoencoder_apply.model_kind`.
+    """
+    where = str(source) if isinstance(source, str | Path) else "the model dataset"
+    ds = open_cube(source) if isinstance(source, str | Path) else source
+    kind = model_kind(ds)
+    if kind in ("ae", "vae"):
+        from .autoencoder import take_ae_model  # noqa: PLC0415
+
+        return take_ae_model(ds, where=where)
+    missing = [v for v in MODEL_VARS if v not in ds]
+    if missing:
+        raise InputError(
+            f"{where} holds no fitted PCA model (missing {', '.join(missing)}) and no "
+            "autoencoder (ae_*/vae_*); pass a store written by `cubepipe compress`"
+        )
+    return ds[list(MODEL_VARS)].compute()
+
+
+def reconstruct(ds: xr.Dataset | str | Path, *, device: Device | str | None = None) -> xr.Dataset:
+    """Rebuild the bands from the ``scores`` and the model of a :func:`compress` output.
+
+    Parameters
+    ----------
+    ds
+        A Dataset written by :func:`compress` (or the path of such a store): ``scores``
+        ``(..., component, y, x)`` and the model variables.
+    device
+        Where the chunks are decoded (as in :func:`compress`); None: where they are.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``cube`` of dims ``(..., band, y, x)`` float32 in data units (lazy; NaN where the
+        scores are), ``mask`` if ``ds`` has one, and ``ds.attrs``.
+
+    Notes
+    -----
+    PCA: ``x^ = s * (W^T (f t)) + mu`` (see :func:`compress`), in float64, stored as
+    float32; an autoencoder runs its decoder in float32 (NumPy or CuPy, no PyTorch).
+    """
+    where = str(ds) if isinstance(ds, str | Path) else "the dataset"
+    if isinstance(ds, str | Path):
+        ds = open_cube(ds)
+    if "scores" not in ds:
+        raise InputError(f"{where} has no 'scores': pass a store written by `cubepipe compress`")
+    scores = ds["scores"] if device is None else to_device(ds["scores"], device)
+    if model_kind(ds) in ("ae", "vae"):
+        from .autoencoder import take_ae_model  # noqa: PLC0415
+
+        cube = ae_reconstruct(scores, take_ae_model(ds, where=where))
+    else:
+        cube = pca_reconstruct(scores, ds[[v for v in MODEL_VARS if v in ds]])
+    out = xr.Dataset({"cube": cube}, attrs=ds.attrs)
+    if "mask" in ds:
+        out["mask"] = ds["mask"]
+    return out
+
+
+# -- the work ----------------------------------------------------------------------------
+
+
+def _prepare(
+    ds: xr.Dataset,
+    *,
+    components: int | None,
+    variance: float | None,
+    method: str | None,
+    model: xr.Dataset | str | Path | None,
+    standardize: bool,
+    whiten: bool,
+    sample: float | None,
+    seed: int,
+    device: Device | str | None,
+    variable: str,
+    progress: Callable[[str], None] | None,
+    **ae: Any,
+) -> Compressed:
+    fitted = None
+    if model is not None:
+        fitted = load_model(model)
+        kind = model_kind(fitted) or "pca"
+        if method is not None and method != kind:
+            where = model if isinstance(model, str | Path) else "the model dataset"
+            raise InputError(
+                f"--method {method} does not match the {kind} model stored in {where}; "
+                "leave --method out to apply it"
+            )
+        method = kind
+    method = method or "pca"
+    _check(method, fitted is not None, components, variance, whiten, sample)
+    dev = device if device is None or isinstance(device, Device) else resolve_device(device)
+    data = ds if dev is None else to_device(ds, dev)
+    name = None if model is None else "(a Dataset)" if isinstance(model, xr.Dataset) else str(model)
+    training: dict[str, Any] = {}
+    if method == "pca":
+        if fitted is None:
+            fitted, stats = fit_pca(
+                data,
+                n_components=components,
+                variance=variance,
+                standardize=standardize,
+                whiten=whiten,
+                sample=sample,
+                seed=seed,
+                variable=variable,
+            )
+            if sample is not None:
+                stats = None  # statistics of a sample are not the input's: not saved
+        else:
+            stats = None
+        scores, partials = pca_encode(data, fitted, variable=variable)
+        out = xr.Dataset({"scores": scores}, attrs=ds.attrs)
+        out = out.merge(fitted.drop_vars("component"), compat="override", join="override")
+        params = {
+            "method": method,
+            "components": int(scores.sizes["component"]),
+            "variance": variance,
+            "standardize": standardize,
+            "whiten": whiten,
+            "model": name,
+            "sample": sample,
+            "seed": seed if sample is not None else None,
+        }
+    else:
+        params = {"method": method, "components": None, "model": name}
+        stats = None
+        if fitted is None:
+            from .autoencoder import fit_autoencoder  # noqa: PLC0415
+
+            ae = {**ae, "seed": seed}
+            fitted, stats, training = fit_autoencoder(
+                ds,
+                n_components=components,
+                kind=method,
+                standardize=standardize,
+                device=dev.name if dev is not None else _chunk_device(ds, variable),
+                variable=variable,
+                progress=progress,
+                **ae,
+            )
+            params.update(standardize=standardize, **ae)
+            params["hidden"] = [int(w) for w in ae["hidden"]]
+        scores, partials = ae_project(data, fitted, variable=variable)
+        params["components"] = int(scores.sizes["component"])
+        out = xr.Dataset({"scores": scores}, attrs=ds.attrs)
+        out = out.assign({v: fitted[v].variable for v in fitted.data_vars})
+    if stats is not None:
+        out = out.assign({k: ("band", stats[k].values) for k in stats.data_vars})
+    if "mask" in ds:
+        out["mask"] = ds["mask"]
+    return Compressed(out, partials, method, params, training)
+
+
+def _check(
+    method: str,
+    fitted: bool,
+    components: int | None,
+    variance: float | None,
+    whiten: bool,
+    sample: float | None,
+) -> None:
+    """Refuse contradictory options before anything is read (messages name the CLI's
+    options, which match the keyword arguments)."""
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if method == "pca":
+        if not fitted and (components is None) == (variance is None):
+            raise InputError("give exactly one of --components K or --variance F (or --model)")
+        return
+    if sample is not None:
+        raise InputError("--sample applies to --method pca; use --train-pixels N")
+    if fitted:
+        return
+    if variance is not None:
+        raise InputError(
+            f"--variance chooses K for PCA only; give --components K with --method {method}"
+        )
+    if components is None:
+        raise InputError(f"give --components K (the bottleneck width) for --method {method}")
+    if whiten:
+        raise InputError(
+            "--whiten applies to --method pca only (autoencoder latents start whitened)"
+        )
+
+
+def _chunk_device(ds: xr.Dataset, variable: str) -> str:
+    """``"cpu"`` for NumPy chunks, ``"gpu"`` for CuPy chunks of ``ds[variable]``."""
+    data = ds[variable].data
+    return "cpu" if isinstance(getattr(data, "_meta", data), np.ndarray) else "gpu"
