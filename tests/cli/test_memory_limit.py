@@ -1,10 +1,16 @@
-"""`--scheduler local --memory-limit` keeps a job on a cube several times the limit
-within it: the measurement of benchmarks/bench_memory_limit.py, on a smaller cube."""
+"""`--scheduler local --memory-limit` keeps a job on a cube larger than the worker's
+free memory within it: the measurement of benchmarks/bench_memory_limit.py (which runs
+a 4 GB cube under a 1GB limit), on a cube small enough for `make test`.
+
+This is the suite's one run of that scenario: tests/test_benchmarks.py leaves
+bench_memory_limit.py out (its --quick run started four clusters on a tiny cube).
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,12 +32,30 @@ OVERHEAD_MIB = 400
 
 def _memory_module():  # noqa: ANN202 (benchmarks/_memory.py, loaded by path)
     pytest.importorskip("distributed")
-    pytest.importorskip("psutil")
+    psutil = pytest.importorskip("psutil")
     spec = importlib.util.spec_from_file_location("cubepipe_bench_memory", _BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
+    role = module._role
+
+    def settled_role(proc, root: int) -> str:  # noqa: ANN001
+        # A child seen between fork and exec still shows the parent's command line; the
+        # first look decides a process's role for the whole run, so wait for the exec.
+        # (benchmarks/_memory.py's _role should do this itself.)
+        parent = psutil.Process(root).cmdline()
+        for _ in range(50):
+            found = role(proc, root)
+            try:
+                if found != "helper" or proc.cmdline() != parent:
+                    return found
+            except psutil.Error:
+                return "gone"
+            time.sleep(0.01)
+        return found
+
+    module._role = settled_role
     return module
 
 
@@ -49,12 +73,14 @@ def test_a_bad_memory_limit_is_one_line_before_anything_starts(cli, small_store:
     )
 
 
-@pytest.mark.slow
-def test_worker_stays_under_the_memory_limit_on_a_cube_three_times_larger(
+def test_worker_stays_under_the_memory_limit_on_a_cube_larger_than_its_free_memory(
     tmp_path: Path,
 ) -> None:
     _memory = _memory_module()
-    shape = (15, 5000, 5000)  # float32: 1.5 GB, 3.1 times the limit
+    # float32: 393 MB (375 MiB), 25 chunks of 15 x 512 x 512. A worker idles at ~170 MiB
+    # and dask pauses it at 80% of the 477 MiB limit (381 MiB): one holding the cube, or
+    # a copy of it, would pause, spill or be restarted.
+    shape = (15, 2560, 2560)
     src = write_cube(make_cube(shape, seed=2), tmp_path / "in.zarr")
     res = _memory.run_sampled(
         [
@@ -74,7 +100,7 @@ def test_worker_stays_under_the_memory_limit_on_a_cube_three_times_larger(
         ],
         cwd=tmp_path,
         scratch=tmp_path / "dask-scratch",
-        timeout=240,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert store_state(tmp_path / "z.zarr") == "complete"
