@@ -3,19 +3,46 @@
 Device backends (CPU/GPU), statistics, standardization, compression, filtering and the
 command line. Functions take and return xarray objects backed by dask arrays; stores are
 opened and written only through :mod:`cubepipe.storage`.
+
+The operations, each one function with the Dataset first and options keyword-only:
+
+- :func:`fit_stats`: per-band count, mean, std, min, max (one pass).
+- :func:`standardize`, :func:`destandardize`: per-band z-score or min-max, and back.
+- :func:`compress`, :func:`reconstruct`, :func:`load_model`: PCA or autoencoder scores
+  over ``band`` and the bands rebuilt from them (:func:`prepare_compress` keeps the
+  reconstruction error beside the output, to measure it in the same pass as the write).
+- :func:`filter_cube`: spatial or spectral convolution and frequency filters.
+
+Importing this package registers the ``ds.cubepipe`` Dataset accessor
+(:class:`~cubepipe.pipeline.accessor.CubepipeAccessor`) with the same operations.
 """
 
 from cubepipe.storage import __version__
 
+from .accessor import CubepipeAccessor
 from .backend import Device, array_namespace, resolve_device, to_device, to_host
+from .compress import Compressed, compress, load_model, prepare_compress, reconstruct
+from .filters import filter_cube
+from .standardize import destandardize, standardize
+from .stats import fit_stats
 from .synthetic import make_cube
 
 __all__ = [
+    "Compressed",
+    "CubepipeAccessor",
     "Device",
     "__version__",
     "array_namespace",
+    "compress",
+    "destandardize",
+    "filter_cube",
+    "fit_stats",
+    "load_model",
     "make_cube",
+    "prepare_compress",
+    "reconstruct",
     "resolve_device",
+    "standardize",
     "to_device",
     "to_host",
 ]
