@@ -146,8 +146,14 @@ def test_file_kernels_are_loaded_without_pickle(tmp_path) -> None:
 
 def test_bad_options() -> None:
     ds = as_ds(plane_data())
-    for kwargs in ({"mode": "wrap"}, {"method": "fftw"}, {"axis": "band"}, {"min_support": 0}):
-        with pytest.raises(InputError):
+    cases = {
+        "unknown mode 'wrap'; expected one of reflect, nearest, constant": {"mode": "wrap"},
+        "unknown method 'fftw'; expected one of auto, direct, fft": {"method": "fftw"},
+        "unknown axis 'band'; expected one of spatial, spectral": {"axis": "band"},
+        r"min_support must be in \(0, 1\], got 0": {"min_support": 0},
+    }
+    for message, kwargs in cases.items():
+        with pytest.raises(InputError, match=message):
             filter_cube(ds, "box:3", **kwargs)
 
 

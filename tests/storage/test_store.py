@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,7 +131,10 @@ def _fail_on_last_block(block: np.ndarray, block_info: dict | None = None) -> np
 def _write_that_dies(data: np.ndarray, path: Path) -> None:
     arr = da.from_array(data, chunks=(2, 8, 8)).map_blocks(_fail_on_last_block, dtype=data.dtype)
     ds = xr.Dataset({"cube": (("band", "y", "x"), arr)})
-    with pytest.raises(_Boom), dask.config.set(scheduler="threads", num_workers=2):
+    with (
+        pytest.raises(_Boom, match="simulated crash while computing the last chunk"),
+        dask.config.set(scheduler="threads", num_workers=2),
+    ):
         write_cube(ds, path, op="crashy", chunks={"y": 8, "x": 8})
     assert sum(f.is_file() for f in (path / "cube" / "c").rglob("*")) >= 3
 
@@ -286,7 +290,7 @@ def test_sigkill_mid_write_leaves_incomplete_store_then_resume(tmp_path: Path, c
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert store_state(path) == "incomplete"
-    with pytest.raises(IncompleteStoreError):
+    with pytest.raises(IncompleteStoreError, match=f"store {re.escape(str(path))} is incomplete"):
         open_cube(path)
     info = cli("info", str(path), "--json")
     assert info.returncode == 0, info.stderr
