@@ -14,6 +14,7 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from cubepipe.pipeline.backend import resolve_device, to_device
+from cubepipe.pipeline.compress import prepare_compress
 from cubepipe.pipeline.moments import NFIELDS, band_moments
 from cubepipe.pipeline.pca import (
     choose_components,
@@ -173,16 +174,7 @@ def test_fit_and_project_read_each_chunk_at_most_twice(tmp_path: Path, counting_
     )
     ds, reads = counting_open(path)
     reads.clear()
-    model, _ = fit_pca(ds, n_components=4)
-    scores, partials = pca_encode(ds, model)  # what `cubepipe compress` runs
-    out = xr.Dataset({"scores": scores}).merge(model.drop_vars("component"), join="override")
-    write_cube(
-        out,
-        tmp_path / "out.zarr",
-        chunks={"component": 4},
-        results={"m": partials},
-        summarize=lambda v: summarize_metrics(v["m"]),
-    )
+    prepare_compress(ds, components=4).write(tmp_path / "out.zarr")  # `cubepipe compress`
     got = cube_chunk_reads(reads)
     assert len(got) == 6 and max(got.values()) <= 2
     assert history(read_attrs(tmp_path / "out.zarr"))[-1]["results"]["rmse"] > 0

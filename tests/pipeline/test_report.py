@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from cubepipe.pipeline.pca import fit_pca, pca_project
+from cubepipe.pipeline.compress import prepare_compress
 from cubepipe.pipeline.report import band_histograms, build_report, write_report
 from cubepipe.pipeline.report_plots import DIVERGING, image_scale
 from cubepipe.pipeline.stats import fit_stats
@@ -78,13 +78,8 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ds = make_cube("small", seed=3, chunks={"y": 64, "x": 96})
     cube = write_cube(ds, d / "cube.zarr", op="fixture", chunks={"y": 64, "x": 96})
     add_variables(cube, fit_stats(open_cube(cube)).compute(), op="stats", params={})
-    src = open_cube(cube)
-    model, st = fit_pca(src, n_components=3)
-    pca = xr.Dataset({"scores": pca_project(src, model)}).merge(
-        model.drop_vars("component"), compat="override", join="override"
-    )
-    pca = pca.assign({k: ("band", st[k].values) for k in st.data_vars})
-    comp = write_cube(pca, d / "pca.zarr", op="compress", params={"components": 3})
+    job = prepare_compress(open_cube(cube), components=3)  # what `cubepipe compress` writes
+    comp = job.write(d / "pca.zarr")
     two = xr.concat([ds["cube"], -ds["cube"]], dim="image").to_dataset(name="cube")
     stack = write_cube(two, d / "stack.zarr", op="fixture")
     return {"cube": cube, "pca": comp, "stack": stack}
