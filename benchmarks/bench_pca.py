@@ -10,8 +10,8 @@ level 1 + checksum), each in its own process:
 - ``io_floor_2read``: read the cube once (``sum().compute()``), then that copy: the least
   any fit-then-project method without caching can do;
 - ``cubepipe``: what ``cubepipe compress IN -o OUT -k 5`` runs, through the Python API
-  (``fit_pca`` -> ``pca_encode`` -> ``write_cube`` with the reconstruction metrics as
-  ``results=``, computed in the projection's own tasks), on dask's threaded scheduler;
+  (``prepare_compress`` fits, then ``.write`` stores the scores with the reconstruction
+  metrics computed in the projection's own tasks), on dask's threaded scheduler;
 - ``sklearn_pca``: load the cube, keep the pixels valid in every band as an
   ``(N, band)`` float32 array, ``sklearn.decomposition.PCA(5)`` fit then transform
   (``svd_solver="covariance_eigh"`` where scikit-learn has it, else ``"full"``; the row
@@ -66,14 +66,9 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-import xarray as xr
 import zarr
 
-from cubepipe.pipeline.pca import (
-    fit_pca,
-    pca_encode,
-    summarize_metrics,
-)
+from cubepipe.pipeline import prepare_compress
 from cubepipe.pipeline.scheduling import keep_between_passes, scheduler
 from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import open_cube, store_state, write_cube
@@ -251,34 +246,19 @@ def io_floor_2read(size: str, workdir: Path) -> dict[str, Any]:
 
 
 def cubepipe(size: str, workdir: Path) -> dict[str, Any]:
-    """The body of ``cubepipe compress IN -o OUT -k 5`` (pipeline/cli/compress.py)."""
+    """``cubepipe compress IN -o OUT -k 5`` as the library call it makes
+    (:func:`cubepipe.pipeline.prepare_compress`, then writing scores and metrics in one
+    pass)."""
     source = str(_store(size))
     t0 = time.perf_counter()
     with scheduler("threads"):
         ds = open_cube(source, keep_bytes=keep_between_passes("threads", source))
-        model, stats = fit_pca(ds, n_components=K)
+        job = prepare_compress(ds, components=K)  # the fit: one read
         fitted = time.perf_counter()
-        scores, partials = pca_encode(ds, model)
-        out = xr.Dataset({"scores": scores}, attrs=ds.attrs)
-        out = out.merge(model.drop_vars("component"), compat="override", join="override")
-        out = out.assign({k: ("band", stats[k].values) for k in stats.data_vars})
-        if "mask" in ds:
-            out["mask"] = ds["mask"]
-        k = model.sizes["component"]
-        write_cube(
-            out,
-            workdir / "scores.zarr",
-            op="compress",
-            params={"method": "pca", "components": k, "variance": None},
-            inputs=[source],
-            device="cpu",
-            chunks={"component": k},
-            results={"metrics": partials},
-            summarize=lambda values: summarize_metrics(values["metrics"]),
-        )
+        job.write(workdir / "scores.zarr", inputs=[source], device="cpu")
     done = time.perf_counter()
-    ev = model["pca_explained_variance"].values
-    comps = model["pca_components"].values
+    ev = job.dataset["pca_explained_variance"].values
+    comps = job.dataset["pca_components"].values
     if size == QUICK_SIZE:
         # cubepipe's fit stands beside the independent float64 reference: fail loudly.
         acc = accuracy(ev, comps, _load_ref(size))
