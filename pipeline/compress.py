@@ -1,13 +1,9 @@
-"""Compression of the spectral axis as a library call: fit (or load) a model, encode,
-reconstruct.
+"""Compression of the spectral axis as library calls (what ``cubepipe compress`` runs).
 
-:func:`compress` is what ``cubepipe compress`` runs: it fits PCA or a spectral
-autoencoder over ``band`` (one read of the input, computed at once), or takes a fitted
-model, and returns the output Dataset with lazy ``scores``. :func:`prepare_compress`
-returns the same Dataset together with the lazy error metrics of the reconstruction,
-so that writing the scores and measuring the error share one read of the input
-(:meth:`Compressed.write`); :func:`reconstruct` rebuilds the bands from the scores and
-the model stored beside them; :func:`load_model` takes the model out of a store.
+:func:`compress` fits PCA or an autoencoder over ``band`` (one read, computed at once) or
+takes a model, and returns the output with lazy ``scores``; :func:`prepare_compress` keeps
+the lazy reconstruction-error metrics beside it, so that one more read writes both
+(:meth:`Compressed.write`); :func:`reconstruct` rebuilds the bands from the scores.
 """
 
 from __future__ import annotations
@@ -203,7 +199,7 @@ batch_size, learning_rate, beta
     .. [1] Jolliffe, I. T. and Cadima, J. (2016), "Principal component analysis: a review
        and recent developments", Phil. Trans. R. Soc. A 374: 20150202.
     """
-    return _prepare(**locals()).dataset
+    return _prepare(**locals()).dataset  # locals(): exactly the arguments, here
 
 
 def prepare_compress(ds: xr.Dataset, **options: Any) -> Compressed:
@@ -238,8 +234,7 @@ def load_model(source: xr.Dataset | str | Path) -> xr.Dataset:
         variables, the network's spec in the attrs of ``<kind>_mean``. Its kind:
         :func:`~cubepipe.pipeline.autoencoder_apply.model_kind`.
     """
-    where = str(source) if isinstance(source, str | Path) else "the model dataset"
-    ds = open_cube(source) if isinstance(source, str | Path) else source
+    ds, where = _open(source, "the model dataset")
     kind = model_kind(ds)
     if kind in ("ae", "vae"):
         from .autoencoder import take_ae_model  # noqa: PLC0415
@@ -276,22 +271,27 @@ def reconstruct(ds: xr.Dataset | str | Path, *, device: Device | str | None = No
     PCA: ``x^ = s * (W^T (f t)) + mu`` (see :func:`compress`), in float64, stored as
     float32; an autoencoder runs its decoder in float32 (NumPy or CuPy, no PyTorch).
     """
-    where = str(ds) if isinstance(ds, str | Path) else "the dataset"
-    if isinstance(ds, str | Path):
-        ds = open_cube(ds)
-    if "scores" not in ds:
+    data, where = _open(ds, "the dataset")
+    if "scores" not in data:
         raise InputError(f"{where} has no 'scores': pass a store written by `cubepipe compress`")
-    scores = ds["scores"] if device is None else to_device(ds["scores"], device)
-    if model_kind(ds) in ("ae", "vae"):
+    scores = data["scores"] if device is None else to_device(data["scores"], device)
+    if model_kind(data) in ("ae", "vae"):
         from .autoencoder import take_ae_model  # noqa: PLC0415
 
-        cube = ae_reconstruct(scores, take_ae_model(ds, where=where))
+        cube = ae_reconstruct(scores, take_ae_model(data, where=where))
     else:
-        cube = pca_reconstruct(scores, ds[[v for v in MODEL_VARS if v in ds]])
-    out = xr.Dataset({"cube": cube}, attrs=ds.attrs)
-    if "mask" in ds:
-        out["mask"] = ds["mask"]
+        cube = pca_reconstruct(scores, data[[v for v in MODEL_VARS if v in data]])
+    out = xr.Dataset({"cube": cube}, attrs=data.attrs)
+    if "mask" in data:
+        out["mask"] = data["mask"]
     return out
+
+
+def _open(source: xr.Dataset | str | Path, name: str) -> tuple[xr.Dataset, str]:
+    """The Dataset (a path opened as a store) and how errors name it."""
+    if isinstance(source, str | Path):
+        return open_cube(source), str(source)
+    return source, name
 
 
 # -- the work ----------------------------------------------------------------------------
@@ -327,9 +327,10 @@ def _prepare(
     method = method or "pca"
     _check(method, fitted is not None, components, variance, whiten, sample)
     dev = device if device is None or isinstance(device, Device) else resolve_device(device)
-    data = ds if dev is None else to_device(ds, dev)
+    data = ds if dev is None else to_device(ds, dev)  # the chunks, where they are encoded
     name = None if model is None else "(a Dataset)" if isinstance(model, xr.Dataset) else str(model)
     training: dict[str, Any] = {}
+    stats: xr.Dataset | None = None
     if method == "pca":
         if fitted is None:
             fitted, stats = fit_pca(
@@ -344,12 +345,10 @@ def _prepare(
             )
             if sample is not None:
                 stats = None  # statistics of a sample are not the input's: not saved
-        else:
-            stats = None
         scores, partials = pca_encode(data, fitted, variable=variable)
         out = xr.Dataset({"scores": scores}, attrs=ds.attrs)
         out = out.merge(fitted.drop_vars("component"), compat="override", join="override")
-        params = {
+        params: dict[str, Any] = {
             "method": method,
             "components": int(scores.sizes["component"]),
             "variance": variance,
@@ -361,14 +360,13 @@ def _prepare(
         }
     else:
         params = {"method": method, "components": None, "model": name}
-        stats = None
         if fitted is None:
             from .autoencoder import fit_autoencoder  # noqa: PLC0415
 
             ae = {**ae, "seed": seed}
             fitted, stats, training = fit_autoencoder(
-                ds,
-                n_components=components,
+                ds,  # trained on host chunks (PyTorch takes the sample to ``device``)
+                n_components=int(components or 0),  # not None: checked by _check
                 kind=method,
                 standardize=standardize,
                 device=dev.name if dev is not None else _chunk_device(ds, variable),
