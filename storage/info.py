@@ -26,7 +26,9 @@ def _codec_names(arr: zarr.Array) -> list[str]:
     if codecs is None:  # zarr v2: filters and a compressor
         codecs = (*(arr.filters or ()), *(arr.compressors or ()))
     for codec in codecs:
-        d = codec.to_dict() if hasattr(codec, "to_dict") else {"name": type(codec).__name__}
+        d: dict[str, Any] = (
+            codec.to_dict() if hasattr(codec, "to_dict") else {"name": type(codec).__name__}
+        )
         conf = d.get("configuration") or {}
         extra = ",".join(f"{k}={v}" for k, v in sorted(conf.items()) if k != "endian")
         names.append(f"{d.get('name')}({extra})" if extra else str(d.get("name")))
@@ -85,7 +87,8 @@ def describe(path: str | Path) -> dict[str, Any]:
                 if k in arr_attrs
             },
         }
-    meta = attrs.get(ATTR) if isinstance(attrs.get(ATTR), dict) else {}
+    found = attrs.get(ATTR)
+    meta = found if isinstance(found, dict) else {}
     return {
         "path": str(p),
         "state": state,

@@ -138,7 +138,7 @@ def _cast_block(
 
 
 def _valid_block(block: np.ndarray, *, nodata: Any, axis: int) -> np.ndarray:
-    return ~_invalid(block, nodata).any(axis=axis)
+    return ~np.asarray(_invalid(block, nodata).any(axis=axis))  # an array: block is >= 2-D
 
 
 def _restore_block(
@@ -252,7 +252,9 @@ def _decode(path: Path, ds: xr.Dataset, dtype: np.dtype | None) -> xr.Dataset:
     return out
 
 
-def _open_raw(path: Path, *, format: str, chunks: Mapping[str, int], layout: str | None):
+def _open_raw(
+    path: Path, *, format: str, chunks: Mapping[str, int], layout: str | None
+) -> xr.Dataset:
     check_input(path)
     try:
         if layout is None:
@@ -352,9 +354,9 @@ def open_input(
 
 def write_input(
     ds: xr.Dataset,
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     *,
-    inputs: Sequence[str | os.PathLike] = (),
+    inputs: Sequence[str | os.PathLike[str]] = (),
     encoding: str = "float32",
     chunks: Mapping[str, int] | None = None,
     resume: bool = False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping
+from typing import Any, TypeVar
 
 from .errors import InputError
 
@@ -24,14 +25,19 @@ DEFAULT_CHUNK_YX = 512
 #: No single chunk may hold more than this many bytes (in memory, before compression).
 MAX_CHUNK_BYTES = 128 * 2**20
 
+#: A dim name: ``str`` for cubepipe's own dims, any hashable in an xarray ``sizes`` mapping.
+_Dim = TypeVar("_Dim", bound=Hashable)
+
 
 def default_chunks(
-    sizes: Mapping[Hashable, int],
+    sizes: Mapping[_Dim, int],
     itemsize: int,
     *,
     yx: int = DEFAULT_CHUNK_YX,
-    overrides: Mapping[Hashable, int] | None = None,
-) -> dict[Hashable, int]:
+    # Any key: a lookup by dim name, and ``Mapping`` is invariant in its key type, so a
+    # ``dict[str, int]`` (from ``--chunks``) must fit as well as xarray's Hashable keys.
+    overrides: Mapping[Any, int] | None = None,
+) -> dict[_Dim, int]:
     """Chunk sizes for a variable with the given dim sizes.
 
     ``band`` and any other dim (``component``, ...) stay whole, ``y``/``x`` get ``yx``
@@ -40,7 +46,7 @@ def default_chunks(
     from ``--chunks y=256,x=256``) win.
     """
     overrides = dict(overrides or {})
-    chunks: dict[Hashable, int] = {}
+    chunks: dict[_Dim, int] = {}
     for dim, n in sizes.items():
         if dim in overrides:
             chunks[dim] = min(int(overrides[dim]), n) if n else 1
@@ -52,7 +58,7 @@ def default_chunks(
             chunks[dim] = n
         chunks[dim] = max(chunks[dim], 1)
     while math.prod(int(c) for c in chunks.values()) * itemsize > MAX_CHUNK_BYTES:
-        shrinkable = [d for d in ("y", "x") if d not in overrides and chunks.get(d, 1) > 1]
+        shrinkable = [d for d in chunks if d in ("y", "x") and d not in overrides and chunks[d] > 1]
         if not shrinkable:
             break
         for d in shrinkable:

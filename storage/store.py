@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dask
 import dask.array as da
@@ -141,7 +141,7 @@ def history(ds_or_attrs: xr.Dataset | Mapping[str, Any]) -> list[dict[str, Any]]
     return [dict(h) for h in entries]
 
 
-def _open_group(path: str | Path, *, mode: str) -> zarr.Group:
+def _open_group(path: str | Path, *, mode: Literal["r", "r+", "a", "w", "w-"]) -> zarr.Group:
     p = Path(path)
     if not p.exists():
         raise StoreNotFoundError(p)
@@ -317,13 +317,13 @@ def _read_directly(
 # -- writing -------------------------------------------------------------------------------
 
 
-def _target_chunks(var: xr.Variable, overrides: Mapping[Hashable, int] | None) -> tuple[int, ...]:
+def _target_chunks(var: xr.Variable, overrides: Mapping[Any, int] | None) -> tuple[int, ...]:
     sizes = dict(zip(var.dims, var.shape, strict=True))
     chunks = default_chunks(sizes, var.dtype.itemsize, overrides=overrides)
     return tuple(chunks[d] for d in var.dims)
 
 
-def _prepare(ds: xr.Dataset, chunks: Mapping[Hashable, int] | None) -> tuple[xr.Dataset, dict]:
+def _prepare(ds: xr.Dataset, chunks: Mapping[Any, int] | None) -> tuple[xr.Dataset, dict]:
     """Rechunk every data variable to its store chunking, as dask arrays."""
     if not ds.data_vars:
         raise InputError("nothing to write: the dataset has no data variables")
@@ -529,12 +529,12 @@ def _check_resumable(path: Path, ds: xr.Dataset, entry: Mapping[str, Any]) -> di
                 "use --overwrite to start over"
             )
     for name, var in ds.data_vars.items():
-        if name not in group:
+        arr = group.get(str(name))
+        if not isinstance(arr, zarr.Array):  # missing, or a subgroup of that name
             raise InputError(
                 f"cannot resume {path}: it has no variable {name!r}, so it was started by a "
                 "different command; use --overwrite to start over"
             )
-        arr = group[str(name)]
         if tuple(arr.shape) != tuple(var.shape) or np.dtype(arr.dtype) != var.dtype:
             raise InputError(
                 f"cannot resume {path}: variable {name!r} there is {arr.dtype}{tuple(arr.shape)}"
@@ -621,11 +621,13 @@ def _plan(
 
 def _swap(stage: Path, real: Path) -> None:
     """Put the finished ``stage`` where ``real`` is; the old store is removed last."""
-    old = real.with_name(f".{real.name}.replaced-{secrets.token_hex(4)}")
+    aside = real.with_name(f".{real.name}.replaced-{secrets.token_hex(4)}")
+    old: Path | None
     try:
-        os.rename(real, old)
+        os.rename(real, aside)
+        old = aside
     except FileNotFoundError:
-        old = None  # type: ignore[assignment]
+        old = None
     os.rename(stage, real)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -651,13 +653,13 @@ def _sync(path: Path) -> None:
 
 def write_cube(
     ds: xr.Dataset,
-    path: str | Path,
+    path: str | os.PathLike[str],
     *,
     op: str = "write",
     params: Mapping[str, Any] | None = None,
     inputs: Iterable[Any] = (),
     device: str = "cpu",
-    chunks: Mapping[Hashable, int] | None = None,
+    chunks: Mapping[Any, int] | None = None,  # by dim name (see layout.default_chunks)
     resume: bool = False,
     overwrite: bool = False,
     results: Mapping[str, Any] | None = None,
@@ -758,7 +760,7 @@ def _write(
     allow_nonfinite: bool,
 ) -> None:
     resuming = attrs is not None
-    if resuming:
+    if attrs is not None:
         for leftover in p.rglob("*.partial"):  # chunk files a killed writer never renamed
             leftover.unlink()
         meta = copy.deepcopy(attrs[ATTR])

@@ -14,7 +14,7 @@ from typing import Any
 import xarray as xr
 import zarr
 
-from .errors import IncompleteStoreError, InputError
+from .errors import IncompleteStoreError, InputError, InvalidStoreError
 from .guard import output_lock, resolve
 from .oserrors import user_os_errors
 from .store import ATTR, _history_entry, _now, _open_group, history, store_state
@@ -48,17 +48,24 @@ def add_variables(
         if state == "incomplete":
             raise IncompleteStoreError(p)
         group = _open_group(real, mode="r")
-        clash = [n for n in new.data_vars if n in group and n not in _replaceable(group)]
+        clash = [n for n in new.data_vars if str(n) in group and n not in _replaceable(group)]
         if clash:
             raise InputError(
                 f"{p} already has data variable(s) {clash} that are not fitted results"
             )
-        meta = dict(group.attrs.get(ATTR) or {"history": []})
+        found = group.attrs.get(ATTR)
+        meta: dict[str, Any]
+        if not found:  # a foreign store: its first cubepipe history entry
+            meta = {"history": []}
+        elif isinstance(found, Mapping):
+            meta = dict(found)
+        else:
+            raise InvalidStoreError(f"{p}: {ATTR} is a {type(found).__name__}, not a mapping")
         zarr_format = group.metadata.zarr_format
         entry = _history_entry(op, params, inputs, device, provenance)
         new = new.drop_encoding().compute()
         new.attrs = {}
-        to_write = new.drop_vars([c for c in new.coords if c in group])
+        to_write = new.drop_vars([c for c in new.coords if str(c) in group])
         token = secrets.token_hex(4)
         stage = real.with_name(f".{real.name}.add-{token}")
         moved: list[tuple[Path, Path | None]] = []  # (moved in, what it replaced)
@@ -66,9 +73,7 @@ def add_variables(
             with zarr.config.set({"array.write_empty_chunks": True}):
                 # In the store's own format (a zarr v2 group written by another tool
                 # gets v2 arrays: one store, one format).
-                to_write.to_zarr(
-                    str(stage), mode="w-", zarr_format=zarr_format, consolidated=False
-                )
+                to_write.to_zarr(str(stage), mode="w-", zarr_format=zarr_format, consolidated=False)
             for child in sorted(stage.iterdir()):
                 if not any((child / f).is_file() for f in ("zarr.json", ".zarray")):
                     continue
