@@ -317,6 +317,7 @@ def prepare_export(
         check_free([out], overwrite=overwrite)
         check_room(out, n_values * float_dtype(var, bits).itemsize)
     else:
+        assert bits is not None  # _check_options gives every .png/.jpg export a bit depth
         if bits == 16 and len(idx) == 3:
             raise InputError(
                 f"cannot write {out.name} as a 16-bit RGB PNG (Pillow writes RGB in 8 bits); "

@@ -162,7 +162,8 @@ def _numbers(fields: Mapping[str, str], key: str, n: int, hdr: Path) -> np.ndarr
     except ValueError:
         values = np.empty(0)
     if values.size != n:
-        return _ignore(hdr, key, f"expected {n} numbers (one per band), got {raw[:60]!r}...")
+        _ignore(hdr, key, f"expected {n} numbers (one per band), got {raw[:60]!r}...")
+        return None
     return values
 
 
@@ -212,6 +213,7 @@ def _read_block(
     block_info: dict | None = None,
 ) -> np.ndarray:
     """Read one ``(band, y, x)`` box of the binary file (a dask block)."""
+    assert block_info is not None  # dask passes it to every block
     (b0, b1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
     box = {"band": slice(b0, b1), "y": slice(y0, y1), "x": slice(x0, x1)}
     dtype = np.dtype(file_dtype)

@@ -74,8 +74,15 @@ def _png_ihdr(path: Path) -> tuple[int, int]:
 #: PNG colour type -> samples per pixel.
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 #: Adam7 passes: (x0, y0, dx, dy).
-_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2))
-_ADAM7 += ((0, 1, 1, 2),)
+_ADAM7: tuple[tuple[int, int, int, int], ...] = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
 
 
 def _png_raw_size(path: Path) -> int:
@@ -192,9 +199,7 @@ def _decode(path: str, fmt: str, decoder: str, mode: str) -> np.ndarray:
 
         return imagecodecs.png_decode(Path(path).read_bytes())
     with Image.open(path, formats=_PIL_FORMATS[fmt]) as im:
-        if im.mode != mode:
-            im = im.convert(mode)
-        return np.asarray(im)
+        return np.asarray(im.convert(mode) if im.mode != mode else im)
 
 
 def _read_image(

@@ -38,6 +38,7 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
+from dask.typing import Key
 
 from ..errors import CubepipeWarning, FormatError, MissingDependencyError
 from ..layout import MAX_CHUNK_BYTES, default_chunks
@@ -74,7 +75,8 @@ def _tifffile_log() -> Iterator[list[str]]:
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
     previous = getattr(_capture, "sink", None)
-    _capture.sink = sink = []
+    sink: list[str] = []
+    _capture.sink = sink
     try:
         yield sink
     finally:
@@ -95,12 +97,13 @@ def _check_series(path: Path, tif: tifffile.TiffFile, log: list[str]) -> tifffil
         raise _fail(path, "the TIFF file holds no image; expected at least one page", log)
     series = tif.series[0]
     keyframe = series.keyframe
-    pages = list(series.pages)
-    if any(page is None for page in pages) or len(pages) * keyframe.size != series.size:
+    listed = list(series.pages)
+    pages = [page for page in listed if page is not None]
+    if len(pages) < len(listed) or len(listed) * keyframe.size != series.size:
         raise _fail(
             path,
             f"damaged or truncated TIFF: the image is {series.shape} but only "
-            f"{sum(page is not None for page in pages)} of its pages could be read; "
+            f"{len(pages)} of its pages could be read; "
             "copy or download the file again",
             log,
         )
@@ -272,7 +275,7 @@ def _recut(data: da.Array, chunks: tuple[int, ...]) -> da.Array:
     out_chunks = da.core.normalize_chunks(chunks, data.shape)
     per_axis = [_overlaps(s, d) for s, d in zip(data.chunks, out_chunks, strict=True)]
     name = "cubepipe-ingest-read-tiff-blocks-" + tokenize(data.name, out_chunks)
-    layer: dict[tuple, tuple] = {}
+    layer: dict[Key, Any] = {}
     for index in itertools.product(*(range(len(c)) for c in out_chunks)):
         shape = tuple(out_chunks[a][i] for a, i in enumerate(index))
         rows, keys = [], []
@@ -287,7 +290,9 @@ def _recut(data: da.Array, chunks: tuple[int, ...]) -> da.Array:
             keys.append((data.name, *at))
         plan = np.array(rows, dtype=np.int64)  # an array: never mistaken for a task key
         layer[(name, *index)] = (_assemble, plan, shape, data.dtype.str, *keys)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])
+    # dask's own DaskCollection protocol declares __dask_scheduler__ a staticmethod, which
+    # da.Array's (a staticmethod object) does not match for mypy: a wrong stub, not a bug.
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])  # type: ignore[list-item]
     return da.Array(graph, name, out_chunks, meta=data._meta)
 
 
@@ -296,7 +301,7 @@ def _contiguous_pages(path: Path, series: tifffile.TiffPageSeries) -> tuple[int,
     key = series.keyframe
     if key.predictor != 1 or key.fillorder != 1:
         return None
-    pages = list(series.pages)
+    pages = [page for page in series.pages if page is not None]  # _check_series refused a None
     if not all(page.is_contiguous for page in pages):
         return None
     offsets = tuple(int(page.dataoffsets[0]) for page in pages)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import dask.array as da
 import numpy as np
@@ -24,6 +25,10 @@ from dask.base import tokenize
 from ..errors import CubepipeWarning, FormatError, MissingDependencyError
 from ..layout import MAX_CHUNK_BYTES, default_chunks
 from .base import ReaderSpec, register
+
+if TYPE_CHECKING:  # PyAV is optional and imported only when a video is opened
+    from av.video.format import VideoFormat
+    from av.video.frame import VideoFrame
 
 __all__ = ["FRAMES_PER_BLOCK", "open_video"]
 
@@ -53,7 +58,7 @@ class _Pixels:
     bits: int
 
     @classmethod
-    def of(cls, fmt: object) -> _Pixels:
+    def of(cls, fmt: VideoFormat | None) -> _Pixels:
         """For a stream's pixel format (``None`` = unknown: 8-bit colour is assumed)."""
         bits = max([8, *(c.bits for c in fmt.components)] if fmt is not None else [8])
         deep = bits > 8
@@ -62,9 +67,10 @@ class _Pixels:
             return cls("gray16le" if deep else "gray", ("grey",), "u2" if deep else "u1", bits)
         return cls("rgb48le" if deep else "rgb24", ("R", "G", "B"), "u2" if deep else "u1", bits)
 
-    def array(self, frame: object, height: int, width: int) -> np.ndarray:
+    def array(self, frame: VideoFrame, height: int, width: int) -> np.ndarray:
         """One decoded frame as ``(band, y, x)``, at the stream's own bit depth."""
-        image = frame.to_ndarray(format=self.fmt, width=width, height=height)
+        # uint8/uint16 for the integer formats of _Pixels (PyAV's stub lists float ones too)
+        image: np.ndarray = frame.to_ndarray(format=self.fmt, width=width, height=height)
         if 8 < self.bits < 16:  # FFmpeg scaled it to 16 bits by bit replication: undo it
             image = image >> (16 - self.bits)
         return image.transpose(2, 0, 1) if image.ndim == 3 else image[None]

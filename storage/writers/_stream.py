@@ -71,7 +71,7 @@ class FileTarget:
         else:
             idx = np.indices(bshape[:j], dtype=np.int64).reshape(j, -1)
             starts = (strides[:j] @ idx) * dtype.itemsize
-        data = memoryview(block.reshape(-1).view(np.uint8))
+        data = block.reshape(-1).view(np.uint8).data  # a memoryview of the bytes
         fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             pwrite, pos = os.pwrite, 0
