@@ -560,16 +560,18 @@ def claim_output(
     """
     real = resolve(path)
     check_disjoint(real, [str(i) for i in inputs])
-    state = store_state(real)
-    if state == "not-a-store":
-        raise StoreExistsError(f"{path} exists and is not a zarr store; refusing to replace it")
-    if state != "missing" and not (resume or overwrite):
-        raise StoreExistsError(
-            f"{path} already exists"
-            + (" and is incomplete (an interrupted run?)" if state == "incomplete" else "")
-            + ": pass --resume to finish it or --overwrite to replace it"
-        )
+    # The lock first: a store another live process is writing is "being written by",
+    # not "incomplete (an interrupted run?)".
     with user_os_errors(path, "writing"), output_lock(real):
+        state = store_state(real)
+        if state == "not-a-store":
+            raise StoreExistsError(f"{path} exists and is not a zarr store; refusing to replace it")
+        if state != "missing" and not (resume or overwrite):
+            raise StoreExistsError(
+                f"{path} already exists"
+                + (" and is incomplete (an interrupted run?)" if state == "incomplete" else "")
+                + ": pass --resume to finish it or --overwrite to replace it"
+            )
         yield real
 
 

@@ -255,15 +255,15 @@ def test_resume_from_another_input_is_refused(cli, tmp_path: Path) -> None:
 
 
 def test_a_second_writer_of_the_same_output_is_refused(cli, tmp_path: Path) -> None:
-    a = _cube((8, 1000, 1000), seed=8)
+    a = _cube((16, 1500, 1000), seed=8)  # 2400 chunks one at a time: several seconds
     np.save(tmp_path / "A.npy", a)
     np.save(tmp_path / "B.npy", a[::-1].copy())
     out = tmp_path / "O.zarr"
     first = _start_ingest(tmp_path / "A.npy", out)
     assert _wait_for(lambda: lock_path(out).exists() or first.poll() is not None)
-    assert first.poll() is None, "the first writer finished before the second started"
     for extra in ([], ["--overwrite"], ["--resume"]):
         second = cli("ingest", str(tmp_path / "B.npy"), "-o", str(out), *extra)
+        assert first.poll() is None, "the first writer finished: the test proves nothing"
         _one_line_exit_2(second)
         assert f"pid {first.pid}" in second.stderr
     assert first.wait(timeout=120) == 0, first.stderr.read()
