@@ -28,7 +28,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check $(LINTED)
 
 # Tests run in parallel worker processes, one per core (at most 4): CI has 2 cores.
-# Tests marked `slow` (full-size decompression bombs, the 1.5 GB memory-limit run) are
+# Tests marked `slow` (full-size decompression bombs) are
 # left to `make test-slow`.
 test: lint
 	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 -m "not slow"
