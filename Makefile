@@ -26,6 +26,7 @@ demo: $(VENV)/.installed-core
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy storage pipeline
 
 # Tests run in parallel worker processes, one per core (at most 4): CI has 2 cores.
 # Tests marked `slow` (full-size decompression bombs) are

@@ -187,9 +187,9 @@ def fit_autoencoder(
     sample = sample_pixels(data, valid, band_axis=axis, n=train_pixels, seed=seed)
     # Unoptimised: array optimisation would inline the chunk reads into the moments'
     # tasks under new names, and the sample would read every chunk a second time.
-    packed, (_, _, values) = dask.compute(packed, sample, optimize_graph=False)
-    packed = np.asarray(packed.get() if hasattr(packed, "get") else packed)
-    stats = stats_from_packed(packed[:, :NFIELDS], cube, variable)
+    computed, (_, _, values) = dask.compute(packed, sample, optimize_graph=False)
+    moments = np.asarray(computed.get() if hasattr(computed, "get") else computed)
+    stats = stats_from_packed(moments[:, :NFIELDS], cube, variable)
     if values.shape[0] < _MIN_PIXELS:
         raise InputError(
             f"an autoencoder needs at least {_MIN_PIXELS} pixels valid in every band; "
@@ -208,7 +208,7 @@ def fit_autoencoder(
         activation=activation,
     )
     params = init_params(spec, seed)
-    cond = _pca_init(params, spec, packed, center, scale, weights) if init == "pca" else None
+    cond = _pca_init(params, spec, moments, center, scale, weights) if init == "pca" else None
     from .autoencoder_torch import train_network  # noqa: PLC0415  (imports torch)
 
     params, report = train_network(

@@ -198,8 +198,9 @@ def to_device(data: Any, device: Device | str) -> Any:
     if not isinstance(data, da.Array):
         return data
     xp = dev.xp
-    return data.map_blocks(
+    return da.map_blocks(
         _to_xp,
+        data,
         xp=xp,
         dtype=data.dtype,
         meta=xp.empty((0,) * data.ndim, dtype=data.dtype),
@@ -215,8 +216,9 @@ def to_host(data: Any) -> Any:
         return data.copy(data=to_host(data.data))
     if not isinstance(data, da.Array) or isinstance(data._meta, np.ndarray):
         return data
-    return data.map_blocks(
+    return da.map_blocks(
         _asnumpy,
+        data,
         dtype=data.dtype,
         meta=np.empty((0,) * data.ndim, dtype=data.dtype),
         token="cubepipe-to-cpu",

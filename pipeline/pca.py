@@ -73,10 +73,11 @@ def choose_components(
                 f"--components must be between 1 and {nb} (the band count); got {n_components}"
             )
         return int(n_components)
+    assert variance is not None  # exactly one of the two was given
     if not 0 < variance < 1:
         raise InputError(f"--variance must be a fraction in (0, 1); got {variance}")
     cum = np.cumsum(ratio)
-    return int(min(np.searchsorted(cum, variance, side="right") + 1, nb))
+    return min(int(np.searchsorted(cum, variance, side="right")) + 1, nb)
 
 
 def fit_pca(
@@ -135,16 +136,16 @@ def fit_pca(
         kind="comoments",
         blocks=blocks,
     )
-    packed = np.asarray(_to_host(packed.compute()))
-    stats = stats_from_packed(packed[:, :NFIELDS], cube, variable)
-    n = float(packed[0, NFIELDS])
-    nb = packed.shape[0]
+    moments = np.asarray(_to_host(packed.compute()))
+    stats = stats_from_packed(moments[:, :NFIELDS], cube, variable)
+    n = float(moments[0, NFIELDS])
+    nb = moments.shape[0]
     if n < 2:
         raise InputError(
             f"PCA needs at least 2 pixels valid in every band; {variable!r} has {int(n)}"
         )
-    mean = packed[:, NFIELDS + 1]
-    cov = packed[:, NFIELDS + 2 :] / (n - 1)
+    mean = moments[:, NFIELDS + 1]
+    cov = moments[:, NFIELDS + 2 :] / (n - 1)
     scale = np.ones(nb)
     if standardize:
         std = np.sqrt(np.diag(cov) * (n - 1) / n)  # population std of the fitted pixels
@@ -195,7 +196,7 @@ def fit_pca(
             "variable": variable,
         }
     )
-    if blocks is not None:
+    if blocks is not None and sample is not None:
         model["pca_components"].attrs.update(
             {"sample_fraction": float(sample), "sample_chunks": len(blocks), "sample_seed": seed}
         )

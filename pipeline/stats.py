@@ -95,8 +95,9 @@ def stats_from_packed(packed: Any, cube: xr.DataArray, variable: str = "cube") -
     lazy), with the band coordinates of ``cube``."""
     if isinstance(packed, da.Array):
         fields = {
-            name: packed.map_blocks(
+            name: da.map_blocks(
                 _field,
+                packed,
                 field=name,
                 drop_axis=1,
                 dtype=np.int64 if name == "stats_count" else np.float64,

@@ -81,9 +81,10 @@ class _Plan:
 def _filter_block(x: Any, valid: Any = None, *, plan: _Plan) -> Any:
     xp = array_namespace(x)
     b = plan.pad(xp.astype(x, xp.float64), xp, plan.outside)
-    opts = {"axes": plan.axes, "depth": plan.depth, "method": plan.method}
     if not plan.masked:
-        out = convolve_block(b, plan.kernel.taps, **opts)
+        out = convolve_block(
+            b, plan.kernel.taps, axes=plan.axes, depth=plan.depth, method=plan.method
+        )
     else:
         # asarray: a mask held in host memory meets data on the GPU here.
         w = None if valid is None else plan.pad(xp.asarray(valid), xp, False)
@@ -97,7 +98,9 @@ def _filter_block(x: Any, valid: Any = None, *, plan: _Plan) -> Any:
             min_support=plan.min_support,
             fill=plan.fill,
             finite=plan.mask_nan,
-            **opts,
+            axes=plan.axes,
+            depth=plan.depth,
+            method=plan.method,
         )
     return xp.astype(out, plan.out_dtype)
 

@@ -20,6 +20,7 @@ exponentially (about ``exp(-4.4 F r)``), so the truncated kernel has a radius of
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,10 +36,10 @@ TRUNCATE = 1e-10
 MIN_CUTOFF = 0.005
 
 
-def transfer_function(freqs: list[np.ndarray], cutoff: float) -> np.ndarray:
+def transfer_function(freqs: Sequence[np.ndarray], cutoff: float) -> np.ndarray:
     """``H`` of the Butterworth lowpass at the (broadcastable) frequency grids ``freqs``."""
-    rho2 = sum(np.sin(np.pi * f) ** 2 for f in freqs)
-    return 1.0 / (1.0 + (rho2 / math.sin(math.pi * cutoff) ** 2) ** ORDER)
+    rho2 = sum((np.sin(np.pi * f) ** 2 for f in freqs), np.zeros(()))
+    return np.asarray(1.0 / (1.0 + (rho2 / math.sin(math.pi * cutoff) ** 2) ** ORDER))
 
 
 def butterworth_lowpass(cutoff: float, ndim: int) -> np.ndarray:
