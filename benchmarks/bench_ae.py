@@ -59,7 +59,7 @@ from cubepipe.pipeline.pca import fit_pca, pca_encode, summarize_metrics
 from cubepipe.storage import open_cube, store_state, write_cube
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, main  # noqa: E402
+from _common import INPUTS, main
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 

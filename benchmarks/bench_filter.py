@@ -56,7 +56,7 @@ from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import open_cube, store_state, write_cube
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, RESULTS, main  # noqa: E402
+from _common import INPUTS, RESULTS, main
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 

@@ -53,7 +53,7 @@ from cubepipe.storage.ingest import ingest
 from cubepipe.storage.store import default_compressors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, RESULTS, main  # noqa: E402
+from _common import INPUTS, RESULTS, main
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 

@@ -38,8 +38,8 @@ from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import store_state, write_cube
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, main  # noqa: E402
-from _memory import run_sampled  # noqa: E402
+from _common import INPUTS, main
+from _memory import run_sampled
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 

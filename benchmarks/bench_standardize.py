@@ -29,7 +29,7 @@ from cubepipe.storage import open_cube, store_state, write_cube
 from cubepipe.storage.store import default_compressors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, main, zarr_copy  # noqa: E402
+from _common import INPUTS, main, zarr_copy
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 

@@ -58,7 +58,7 @@ def small_store(tmp_path: Path, small_cube: xr.Dataset) -> Path:
     return write_cube(small_cube, tmp_path / "small.zarr", op="fixture", chunks={"y": 64, "x": 96})
 
 
-def _raise_on_compute(dsk, keys, **kwargs):  # noqa: ANN001, ANN202 (dask scheduler signature)
+def _raise_on_compute(dsk, keys, **kwargs):
     raise AssertionError(f"a dask computation ran during graph construction (keys {keys!r})")
 
 
@@ -97,7 +97,7 @@ def _fresh_process_warnings() -> None:
     for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
         warnings.simplefilter("ignore", category)
 
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+    def show(message, category, filename, lineno, file=None, line=None):
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
     warnings.showwarning = show
@@ -166,7 +166,7 @@ class CountingStore(LocalStore):
 
     reads: Counter
 
-    async def get(self, key, prototype=None, byte_range=None):  # noqa: ANN001, ANN201
+    async def get(self, key, prototype=None, byte_range=None):
         self.reads[key] += 1
         return await super().get(key, prototype=prototype, byte_range=byte_range)
 

@@ -37,9 +37,9 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> None:
     via=st.sampled_from(["npy", "tif"]),
     seed=st.integers(0, 2**16),
 )
-def test_ingest_store_export_is_bit_identical(  # noqa: PLR0913
+def test_ingest_store_export_is_bit_identical(
     tmp_path: Path, bands, ny, nx, dtype, cy, cx, via, seed
-) -> None:  # noqa: ANN001
+) -> None:
     work = tmp_path / f"case{next(_counter)}"
     work.mkdir()
     data = signed_float_block((bands, ny, nx), seed=seed).astype(dtype)

@@ -74,7 +74,7 @@ def stats_cmd(
     state.say(f"cubepipe stats: {store} in {time.perf_counter() - t0:.1f} s{saved}")
 
 
-def _load_stats(spec: str):  # noqa: ANN202
+def _load_stats(spec: str):
     if Path(spec).is_file():
         return stats_from_json(spec)
     return take_stats(open_cube(spec))

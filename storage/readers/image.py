@@ -195,7 +195,7 @@ def _inspect(path: Path, fmt: str) -> dict[str, Any]:
 
 def _decode(path: str, fmt: str, decoder: str, mode: str) -> np.ndarray:
     if decoder == "imagecodecs":
-        import imagecodecs  # checked at open
+        import imagecodecs  # noqa: PLC0415 (its presence was checked at open)
 
         return imagecodecs.png_decode(Path(path).read_bytes())
     with Image.open(path, formats=_PIL_FORMATS[fmt]) as im:

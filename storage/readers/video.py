@@ -42,7 +42,7 @@ _IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", 
 
 def _import_av() -> ModuleType:
     try:
-        import av
+        import av  # noqa: PLC0415
     except ImportError:
         raise MissingDependencyError("video ingest", "av", "video") from None
     return av

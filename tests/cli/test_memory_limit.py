@@ -30,7 +30,7 @@ LIMIT_MIB = 500e6 / 2**20  # dask reads "500MB" as 500 * 10**6 bytes
 OVERHEAD_MIB = 400
 
 
-def _memory_module():  # noqa: ANN202 (benchmarks/_memory.py, loaded by path)
+def _memory_module():
     pytest.importorskip("distributed")
     psutil = pytest.importorskip("psutil")
     spec = importlib.util.spec_from_file_location("cubepipe_bench_memory", _BENCH)
@@ -40,7 +40,7 @@ def _memory_module():  # noqa: ANN202 (benchmarks/_memory.py, loaded by path)
     spec.loader.exec_module(module)
     role = module._role
 
-    def settled_role(proc, root: int) -> str:  # noqa: ANN001
+    def settled_role(proc, root: int) -> str:
         # A child seen between fork and exec still shows the parent's command line; the
         # first look decides a process's role for the whole run, so wait for the exec.
         # (benchmarks/_memory.py's _role should do this itself.)

@@ -79,7 +79,7 @@ def http_server() -> Iterator[str]:
     yield from _serve(_http)
 
 
-def _one_error_line(r) -> str:  # noqa: ANN001 (CliResult)
+def _one_error_line(r) -> str:
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
@@ -155,7 +155,7 @@ def test_a_memory_limit_below_what_a_worker_needs_is_refused_before_a_cluster_st
 ) -> None:
     import distributed  # noqa: PLC0415
 
-    def no_cluster(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def no_cluster(*args, **kwargs):
         raise AssertionError("a LocalCluster was started")
 
     monkeypatch.setattr(distributed, "LocalCluster", no_cluster)

@@ -93,7 +93,7 @@ def test_sample_is_uniform_valid_and_independent_of_chunking() -> None:
 @pytest.mark.parametrize("kind", ["ae", "vae"])
 @pytest.mark.parametrize("architecture", ["mlp", "conv"])
 def test_numpy_forward_pass_matches_pytorch(kind: str, architecture: str) -> None:
-    from cubepipe.pipeline.autoencoder_torch import _Runner
+    from cubepipe.pipeline.autoencoder_torch import _Runner  # noqa: PLC0415
 
     spec = build_spec(kind=kind, architecture=architecture, bands=11, components=3, hidden=(12, 6))
     params = init_params(spec, seed=1)

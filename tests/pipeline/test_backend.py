@@ -65,8 +65,8 @@ def test_unknown_device_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_scipy_modules_for_numpy() -> None:
-    import scipy.fft
-    import scipy.ndimage
+    import scipy.fft  # noqa: PLC0415
+    import scipy.ndimage  # noqa: PLC0415
 
     xp = array_namespace(np.ones(3))
     assert fft_module(xp) is scipy.fft
@@ -86,7 +86,7 @@ def test_to_host_and_cpu_device_keep_numpy_chunks(small_cube: xr.Dataset, no_com
 
 @pytest.mark.gpu
 def test_gpu_round_trip_keeps_meta_and_values(small_cube: xr.Dataset, tmp_path: Path) -> None:
-    import cupy
+    import cupy  # noqa: PLC0415
 
     dev = resolve_device("gpu")
     assert dev.name == "gpu" and dev.xp is cupy

@@ -104,8 +104,8 @@ def test_bad_shapes_and_options() -> None:
 
 
 def test_no_explicit_inverse_in_the_code_base() -> None:
-    import re
-    from pathlib import Path
+    import re  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
 
     root = Path(__file__).resolve().parents[2]
     pattern = re.compile(r"(linalg\.inv\(|[^_a-z.]inv\()")

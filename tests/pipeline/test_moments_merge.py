@@ -129,7 +129,7 @@ def cases(draw):
 
 @settings(max_examples=20)
 @given(case=cases(), kind=st.sampled_from(["moments", "comoments"]))
-def test_dask_tree_merge_of_random_chunkings_equals_numpy(case, kind) -> None:  # noqa: ANN001
+def test_dask_tree_merge_of_random_chunkings_equals_numpy(case, kind) -> None:
     x, valid = _data(case["seed"], case["shape"], case["offset"], case["dtype"], case["invalid"])
     data = da.from_array(x, chunks=case["chunks"])
     v = None if valid is None else da.from_array(np.broadcast_to(valid, x.shape), data.chunks)
@@ -159,7 +159,7 @@ def _random_partitions(rng: np.random.Generator, x: np.ndarray, valid, parts: in
     order_seed=st.integers(0, 2**32 - 1),
 )
 def test_merging_random_partitions_in_random_order_and_grouping(
-    case,  # noqa: ANN001
+    case,
     kind: str,
     parts: int,
     order_seed: int,

@@ -24,7 +24,7 @@ CHUNKS = (4, 16, 16)
 DTYPES = [np.float32, np.float64]
 
 
-def _data(dtype) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def _data(dtype) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     a = (100.0 + rng.normal(0, 3, size=SHAPE)).astype(dtype)
     a[1, 4:7, 5:9] = np.nan  # NaN in one band
@@ -58,7 +58,7 @@ class _Views:
     def __init__(self, a: np.ndarray) -> None:
         self.a, self.shape, self.dtype, self.ndim = a, a.shape, a.dtype, a.ndim
 
-    def __getitem__(self, idx):  # noqa: ANN001, ANN204
+    def __getitem__(self, idx):
         view = self.a[idx]
         assert view.base is self.a or view is self.a  # a view, not a copy
         return view
@@ -75,7 +75,7 @@ def _lazy(a: np.ndarray, chunks: tuple[int, ...]) -> da.Array:
     return out
 
 
-def _ds(a: np.ndarray, mask: np.ndarray | None = None, chunks=CHUNKS) -> xr.Dataset:  # noqa: ANN001
+def _ds(a: np.ndarray, mask: np.ndarray | None = None, chunks=CHUNKS) -> xr.Dataset:
     ds = xr.Dataset({"cube": (("band", "y", "x"), _lazy(a, chunks))})
     if mask is not None:
         ds["mask"] = (("y", "x"), _lazy(mask, chunks[1:]))
@@ -98,7 +98,7 @@ def _stats_dataset(a: np.ndarray) -> xr.Dataset:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("masked", [False, True])
-def test_stats_and_standardize_leave_their_inputs_alone(dtype, masked: bool) -> None:  # noqa: ANN001
+def test_stats_and_standardize_leave_their_inputs_alone(dtype, masked: bool) -> None:
     a, mask = _data(dtype)
     stats = _stats_dataset(a)
     inputs = Inputs(a=a, mask=mask, **{k: stats[k].values for k in STAT_VARS})
@@ -135,7 +135,7 @@ def test_destandardize_leaves_its_input_alone(method: str) -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("scaled", [False, True])
 def test_pca_fit_encode_project_reconstruct_leave_their_inputs_alone(
-    dtype,  # noqa: ANN001
+    dtype,
     scaled: bool,
 ) -> None:
     a, mask = _data(dtype)
@@ -172,7 +172,7 @@ def test_pca_fit_encode_project_reconstruct_leave_their_inputs_alone(
     ["plain", "mask", "mask_nan", "mask_nan_fill", "spectral"],
 )
 @pytest.mark.parametrize("chunks", [CHUNKS, SHAPE], ids=["chunked", "one-chunk"])
-def test_filter_leaves_its_input_alone(dtype, method: str, how: str, chunks) -> None:  # noqa: ANN001
+def test_filter_leaves_its_input_alone(dtype, method: str, how: str, chunks) -> None:
     a, mask = _data(dtype)
     inputs = Inputs(a=a, mask=mask)
     ds = _ds(a, mask if how == "mask" else None, chunks)  # one chunk: no halo copies

@@ -78,8 +78,8 @@ def test_a_store_without_a_recorded_command_is_not_trusted(
 
 
 def test_step_error_lives_in_the_storage_hierarchy() -> None:
-    from cubepipe.pipeline import runner
-    from cubepipe.storage import errors
+    from cubepipe.pipeline import runner  # noqa: PLC0415
+    from cubepipe.storage import errors  # noqa: PLC0415
 
     assert runner.StepError is errors.StepError
     assert issubclass(errors.StepError, CubepipeError)

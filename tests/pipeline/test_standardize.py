@@ -18,7 +18,7 @@ from cubepipe.storage import CubepipeWarning, InputError, open_cube, write_cube
 from ..conftest import cube_chunk_reads
 
 
-def _ds(a: np.ndarray, chunks) -> xr.Dataset:  # noqa: ANN001
+def _ds(a: np.ndarray, chunks) -> xr.Dataset:
     dims = ("band", "y", "x") if a.ndim == 3 else ("frame", "band", "y", "x")
     return xr.Dataset({"cube": (dims, da.from_array(a, chunks=chunks))})
 
@@ -143,9 +143,9 @@ def test_saved_statistics_reapply_to_a_real_video_stream(tmp_path: Path) -> None
     """The users' case: statistics fitted on stored images, applied later to video frames
     streamed one at a time (lossless FFV1 so the decoded values are known exactly)."""
     pytest.importorskip("av")
-    from cubepipe.storage.ingest import open_input
+    from cubepipe.storage.ingest import open_input  # noqa: PLC0415
 
-    from ..storage.test_video import moving_pattern, write_video
+    from ..storage.test_video import moving_pattern, write_video  # noqa: PLC0415
 
     frames = moving_pattern(12, smooth=True)  # (frame, y, x, 3) uint8
     video = write_video(tmp_path / "clip.mkv", frames, codec="ffv1", pix_fmt="bgr0")

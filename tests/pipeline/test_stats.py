@@ -30,7 +30,7 @@ def _offset_cube(shape=(3, 300, 400), seed=0) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _ds(a: np.ndarray, chunks) -> xr.Dataset:  # noqa: ANN001
+def _ds(a: np.ndarray, chunks) -> xr.Dataset:
     return xr.Dataset({"cube": (("band", "y", "x"), da.from_array(a, chunks=chunks))})
 
 
@@ -129,7 +129,7 @@ def _assert_matches_numpy(s: xr.Dataset) -> None:
     split_every=st.sampled_from([None, 2, 3]),
     scheduler=st.sampled_from(["threads", "synchronous"]),
 )
-def test_same_statistics_for_every_chunking(cy, cx, cb, split_every, scheduler) -> None:  # noqa: ANN001
+def test_same_statistics_for_every_chunking(cy, cx, cb, split_every, scheduler) -> None:
     with dask.config.set(scheduler=scheduler):
         s = fit_stats(_ds(_DATA, (cb, cy, cx)), split_every=split_every).compute()
     _assert_matches_numpy(s)

@@ -56,7 +56,7 @@ def _not_complete(path: Path) -> bool:
     return store_state(path) in ("missing", "incomplete")
 
 
-def _one_line_exit_2(proc) -> None:  # noqa: ANN001
+def _one_line_exit_2(proc) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("cubepipe: error:")]
     assert len(lines) == 1, proc.stderr
@@ -138,7 +138,7 @@ _READERS = [
 ]
 
 
-def _run_reader(cli, argv: list[str], src: Path, tmp_path: Path):  # noqa: ANN001, ANN202
+def _run_reader(cli, argv: list[str], src: Path, tmp_path: Path):
     subs = {
         "{S}": str(src),
         "{O}": str(tmp_path / "out.zarr"),
@@ -149,7 +149,7 @@ def _run_reader(cli, argv: list[str], src: Path, tmp_path: Path):  # noqa: ANN00
 
 
 @pytest.mark.parametrize("argv", _READERS, ids=lambda a: a[0])
-def test_a_missing_chunk_of_a_complete_store_is_an_error(cli, tmp_path: Path, argv) -> None:  # noqa: ANN001
+def test_a_missing_chunk_of_a_complete_store_is_an_error(cli, tmp_path: Path, argv) -> None:
     src = _store(tmp_path / "in.zarr", _cube())
     (src / "cube" / "c" / "0" / "1" / "2").unlink()
     proc = _run_reader(cli, argv, src, tmp_path)
@@ -160,7 +160,7 @@ def test_a_missing_chunk_of_a_complete_store_is_an_error(cli, tmp_path: Path, ar
 
 
 @pytest.mark.parametrize("argv", _READERS, ids=lambda a: a[0])
-def test_a_short_but_valid_zstd_chunk_is_an_error(cli, tmp_path: Path, argv) -> None:  # noqa: ANN001
+def test_a_short_but_valid_zstd_chunk_is_an_error(cli, tmp_path: Path, argv) -> None:
     src = _store(tmp_path / "in.zarr", _cube())
     chunk = src / "cube" / "c" / "0" / "1" / "1"
     chunk.write_bytes(Zstd(level=1, checksum=True).encode(np.ones(100, np.float32)))
@@ -221,7 +221,7 @@ def _start_ingest(src: Path, out: Path) -> subprocess.Popen:
     )
 
 
-def _wait_for(cond, timeout: float = 60) -> bool:  # noqa: ANN001
+def _wait_for(cond, timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

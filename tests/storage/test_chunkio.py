@@ -21,7 +21,7 @@ from ..conftest import signed_float_block
 SHAPE, CHUNKS = (3, 37, 50), (3, 16, 16)  # edge chunks along y and x
 
 
-def _zarr_array(path: Path, data: np.ndarray, **kw) -> zarr.Array:  # noqa: ANN003
+def _zarr_array(path: Path, data: np.ndarray, **kw) -> zarr.Array:
     kw.setdefault("compressors", default_compressors())
     arr = zarr.create_array(
         str(path), shape=data.shape, chunks=CHUNKS, dtype=data.dtype, fill_value=np.nan, **kw
@@ -135,7 +135,7 @@ def test_other_layouts_fall_back_to_zarr(tmp_path: Path, kw: dict) -> None:
 
 
 def test_big_endian_chunks_fall_back_to_zarr(tmp_path: Path) -> None:
-    from zarr.codecs import BytesCodec
+    from zarr.codecs import BytesCodec  # noqa: PLC0415
 
     _zarr_array(tmp_path / "a", _data(), serializer=BytesCodec(endian="big"))
     assert direct_layout(tmp_path / "a") is None
@@ -175,7 +175,7 @@ def test_open_cube_reads_cubepipe_stores_directly_with_zarrs_values(
 
 
 def test_open_cube_falls_back_for_encoded_variables(tmp_path: Path, direct_reads: Counter) -> None:
-    from cubepipe.storage.encodings import encode
+    from cubepipe.storage.encodings import encode  # noqa: PLC0415
 
     data = np.random.default_rng(1).normal(0, 2, SHAPE).astype(np.float32)
     ds = xr.Dataset({"cube": (("band", "y", "x"), da.from_array(data, chunks=CHUNKS))})
@@ -202,7 +202,7 @@ def test_resume_removes_chunk_files_a_killed_writer_left(tmp_path: Path) -> None
 
 
 def test_layout_is_picklable_for_distributed_workers(tmp_path: Path) -> None:
-    import pickle
+    import pickle  # noqa: PLC0415
 
     _zarr_array(tmp_path / "a", _data())
     layout = direct_layout(tmp_path / "a")
@@ -230,7 +230,7 @@ def test_kept_chunks_save_the_second_read_and_change_no_value(
 
 
 def test_kept_chunks_are_read_only_and_released_when_taken(tmp_path: Path) -> None:
-    from cubepipe.storage.chunkio import KeptChunks
+    from cubepipe.storage.chunkio import KeptChunks  # noqa: PLC0415
 
     _zarr_array(tmp_path / "a", _data())
     kept = KeptChunks(10**9)
@@ -240,6 +240,6 @@ def test_kept_chunks_are_read_only_and_released_when_taken(tmp_path: Path) -> No
         block[0, 0, 0] = 1.0  # a kernel writing into its input fails loudly
     assert kept.used == block.nbytes
     assert arr[:, :16, :16] is block and kept.used == 0 and kept.hits == 1
-    import pickle
+    import pickle  # noqa: PLC0415
 
     assert pickle.loads(pickle.dumps(kept)).budget == 0  # other processes keep nothing

@@ -44,7 +44,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_cube(cube, out, op="fixture", chunks={"y": 64, "x": 96})
 
 
-def _error_line(r) -> str:  # noqa: ANN001 (CliResult)
+def _error_line(r) -> str:
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2, r.stderr
     assert len(lines) == 1, r.stderr
@@ -131,7 +131,7 @@ def test_a_failed_rename_removes_the_outputs_already_renamed(
     real_replace = os.replace
     calls = []
 
-    def flaky_replace(src, dst):  # noqa: ANN001, ANN202
+    def flaky_replace(src, dst):
         calls.append(dst)
         if len(calls) == 3:
             raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(dst))
