@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from cubepipe.storage.errors import InputError
+from cubepipe.storage.errors import FormatError, InputError
+from cubepipe.storage.readers.npy import read_header
 
 from .frequency import MIN_CUTOFF, butterworth_lowpass
 
@@ -105,20 +106,10 @@ def _header(spec: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
         raise _bad(spec, f"kernel file {path} not found")
     if not path.is_file():  # a FIFO would block, /dev/zero never end
         raise _bad(spec, f"{path} is not a regular file; save the kernel with numpy.save")
-    fmt = np.lib.format
     try:
-        with path.open("rb") as fh:
-            version = fmt.read_magic(fh)
-            if version == (1, 0):
-                shape, _, dtype = fmt.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, _, dtype = fmt.read_array_header_2_0(fh)
-            else:
-                raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
-            offset = fh.tell()
-    except Exception as exc:  # a damaged header may raise anything
-        raise _bad(spec, f"{path} is not a readable .npy array ({exc})") from None
-    dtype = np.dtype(dtype)
+        shape, dtype, offset = read_header(path)
+    except FormatError as exc:
+        raise _bad(spec, str(exc)) from None
     if dtype.hasobject:
         raise _bad(
             spec,

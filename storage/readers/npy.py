@@ -38,7 +38,7 @@ from ..errors import FormatError, InputError
 from ..layout import default_chunks
 from .base import ReaderSpec, register
 
-__all__ = ["block_array", "default_layout", "open_npy"]
+__all__ = ["block_array", "default_layout", "open_npy", "read_header"]
 
 _MAGIC = b"\x93NUMPY"
 _AXIS_DIM = {"i": "image", "b": "band", "y": "y", "x": "x"}
@@ -98,8 +98,9 @@ def _sniff(head: bytes, path: Path) -> bool:
     return head.startswith(_MAGIC)
 
 
-def _read_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """``(shape, dtype, data_offset)`` from the header alone (nothing is unpickled)."""
+def read_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data_offset)`` of a ``.npy`` file from its header alone (nothing is
+    unpickled, nothing allocated); a :class:`FormatError` if it is not one."""
     fmt = np.lib.format
     try:
         with path.open("rb") as fh:
@@ -209,7 +210,7 @@ def open_npy(
         2-D to 4-D.
     """
     p = Path(path)
-    shape, dtype, offset = _read_header(p)
+    shape, dtype, offset = read_header(p)
     _check_dtype(p, dtype)
     if len(shape) not in (2, 3, 4) or 0 in shape:
         raise FormatError(
