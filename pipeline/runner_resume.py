@@ -29,6 +29,7 @@ import click
 
 from cubepipe.storage import history, read_attrs, store_state
 from cubepipe.storage.errors import InputError
+from cubepipe.storage.store import same_option
 
 from .runner_keys import key_table
 
@@ -142,22 +143,7 @@ def _compare(entry: Mapping[str, Any], expected: Mapping[str, Any]) -> tuple[boo
     old, new = rec.get("options") or {}, expected["options"]
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
-        if not _same_value(a, b, str(rec.get("cwd") or ""), expected["cwd"]):
+        if not same_option(a, b, str(rec.get("cwd") or ""), expected["cwd"]):
             name = "in" if key in ("source", "sources", "store") else key.replace("_", "-")
             return False, f"{name} was {a!r} there, {b!r} in this step"
     return True, ""
-
-
-def _same_value(a: Any, b: Any, cwd_a: str, cwd_b: str) -> bool:
-    """Equal values, or two spellings of one path (each relative to where it was given)."""
-    if a == b:
-        return True
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return all(_same_value(x, y, cwd_a, cwd_b) for x, y in zip(a, b, strict=True))
-    if isinstance(a, str) and isinstance(b, str) and a and b:
-        return _abs(a, cwd_a) == _abs(b, cwd_b)
-    return False
-
-
-def _abs(path: str, cwd: str) -> str:
-    return os.path.normpath(os.path.join(cwd, path))

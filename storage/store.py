@@ -475,11 +475,12 @@ def _fingerprint(inputs: Iterable[str]) -> list[str]:
     return prints
 
 
-def _same_option(a: Any, b: Any, cwd_a: str, cwd_b: str) -> bool:
+def same_option(a: Any, b: Any, cwd_a: str, cwd_b: str) -> bool:
+    """Equal option values, or two spellings of one path (each relative to its cwd)."""
     if a == b:
         return True
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return all(_same_option(x, y, cwd_a, cwd_b) for x, y in zip(a, b, strict=True))
+        return all(same_option(x, y, cwd_a, cwd_b) for x, y in zip(a, b, strict=True))
     if isinstance(a, str) and isinstance(b, str) and a and b:
         return os.path.normpath(os.path.join(cwd_a, a)) == os.path.normpath(os.path.join(cwd_b, b))
     return False
@@ -512,7 +513,7 @@ def _resume_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | No
         for key in sorted(set(a) & set(b)):  # an option one version lacks: not compared
             if key in ("source", "sources", "store"):
                 continue  # compared by fingerprint
-            if not _same_option(a.get(key), b.get(key), str(rec.get("cwd")), str(cur.get("cwd"))):
+            if not same_option(a.get(key), b.get(key), str(rec.get("cwd")), str(cur.get("cwd"))):
                 return f"option {key.replace('_', '-')} was {a.get(key)!r}, now {b.get(key)!r}"
     return None
 
