@@ -4,7 +4,10 @@ Cases (each in its own process, same synthetic 15-band cube generated lazily):
 - ``xarray_to_zarr``: ``ds.to_zarr(path)`` with the same codec (zstd level 1 + checksum),
   the naive xarray way (baseline);
 - ``cubepipe_write``: ``write_cube`` (chunk-by-chunk, provenance, completion marker,
-  consolidated metadata);
+  consolidated metadata; the write lock, the +-inf check of every block, and the flush
+  of the file system (syncfs) before the completion marker);
+- ``cubepipe_write_no_flush``: the same without that flush, to measure what durability
+  costs (not an option cubepipe offers);
 - ``numpy_in_memory``: compute the whole cube into memory and ``np.save`` it (what people
   do when the cube fits; shows the memory it costs).
 
@@ -26,18 +29,26 @@ from cubepipe.storage import write_cube
 from cubepipe.storage.store import default_compressors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import main  # noqa: E402
+from _common import main
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 
 SIZES = {"tiny": (15, 300, 300), "1x": (15, 2500, 2500), "4x": (15, 5000, 5000)}
 
 
-def _cube(size: str):  # noqa: ANN202
+def _cube(size: str):
     return make_cube(SIZES[size], seed=0)
 
 
 def cubepipe_write(size: str, workdir: Path) -> dict[str, Any]:
+    write_cube(_cube(size), workdir / "out.zarr", op="bench")
+    return {}
+
+
+def cubepipe_write_no_flush(size: str, workdir: Path) -> dict[str, Any]:
+    import cubepipe.storage.store as store  # noqa: PLC0415
+
+    store._sync = lambda path: None  # measurement only: the flush before the marker
     write_cube(_cube(size), workdir / "out.zarr", op="bench")
     return {}
 
@@ -60,6 +71,7 @@ if __name__ == "__main__":
         {
             "xarray_to_zarr": xarray_to_zarr,
             "cubepipe_write": cubepipe_write,
+            "cubepipe_write_no_flush": cubepipe_write_no_flush,
             "numpy_in_memory": numpy_in_memory,
         },
         baseline="xarray_to_zarr",
