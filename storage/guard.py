@@ -6,8 +6,10 @@ is done and before anything is deleted: ``standardize S.zarr -o S.zarr --overwri
 otherwise remove the cube it is about to read.
 
 :func:`output_lock` takes an exclusive lock on an output for the life of a writer: a file
-``OUT.lock`` beside the output, created with ``O_CREAT | O_EXCL`` (atomic on local and
-network file systems) and holding the writer's pid, host, process start time and command.
+``OUT.lock`` beside the output, created atomically with its contents (a hard link of a
+file of the writer's own, which fails if the name exists; ``O_CREAT | O_EXCL`` where hard
+links are not supported) and holding the writer's pid, host, process start time and
+command.
 A second writer exits with a :class:`~cubepipe.storage.errors.StoreLockedError` saying who
 holds the lock; a lock left by a process that no longer runs on this host (pid gone, or
 reused by another process) is stale and taken over. The lock is re-entrant within one
@@ -18,6 +20,7 @@ thread, so the CLI can take it before it opens the input and
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -149,10 +152,38 @@ _held: dict[tuple[Path, int], int] = {}
 _held_guard = threading.Lock()
 
 
+def _create(lock: Path) -> None:
+    """Create ``lock`` holding this process's details, atomically: the contents are
+    written to a file of our own, which is then hard-linked to the lock's name (``link``
+    fails if the name exists, on local and network file systems alike), so no other
+    process ever reads a lock file that is still empty. File systems without hard links
+    get ``O_CREAT | O_EXCL`` and a write. Raises FileExistsError if the lock exists."""
+    mine = lock.with_name(f"{lock.name}.{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(mine, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(_holder()))
+        try:
+            os.link(mine, lock)
+            return
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, json.dumps(_holder()).encode())
+        finally:
+            os.close(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            mine.unlink()
+
+
 def _take(lock: Path, output: str | os.PathLike[str]) -> None:
     for _ in range(5):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            _create(lock)
         except FileExistsError:
             info = _read_holder(lock)
             if _is_stale(lock, info):
@@ -173,15 +204,6 @@ def _take(lock: Path, output: str | os.PathLike[str]) -> None:
                 f"{os.fspath(output)} is being written by {who}; wait for it to finish, or, "
                 f"if that process is gone, delete {lock}"
             ) from None
-        try:
-            try:
-                os.write(fd, json.dumps(_holder()).encode())
-            finally:
-                os.close(fd)
-        except OSError:  # a full disk: no half-made lock left behind
-            with contextlib.suppress(OSError):
-                lock.unlink()
-            raise
         return
     raise StoreLockedError(f"could not take the lock {lock} (it keeps changing hands); retry")
 
