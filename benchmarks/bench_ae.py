@@ -54,8 +54,12 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from cubepipe.pipeline.autoencoder import ae_project, fit_autoencoder, summarize_ae_metrics
-from cubepipe.pipeline.pca import fit_pca, pca_encode, summarize_metrics
+from cubepipe.pipeline.compression.autoencoder.fit import (
+    ae_project,
+    fit_autoencoder,
+    summarize_ae_metrics,
+)
+from cubepipe.pipeline.compression.pca import fit_pca, pca_encode, summarize_metrics
 from cubepipe.storage import open_cube, store_state, write_cube
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

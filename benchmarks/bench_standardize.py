@@ -23,7 +23,7 @@ import dask.array as da
 import xarray as xr
 
 from cubepipe.pipeline.scheduling import keep_between_passes, scheduler
-from cubepipe.pipeline.standardize import standardize
+from cubepipe.pipeline.stats.standardize import standardize
 from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import open_cube, store_state, write_cube
 from cubepipe.storage.store import default_compressors

@@ -17,14 +17,20 @@ Importing this package registers the ``ds.cubepipe`` Dataset accessor
 (:class:`~cubepipe.pipeline.accessor.CubepipeAccessor`) with the same operations.
 """
 
+from cubepipe.pipeline.compression.api import (
+    Compressed,
+    compress,
+    load_model,
+    prepare_compress,
+    reconstruct,
+)
+from cubepipe.pipeline.stats.fit import fit_stats
+from cubepipe.pipeline.stats.standardize import destandardize, standardize
 from cubepipe.storage import __version__
 
 from .accessor import CubepipeAccessor
 from .backend import Device, array_namespace, resolve_device, to_device, to_host
-from .compress import Compressed, compress, load_model, prepare_compress, reconstruct
 from .filters import filter_cube
-from .standardize import destandardize, standardize
-from .stats import fit_stats
 from .synthetic import make_cube
 
 __all__ = [

@@ -18,12 +18,12 @@ from typing import Any
 
 import xarray as xr
 
+from cubepipe.pipeline.compression.api import compress, reconstruct
+from cubepipe.pipeline.stats.fit import fit_stats
+from cubepipe.pipeline.stats.standardize import destandardize, standardize
 from cubepipe.storage import write_cube
 
-from .compress import compress, reconstruct
 from .filters import filter_cube
-from .standardize import destandardize, standardize
-from .stats import fit_stats
 
 __all__ = ["CubepipeAccessor"]
 
@@ -36,23 +36,23 @@ class CubepipeAccessor:
         self._ds = ds
 
     def stats(self, **kwargs: Any) -> xr.Dataset:
-        """Per-band statistics: :func:`~cubepipe.pipeline.stats.fit_stats`."""
+        """Per-band statistics: :func:`~cubepipe.pipeline.stats.fit.fit_stats`."""
         return fit_stats(self._ds, **kwargs)
 
     def standardize(self, stats: xr.Dataset | None = None, **kwargs: Any) -> xr.Dataset:
-        """Per-band z-scores or min-max: :func:`~cubepipe.pipeline.standardize.standardize`."""
+        """Per-band z-scores or min-max: :func:`~cubepipe.pipeline.stats.standardize.standardize`."""
         return standardize(self._ds, stats, **kwargs)
 
     def destandardize(self, **kwargs: Any) -> xr.Dataset:
-        """Undo :meth:`standardize`: :func:`~cubepipe.pipeline.standardize.destandardize`."""
+        """Undo :meth:`standardize`: :func:`~cubepipe.pipeline.stats.standardize.destandardize`."""
         return destandardize(self._ds, **kwargs)
 
     def compress(self, **kwargs: Any) -> xr.Dataset:
-        """Scores and model: :func:`~cubepipe.pipeline.compress.compress`."""
+        """Scores and model: :func:`~cubepipe.pipeline.compression.api.compress`."""
         return compress(self._ds, **kwargs)
 
     def reconstruct(self, **kwargs: Any) -> xr.Dataset:
-        """Bands from scores: :func:`~cubepipe.pipeline.compress.reconstruct`."""
+        """Bands from scores: :func:`~cubepipe.pipeline.compression.api.reconstruct`."""
         return reconstruct(self._ds, **kwargs)
 
     def filter(self, kernel: str, **kwargs: Any) -> xr.Dataset:

@@ -9,10 +9,10 @@ from typing import Any
 import click
 import xarray as xr
 
+from cubepipe.pipeline.cli.runner.resume import invocation
 from cubepipe.storage import open_cube, parse_chunks, store_state, write_cube
 from cubepipe.storage.store import claim_output
 
-from ..runner_resume import invocation
 from ..scheduling import keep_between_passes
 
 __all__ = ["in_argument", "open_in", "provenance", "write_options", "write_output"]
@@ -95,7 +95,7 @@ def write_options(f: Any) -> Any:
 def provenance() -> dict[str, Any]:
     """The running command's invocation (``{"cli": ...}``) for its store's history entry,
     which ``cubepipe run --resume`` compares with a step (see
-    :func:`~cubepipe.pipeline.runner_resume.invocation`); empty outside a click command."""
+    :func:`~cubepipe.pipeline.cli.runner.resume.invocation`); empty outside a click command."""
     ctx = click.get_current_context(silent=True)
     return {"cli": invocation(ctx)} if ctx is not None else {}
 

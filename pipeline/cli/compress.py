@@ -1,5 +1,5 @@
 """``cubepipe compress`` and ``cubepipe reconstruct``: options in, the library's
-:func:`~cubepipe.pipeline.compress.prepare_compress` / :func:`~cubepipe.pipeline.compress.reconstruct`
+:func:`~cubepipe.pipeline.compression.api.prepare_compress` / :func:`~cubepipe.pipeline.compression.api.reconstruct`
 called, the result written by :func:`~cubepipe.pipeline.cli._io.write_output`."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from cubepipe.pipeline.compression.api import Compressed, prepare_compress, reconstruct
 from cubepipe.storage import history, read_attrs
 
-from ..compress import Compressed, prepare_compress, reconstruct
 from ._app import CliState, cli, pass_state
 from ._io import in_argument, open_in, write_options, write_output
 

@@ -18,10 +18,10 @@ from typing import Any
 import click
 import dask
 
+from cubepipe.pipeline.cli.runner.pipeline import plan_pipeline, run_pipeline
 from cubepipe.storage import describe, history, open_cube, read_attrs, write_cube
 
 from ..backend import to_host
-from ..runner import plan_pipeline, run_pipeline
 from ..scheduling import scheduler
 from ..synthetic import SIZES, make_cube
 from ._app import CliState, cli, pass_state

@@ -68,7 +68,7 @@ def report_cmd(
     chunk, at most twice.
     """
     # matplotlib is imported here, not at start-up: every other command starts faster.
-    from ..report import write_report  # noqa: PLC0415
+    from cubepipe.pipeline.report.build import write_report  # noqa: PLC0415
 
     t0 = time.perf_counter()
     with state.compute():

@@ -11,10 +11,15 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from cubepipe.pipeline.cli.runner.pipeline import (
+    Pipeline,
+    load_pipeline,
+    resume_action,
+    run_pipeline,
+)
 from cubepipe.storage.errors import InputError
 
 from ..backend import resolve_device
-from ..runner import Pipeline, load_pipeline, resume_action, run_pipeline
 from ..scheduling import DEFAULT_CONNECT_TIMEOUT, check_memory_limit, check_scheduler, scheduler
 from ._app import CliState, cli
 

@@ -8,11 +8,17 @@ from pathlib import Path
 
 import click
 
+from cubepipe.pipeline.stats.fit import (
+    STAT_VARS,
+    fit_stats,
+    stats_from_json,
+    stats_to_json,
+    take_stats,
+)
+from cubepipe.pipeline.stats.standardize import METHOD_ATTR, METHODS, destandardize, standardize
 from cubepipe.storage import InputError, open_cube, store_state
 from cubepipe.storage.update import add_variables
 
-from ..standardize import METHOD_ATTR, METHODS, destandardize, standardize
-from ..stats import STAT_VARS, fit_stats, stats_from_json, stats_to_json, take_stats
 from ._app import CliState, cli, pass_state
 from ._io import in_argument, open_in, provenance, write_options, write_output
 

@@ -10,10 +10,10 @@ import numpy as np
 import xarray as xr
 from dask.array.overlap import ensure_minimum_chunksize
 
+from cubepipe.pipeline.cube import cube_and_valid
 from cubepipe.storage.errors import InputError
 
 from ..backend import array_namespace
-from ..stats import cube_and_valid
 from .convolve import choose_method, convolve_block
 from .kernels import Kernel, KernelSpec, make_kernel, parse_kernel
 from .masked import normalized_block

@@ -25,8 +25,8 @@ import sys
 import xarray as xr
 from distributed import Client, LocalCluster, get_task_stream
 from cubepipe.storage import open_cube, write_cube
-from cubepipe.pipeline.standardize import standardize
-from cubepipe.pipeline.pca import fit_pca, pca_project, reconstruction_metrics
+from cubepipe.pipeline.stats.standardize import standardize
+from cubepipe.pipeline.compression.pca import fit_pca, pca_project, reconstruction_metrics
 
 if __name__ == "__main__":
     src, work = sys.argv[1], sys.argv[2]

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from cubepipe.pipeline.autoencoder import (
+from cubepipe.pipeline.backend import resolve_device, to_device
+from cubepipe.pipeline.compression.autoencoder.fit import (
     ae_project,
     ae_reconstruct,
     fit_autoencoder,
@@ -21,10 +22,14 @@ from cubepipe.pipeline.autoencoder import (
     summarize_ae_metrics,
     take_ae_model,
 )
-from cubepipe.pipeline.autoencoder_net import build_spec, decode_rows, encode_rows, init_params
-from cubepipe.pipeline.autoencoder_sample import pixel_keys, sample_pixels
-from cubepipe.pipeline.backend import resolve_device, to_device
-from cubepipe.pipeline.pca import fit_pca, pca_encode, summarize_metrics
+from cubepipe.pipeline.compression.autoencoder.net import (
+    build_spec,
+    decode_rows,
+    encode_rows,
+    init_params,
+)
+from cubepipe.pipeline.compression.autoencoder.sample import pixel_keys, sample_pixels
+from cubepipe.pipeline.compression.pca import fit_pca, pca_encode, summarize_metrics
 from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import InputError, open_cube, write_cube
 
@@ -93,7 +98,7 @@ def test_sample_is_uniform_valid_and_independent_of_chunking() -> None:
 @pytest.mark.parametrize("kind", ["ae", "vae"])
 @pytest.mark.parametrize("architecture", ["mlp", "conv"])
 def test_numpy_forward_pass_matches_pytorch(kind: str, architecture: str) -> None:
-    from cubepipe.pipeline.autoencoder_torch import _Runner  # noqa: PLC0415
+    from cubepipe.pipeline.compression.autoencoder.torch_backend import _Runner  # noqa: PLC0415
 
     spec = build_spec(kind=kind, architecture=architecture, bands=11, components=3, hidden=(12, 6))
     params = init_params(spec, seed=1)

@@ -1,4 +1,4 @@
-"""The one-pass moment merge (pipeline/moments.py) against two-pass float64 NumPy.
+"""The one-pass moment merge (pipeline/stats/moments.py) against two-pass float64 NumPy.
 
 Partial ``{n, mean, m2, min, max}`` (and co-moment) summaries merged in any order and any
 grouping -- through dask with random chunkings and a binary tree (``split_every=2``), and
@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cubepipe.pipeline.moments import (
+from cubepipe.pipeline.stats.moments import (
     M2,
     MAX,
     MEAN,

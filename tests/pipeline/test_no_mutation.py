@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from cubepipe.pipeline.compression.pca import fit_pca, pca_encode, pca_project, pca_reconstruct
 from cubepipe.pipeline.filters import filter_cube
-from cubepipe.pipeline.pca import fit_pca, pca_encode, pca_project, pca_reconstruct
-from cubepipe.pipeline.standardize import destandardize, standardize
-from cubepipe.pipeline.stats import STAT_VARS, fit_stats
+from cubepipe.pipeline.stats.fit import STAT_VARS, fit_stats
+from cubepipe.pipeline.stats.standardize import destandardize, standardize
 
 SHAPE = (4, 30, 40)
 CHUNKS = (4, 16, 16)

@@ -14,9 +14,8 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from cubepipe.pipeline.backend import resolve_device, to_device
-from cubepipe.pipeline.compress import prepare_compress
-from cubepipe.pipeline.moments import NFIELDS, band_moments
-from cubepipe.pipeline.pca import (
+from cubepipe.pipeline.compression.api import prepare_compress
+from cubepipe.pipeline.compression.pca import (
     choose_components,
     fit_pca,
     pca_encode,
@@ -25,7 +24,8 @@ from cubepipe.pipeline.pca import (
     reconstruction_metrics,
     summarize_metrics,
 )
-from cubepipe.pipeline.stats import fit_stats
+from cubepipe.pipeline.stats.fit import fit_stats
+from cubepipe.pipeline.stats.moments import NFIELDS, band_moments
 from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import InputError, history, read_attrs, write_cube
 from cubepipe.storage.ingest import open_input

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from cubepipe.pipeline.compress import prepare_compress
-from cubepipe.pipeline.report import band_histograms, build_report, write_report
-from cubepipe.pipeline.report_plots import DIVERGING, image_scale
-from cubepipe.pipeline.stats import fit_stats
+from cubepipe.pipeline.compression.api import prepare_compress
+from cubepipe.pipeline.report.build import band_histograms, build_report, write_report
+from cubepipe.pipeline.report.plots import DIVERGING, image_scale
+from cubepipe.pipeline.stats.fit import fit_stats
 from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import InputError, StoreExistsError, open_cube, write_cube
 from cubepipe.storage.update import add_variables

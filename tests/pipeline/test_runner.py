@@ -13,8 +13,13 @@ import tifffile
 
 from cubepipe.pipeline.backend import resolve_device
 from cubepipe.pipeline.cli import CliState, cli
-from cubepipe.pipeline.runner import StepError, load_pipeline, plan_pipeline, run_pipeline
-from cubepipe.pipeline.stats import STAT_VARS
+from cubepipe.pipeline.cli.runner.pipeline import (
+    StepError,
+    load_pipeline,
+    plan_pipeline,
+    run_pipeline,
+)
+from cubepipe.pipeline.stats.fit import STAT_VARS
 from cubepipe.storage import InputError, history, open_cube, read_attrs
 
 

@@ -9,7 +9,7 @@ import zarr
 
 from cubepipe.pipeline.backend import resolve_device
 from cubepipe.pipeline.cli import CliState, cli
-from cubepipe.pipeline.runner import plan_pipeline, resume_action, run_pipeline
+from cubepipe.pipeline.cli.runner.pipeline import plan_pipeline, resume_action, run_pipeline
 from cubepipe.storage import (
     ATTR,
     InputError,
@@ -78,7 +78,7 @@ def test_a_store_without_a_recorded_command_is_not_trusted(
 
 
 def test_step_error_lives_in_the_storage_hierarchy() -> None:
-    from cubepipe.pipeline import runner  # noqa: PLC0415
+    from cubepipe.pipeline.cli.runner import pipeline as runner  # noqa: PLC0415
     from cubepipe.storage import errors  # noqa: PLC0415
 
     assert runner.StepError is errors.StepError

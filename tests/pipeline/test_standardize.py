@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from cubepipe.pipeline.standardize import destandardize, iter_standardized, standardize
-from cubepipe.pipeline.stats import fit_stats, stats_from_json, stats_to_json
+from cubepipe.pipeline.stats.fit import fit_stats, stats_from_json, stats_to_json
+from cubepipe.pipeline.stats.standardize import destandardize, iter_standardized, standardize
 from cubepipe.storage import CubepipeWarning, InputError, open_cube, write_cube
 
 from ..conftest import cube_chunk_reads

@@ -15,7 +15,7 @@ import zarr
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cubepipe.pipeline.stats import fit_stats, stats_from_json, stats_to_json
+from cubepipe.pipeline.stats.fit import fit_stats, stats_from_json, stats_to_json
 from cubepipe.storage import write_cube
 
 from ..conftest import cube_chunk_reads

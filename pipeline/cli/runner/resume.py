@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cubepipe.pipeline.cli.runner.keys import key_table
 from cubepipe.storage import history, read_attrs, store_state
 from cubepipe.storage.errors import InputError
 from cubepipe.storage.store import same_option
 
-from .runner_keys import key_table
-
 if TYPE_CHECKING:
-    from .runner import Step
+    from cubepipe.pipeline.cli.runner.pipeline import Step
 
 __all__ = ["ResumeAction", "invocation", "resume_action"]
 

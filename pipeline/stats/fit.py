@@ -2,7 +2,7 @@
 
 :func:`fit_stats` reduces every dim but ``band`` (so image data sets and videos are
 summarised over all images/frames) with the float64 Chan reduction of
-:mod:`cubepipe.pipeline.moments`, honouring NaN and the store's ``mask``. The result is a
+:mod:`cubepipe.pipeline.stats.moments`, honouring NaN and the store's ``mask``. The result is a
 Dataset of ``stats_*`` variables (DESIGN.md) that is saved beside the data and can be
 re-applied to any other store or stream, or exchanged as JSON.
 """
@@ -17,13 +17,12 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from cubepipe.pipeline.cube import cube_and_valid
+from cubepipe.pipeline.stats.moments import M2, MAX, MEAN, MIN, N, band_moments
 from cubepipe.storage.errors import InputError, NonFiniteError
-
-from .moments import M2, MAX, MEAN, MIN, N, band_moments
 
 __all__ = [
     "STAT_VARS",
-    "cube_and_valid",
     "fit_stats",
     "stats_from_json",
     "stats_from_packed",
@@ -32,29 +31,6 @@ __all__ = [
 ]
 
 STAT_VARS = ("stats_count", "stats_mean", "stats_std", "stats_min", "stats_max")
-
-
-def cube_and_valid(ds: xr.Dataset, variable: str = "cube") -> tuple[xr.DataArray, da.Array | None]:
-    """The cube variable and, if the dataset has a ``mask``, a bool dask array of the
-    same shape and chunks saying which values are valid."""
-    if variable not in ds:
-        raise InputError(
-            f"no variable {variable!r} in the input (it has {', '.join(map(str, ds.data_vars))})"
-        )
-    cube = ds[variable]
-    if "band" not in cube.dims:
-        raise InputError(f"variable {variable!r} has dims {cube.dims}; expected a 'band' dim")
-    if not isinstance(cube.data, da.Array):
-        cube = cube.chunk()
-    if "mask" not in ds or variable == "mask":
-        return cube, None
-    mask = ds["mask"]
-    if not set(mask.dims) <= set(cube.dims):
-        raise InputError(f"mask dims {mask.dims} are not a subset of {variable} dims {cube.dims}")
-    valid = mask.astype(bool).broadcast_like(cube).transpose(*cube.dims).data
-    if not isinstance(valid, da.Array):
-        valid = da.from_array(valid)
-    return cube, valid.rechunk(cube.data.chunks)
 
 
 def fit_stats(

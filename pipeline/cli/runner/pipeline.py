@@ -26,9 +26,9 @@ relative to the current directory, as on the command line.
 :func:`plan_pipeline` checks every step against its click command (names, required keys,
 each value through the option's own ``type.convert``) before anything runs, and turns
 each into the argument list of the command (the key handling lives in
-:mod:`~cubepipe.pipeline.runner_keys`); :func:`run_pipeline` then invokes the commands in
+:mod:`~cubepipe.pipeline.cli.runner.keys`); :func:`run_pipeline` then invokes the commands in
 order, and with ``resume=True`` skips or resumes the steps an interrupted run finished or
-began (:mod:`~cubepipe.pipeline.runner_resume`). Errors are one line naming the file, the
+began (:mod:`~cubepipe.pipeline.cli.runner.resume`). Errors are one line naming the file, the
 step (1-based), the op and the key. :class:`~cubepipe.storage.errors.StepError` (defined
 in storage with every other error) is re-exported here.
 """
@@ -47,9 +47,7 @@ from typing import Any
 import click
 import yaml
 
-from cubepipe.storage.errors import CubepipeError, InputError, StepError, StoreExistsError
-
-from .runner_keys import (
+from cubepipe.pipeline.cli.runner.keys import (
     MAX_PIPELINE_BYTES,
     as_text,
     check_chunks,
@@ -66,7 +64,8 @@ from .runner_keys import (
     same_path,
     yaml_reason,
 )
-from .runner_resume import ResumeAction, resume_action
+from cubepipe.pipeline.cli.runner.resume import ResumeAction, resume_action
+from cubepipe.storage.errors import CubepipeError, InputError, StepError, StoreExistsError
 
 __all__ = [
     "OPS",
@@ -371,7 +370,7 @@ def run_pipeline(
     resume
         Finish an interrupted run: a step whose output store is complete and was made by
         the same command and options is skipped, an incomplete one is resumed (its
-        command gets ``--resume``); see :mod:`cubepipe.pipeline.runner_resume`.
+        command gets ``--resume``); see :mod:`cubepipe.pipeline.cli.runner.resume`.
 
     Returns
     -------

@@ -17,11 +17,11 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from cubepipe.pipeline.backend import array_namespace
+from cubepipe.pipeline.cube import cube_and_valid
+from cubepipe.pipeline.stats.fit import STAT_VARS, fit_stats, take_stats
+from cubepipe.pipeline.stats.moments import strip_pixels
 from cubepipe.storage.errors import CubepipeWarning, InputError, NonFiniteError
-
-from .backend import array_namespace
-from .moments import strip_pixels
-from .stats import STAT_VARS, cube_and_valid, fit_stats, take_stats
 
 __all__ = ["METHODS", "destandardize", "iter_standardized", "standardize", "transform_params"]
 
@@ -138,7 +138,7 @@ def standardize(
         Input with ``variable`` of dims ``(..., band, y, x)``; NaN and ``mask`` honoured.
     stats
         Statistics to use (``stats_*`` variables, e.g. from another store or
-        :func:`~cubepipe.pipeline.stats.stats_from_json`). If None they are fitted on
+        :func:`~cubepipe.pipeline.stats.fit.stats_from_json`). If None they are fitted on
         ``ds`` first: one read of the input, computed now; applying reads it once more.
     method
         ``zscore`` or ``minmax``.

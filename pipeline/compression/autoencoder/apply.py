@@ -1,10 +1,10 @@
 """Applying a stored spectral autoencoder chunk by chunk: encode, decode, measure.
 
-The model is the ``<kind>_*`` variables :func:`cubepipe.pipeline.autoencoder.fit_autoencoder`
+The model is the ``<kind>_*`` variables :func:`cubepipe.pipeline.compression.autoencoder.fit.fit_autoencoder`
 stores (``kind`` = ``ae`` or ``vae``): ``<kind>_mean`` / ``<kind>_scale`` (the
 standardization, float64 over ``band``; ``<kind>_mean`` carries the network's JSON spec in
 its attrs under ``cubepipe_model``) and ``<kind>_<layer>_weight`` / ``_bias``. The kernels
-run :mod:`cubepipe.pipeline.autoencoder_net`'s forward pass in the namespace of the chunks
+run :mod:`cubepipe.pipeline.compression.autoencoder.net`'s forward pass in the namespace of the chunks
 (NumPy or CuPy) in float32, strip by strip so that memory does not grow with chunk size;
 PyTorch is not needed. Invalid pixels (NaN in any band, or ``mask`` False) give NaN scores
 and NaN reconstructions and are left out of the metrics.
@@ -18,13 +18,18 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from cubepipe.pipeline.backend import array_namespace
+from cubepipe.pipeline.compression.autoencoder.net import (
+    KINDS,
+    decode_rows,
+    encode_rows,
+    parametric_layers,
+    strip_size,
+)
+from cubepipe.pipeline.compression.pca import summarize_metrics
+from cubepipe.pipeline.compression.pca_kernels import error_sums
+from cubepipe.pipeline.cube import cube_and_valid
 from cubepipe.storage.errors import InputError
-
-from .autoencoder_net import KINDS, decode_rows, encode_rows, parametric_layers, strip_size
-from .backend import array_namespace
-from .pca import summarize_metrics
-from .pca_kernels import error_sums
-from .stats import cube_and_valid
 
 __all__ = [
     "MODEL_ATTR",
@@ -134,7 +139,7 @@ def _decode_block(scores: Any, *, m: dict[str, Any], axis: int) -> Any:
 
 def _metric_block(x: Any, enc: Any, *, m: dict[str, Any], axis: int, ndim: int) -> Any:
     """Partials ``[sse, n_values, sam_sum, n_angles, min, max, kl_sum, n_pixels]`` of one
-    chunk (the first six as :func:`cubepipe.pipeline.pca.reconstruction_metrics`)."""
+    chunk (the first six as :func:`cubepipe.pipeline.compression.pca.reconstruction_metrics`)."""
     xp = array_namespace(x)
     p = _device_params(xp, m)
     rows, erows = _rows(xp, x, axis), _rows(xp, enc, axis)
@@ -245,7 +250,7 @@ def ae_reconstruct(scores: xr.DataArray, model: xr.Dataset) -> xr.DataArray:
 
 
 def summarize_ae_metrics(partials: Any, *, kind: str = "ae") -> dict[str, float]:
-    """RMSE, PSNR, mean spectral angle (as :func:`~cubepipe.pipeline.pca.summarize_metrics`)
+    """RMSE, PSNR, mean spectral angle (as :func:`~cubepipe.pipeline.compression.pca.summarize_metrics`)
     and, for a VAE, ``kl_nats``: the mean KL divergence per valid pixel."""
     p = np.asarray(partials.get() if hasattr(partials, "get") else partials)
     p = p.reshape(-1, _NPARTIAL)

@@ -2,11 +2,11 @@
 
 Every pixel's spectrum is one sample: an MLP or a 1-D convolutional network over the
 spectral axis maps its standardized ``band`` values to ``K`` latent values (the
-``scores``) and back (:mod:`cubepipe.pipeline.autoencoder_net`). Fitting reads the cube
+``scores``) and back (:mod:`cubepipe.pipeline.compression.autoencoder.net`). Fitting reads the cube
 once: the float64 per-band statistics and band co-moments (as PCA's fit) and a bounded
-random sample of valid pixels (:mod:`cubepipe.pipeline.autoencoder_sample`) in the same
+random sample of valid pixels (:mod:`cubepipe.pipeline.compression.autoencoder.sample`) in the same
 pass. The network starts as the PCA of those co-moments (its nonlinear branches at zero)
-and is trained on the sample with PyTorch (:mod:`cubepipe.pipeline.autoencoder_torch`),
+and is trained on the sample with PyTorch (:mod:`cubepipe.pipeline.compression.autoencoder.torch_backend`),
 early-stopped on held-out pixels. Encoding reads the cube once more, chunk by chunk,
 writing ``scores(component, y, x)`` float32 and the reconstruction's RMSE, PSNR and
 spectral angle (and, for a VAE, the mean KL divergence of the posteriors) in the same
@@ -28,16 +28,14 @@ import dask
 import numpy as np
 import xarray as xr
 
-from cubepipe.storage.errors import InputError
-
-from .autoencoder_apply import (
+from cubepipe.pipeline.compression.autoencoder.apply import (
     MODEL_ATTR,
     ae_project,
     ae_reconstruct,
     model_kind,
     summarize_ae_metrics,
 )
-from .autoencoder_net import (
+from cubepipe.pipeline.compression.autoencoder.net import (
     ACTIVATIONS,
     ARCHITECTURES,
     FORMAT,
@@ -47,11 +45,13 @@ from .autoencoder_net import (
     param_dims,
     parametric_layers,
 )
-from .autoencoder_sample import sample_pixels
-from .linalg import eigh
-from .moments import NFIELDS, band_moments
-from .standardize import transform_params
-from .stats import cube_and_valid, stats_from_packed
+from cubepipe.pipeline.compression.autoencoder.sample import sample_pixels
+from cubepipe.pipeline.cube import cube_and_valid
+from cubepipe.pipeline.linalg import eigh
+from cubepipe.pipeline.stats.fit import stats_from_packed
+from cubepipe.pipeline.stats.moments import NFIELDS, band_moments
+from cubepipe.pipeline.stats.standardize import transform_params
+from cubepipe.storage.errors import InputError
 
 __all__ = [
     "ACTIVATIONS",
@@ -209,7 +209,7 @@ def fit_autoencoder(
     )
     params = init_params(spec, seed)
     cond = _pca_init(params, spec, moments, center, scale, weights) if init == "pca" else None
-    from .autoencoder_torch import train_network  # noqa: PLC0415  (imports torch)
+    from cubepipe.pipeline.compression.autoencoder.torch_backend import train_network  # noqa: PLC0415  (imports torch)
 
     params, report = train_network(
         spec,

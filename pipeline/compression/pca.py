@@ -2,7 +2,7 @@
 
 Fitting reads the cube once: every chunk gives float64 per-band statistics and the centred
 co-moments ``{n, mean, C}`` of its pixels valid in every band, merged by the parallel
-(Chan) update in a dask tree reduction (:mod:`cubepipe.pipeline.moments`). The
+(Chan) update in a dask tree reduction (:mod:`cubepipe.pipeline.stats.moments`). The
 band x band covariance ``C / (n - 1)`` (or the correlation, with ``standardize``) is
 decomposed with :func:`cubepipe.pipeline.linalg.eigh` in float64; components are
 sign-normalised (largest |loading| positive) so results are deterministic. Projecting
@@ -23,11 +23,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from cubepipe.storage.errors import CubepipeWarning, InputError
-
-from .linalg import eigh
-from .moments import NFIELDS, band_moments
-from .pca_kernels import (
+from cubepipe.pipeline.compression.pca_kernels import (
     encode_block,
     metric_block,
     pair_first,
@@ -35,7 +31,11 @@ from .pca_kernels import (
     project_block,
     reconstruct_block,
 )
-from .stats import cube_and_valid, stats_from_packed
+from cubepipe.pipeline.cube import cube_and_valid
+from cubepipe.pipeline.linalg import eigh
+from cubepipe.pipeline.stats.fit import stats_from_packed
+from cubepipe.pipeline.stats.moments import NFIELDS, band_moments
+from cubepipe.storage.errors import CubepipeWarning, InputError
 
 __all__ = [
     "MODEL_VARS",

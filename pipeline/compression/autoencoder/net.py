@@ -16,11 +16,11 @@ PCA, and training moves away from it only where that helps.
 The spec lists every branch as a sequence of layers (``linear``, ``conv1d``, ``act``,
 ``unflatten``, ``flatten``, ``resample``); the parameters are plain arrays named
 ``<layer>_weight`` / ``<layer>_bias``. Both are all that is stored (no pickle), and both
-this module (inference, chunk by chunk) and :mod:`cubepipe.pipeline.autoencoder_torch`
+this module (inference, chunk by chunk) and :mod:`cubepipe.pipeline.compression.autoencoder.torch_backend`
 (training) interpret them.
 
 Layouts: here a batch of ``n`` pixels is ``(features, n)`` or ``(channels, length, n)``
-(the strip layout of :mod:`cubepipe.pipeline.pca`); PyTorch uses ``(n, features)`` /
+(the strip layout of :mod:`cubepipe.pipeline.compression.pca`); PyTorch uses ``(n, features)`` /
 ``(n, channels, length)``. Flattening orders ``(channels, length)`` the same way in both.
 """
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import matmul
+from cubepipe.pipeline.backend import matmul
 
 __all__ = [
     "ACTIVATIONS",

@@ -8,7 +8,7 @@ URIs and the CSS is inline: the file needs nothing else (no network, no scripts)
 
 Reading the data: statistics come from the store's ``stats_*`` when they describe the
 shown variable (``cubepipe stats`` was the last operation on it), else from one
-:func:`~cubepipe.pipeline.stats.fit_stats` pass. Histograms (float64 counts, chunk by
+:func:`~cubepipe.pipeline.stats.fit.fit_stats` pass. Histograms (float64 counts, chunk by
 chunk), strided quick-looks (first image/frame) and the error map are then computed in a
 single dask computation, so the cube is read at most twice and never loaded whole.
 
@@ -35,6 +35,19 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from cubepipe.pipeline.compression.autoencoder.apply import ae_reconstruct, model_arrays, model_kind
+from cubepipe.pipeline.compression.pca import MODEL_VARS, pca_reconstruct
+from cubepipe.pipeline.report.plots import (
+    EmbeddedImage,
+    error_scale,
+    histogram_png,
+    image_png,
+    image_scale,
+    render_page,
+    scree_png,
+)
+from cubepipe.pipeline.stats.fit import STAT_VARS, fit_stats, take_stats
+from cubepipe.pipeline.stats.standardize import METHOD_ATTR
 from cubepipe.storage import (
     InputError,
     StoreExistsError,
@@ -44,20 +57,6 @@ from cubepipe.storage import (
     open_cube,
     store_state,
 )
-
-from .autoencoder_apply import ae_reconstruct, model_arrays, model_kind
-from .pca import MODEL_VARS, pca_reconstruct
-from .report_plots import (
-    EmbeddedImage,
-    error_scale,
-    histogram_png,
-    image_png,
-    image_scale,
-    render_page,
-    scree_png,
-)
-from .standardize import METHOD_ATTR
-from .stats import STAT_VARS, fit_stats, take_stats
 
 __all__ = ["band_histograms", "build_report", "write_report"]
 

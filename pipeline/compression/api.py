@@ -18,12 +18,22 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from cubepipe.pipeline.backend import Device, resolve_device, to_device
+from cubepipe.pipeline.compression.autoencoder.apply import (
+    ae_project,
+    ae_reconstruct,
+    model_kind,
+    summarize_ae_metrics,
+)
+from cubepipe.pipeline.compression.pca import (
+    MODEL_VARS,
+    fit_pca,
+    pca_encode,
+    pca_reconstruct,
+    summarize_metrics,
+)
 from cubepipe.storage import open_cube, write_cube
 from cubepipe.storage.errors import InputError
-
-from .autoencoder_apply import ae_project, ae_reconstruct, model_kind, summarize_ae_metrics
-from .backend import Device, resolve_device, to_device
-from .pca import MODEL_VARS, fit_pca, pca_encode, pca_reconstruct, summarize_metrics
 
 __all__ = ["METHODS", "Compressed", "compress", "load_model", "prepare_compress", "reconstruct"]
 
@@ -166,7 +176,7 @@ def compress(
     architecture, hidden, activation, train_pixels, init, epochs, patience, \
 batch_size, learning_rate, beta
         Autoencoder options (see
-        :func:`~cubepipe.pipeline.autoencoder.fit_autoencoder`); ignored by PCA.
+        :func:`~cubepipe.pipeline.compression.autoencoder.fit.fit_autoencoder`); ignored by PCA.
 
     Returns
     -------
@@ -232,12 +242,12 @@ def load_model(source: xr.Dataset | str | Path) -> xr.Dataset:
     xarray.Dataset
         PCA: the ``pca_*`` variables (float64); an autoencoder: its ``<kind>_*``
         variables, the network's spec in the attrs of ``<kind>_mean``. Its kind:
-        :func:`~cubepipe.pipeline.autoencoder_apply.model_kind`.
+        :func:`~cubepipe.pipeline.compression.autoencoder.apply.model_kind`.
     """
     ds, where = _open(source, "the model dataset")
     kind = model_kind(ds)
     if kind in ("ae", "vae"):
-        from .autoencoder import take_ae_model  # noqa: PLC0415
+        from cubepipe.pipeline.compression.autoencoder.fit import take_ae_model  # noqa: PLC0415
 
         return take_ae_model(ds, where=where)
     missing = [v for v in MODEL_VARS if v not in ds]
@@ -276,7 +286,7 @@ def reconstruct(ds: xr.Dataset | str | Path, *, device: Device | str | None = No
         raise InputError(f"{where} has no 'scores': pass a store written by `cubepipe compress`")
     scores = data["scores"] if device is None else to_device(data["scores"], device)
     if model_kind(data) in ("ae", "vae"):
-        from .autoencoder import take_ae_model  # noqa: PLC0415
+        from cubepipe.pipeline.compression.autoencoder.fit import take_ae_model  # noqa: PLC0415
 
         cube = ae_reconstruct(scores, take_ae_model(data, where=where))
     else:
@@ -361,7 +371,7 @@ def _prepare(
     else:
         params = {"method": method, "components": None, "model": name}
         if fitted is None:
-            from .autoencoder import fit_autoencoder  # noqa: PLC0415
+            from cubepipe.pipeline.compression.autoencoder.fit import fit_autoencoder  # noqa: PLC0415
 
             ae = {**ae, "seed": seed}
             fitted, stats, training = fit_autoencoder(

@@ -1,4 +1,4 @@
-"""Pipeline keys -> command-line arguments: the YAML side of :mod:`cubepipe.pipeline.runner`.
+"""Pipeline keys -> command-line arguments: the YAML side of :mod:`cubepipe.pipeline.cli.runner.pipeline`.
 
 A step's keys are its click command's long option names without the dashes; each value
 is turned into the text the command line would carry and checked with the option's own

@@ -1,10 +1,10 @@
 """Chunk kernels of PCA projection and reconstruction error (NumPy or CuPy blocks).
 
 They walk a chunk's pixel rows ``(band, pixels)`` in strips of ~4 MiB of float64
-(:data:`~cubepipe.pipeline.moments.WIDE_STRIP`) with buffers made once per chunk, so
+(:data:`~cubepipe.pipeline.stats.moments.WIDE_STRIP`) with buffers made once per chunk, so
 memory does not grow with the chunk, the element-wise passes of a strip mostly hit the
 cache, and few enough NumPy calls hold the GIL that dask threads run in parallel.
-:mod:`cubepipe.pipeline.pca` maps them over dask chunks.
+:mod:`cubepipe.pipeline.compression.pca` maps them over dask chunks.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module, array_namespace, matmul
-from .moments import WIDE_STRIP, strip_pixels
+from cubepipe.pipeline.backend import array_module, array_namespace, matmul
+from cubepipe.pipeline.stats.moments import WIDE_STRIP, strip_pixels
 
 
 def _as_rows(xp: Any, a: Any, axis: int) -> Any:

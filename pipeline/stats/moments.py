@@ -25,7 +25,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .backend import array_module, array_namespace, matmul
+from cubepipe.pipeline.backend import array_module, array_namespace, matmul
 
 __all__ = [
     "M2",

@@ -1,6 +1,6 @@
 """Training a spectral autoencoder with PyTorch (the ``ae`` extra), imported lazily.
 
-The network is the one :mod:`cubepipe.pipeline.autoencoder_net` describes; this module
+The network is the one :mod:`cubepipe.pipeline.compression.autoencoder.net` describes; this module
 interprets the same spec with ``torch.nn.functional`` (layout ``(n, features)``), trains
 its parameters on standardized sample spectra and hands them back as NumPy float32 arrays.
 Nothing of PyTorch is stored: inference runs from the arrays alone.
@@ -37,9 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from cubepipe.pipeline.compression.autoencoder.net import LOGVAR_RANGE, resample_matrix
 from cubepipe.storage.errors import CubepipeError, CubepipeWarning, MissingDependencyError
-
-from .autoencoder_net import LOGVAR_RANGE, resample_matrix
 
 __all__ = ["import_torch", "torch_device", "train_network"]
 
@@ -177,7 +176,7 @@ def train_network(
     """Train ``params`` (float32, modified copies returned) on ``z_train (n, band)``.
 
     ``options``: ``epochs``, ``batch_size``, ``learning_rate``, ``patience``, ``beta``,
-    ``seed`` (all required; see :func:`cubepipe.pipeline.autoencoder.fit_autoencoder`).
+    ``seed`` (all required; see :func:`cubepipe.pipeline.compression.autoencoder.fit.fit_autoencoder`).
 
     Returns the parameters of the best held-out epoch and a JSON-ready report: epochs
     run, best epoch, held-out loss/MSE (and KL) at the start and at the best epoch, pixel
