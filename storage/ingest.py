@@ -364,6 +364,7 @@ def write_input(
     device: str = "cpu",
     params: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    durable: bool | None = None,
 ) -> Path:
     """Encode a Dataset from :func:`open_input` and write it as a cube store.
 
@@ -384,6 +385,9 @@ def write_input(
         Finish an interrupted ingest into ``out``, or replace an existing store.
     device, params, provenance
         Recorded in the provenance entry (``op = "ingest"``; see
+        :func:`~cubepipe.storage.write_cube`).
+    durable
+        Flush the chunks to disk before the store is marked complete (see
         :func:`~cubepipe.storage.write_cube`).
 
     Returns
@@ -406,6 +410,7 @@ def write_input(
         # +-inf in the input is data, kept bit for bit; encodings refuse what they cannot
         # represent themselves (storage.encodings).
         allow_nonfinite=True,
+        durable=durable,
     )
 
 

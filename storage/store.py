@@ -636,6 +636,12 @@ def _swap(stage: Path, real: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _durable(durable: bool | None) -> bool:
+    if durable is not None:
+        return durable
+    return os.environ.get("CUBEPIPE_DURABLE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _sync(path: Path) -> None:
     """Flush ``path``'s file system (chunk files written without per-file fsync) so a
     completion marker written next is never on disk before the data it vouches for."""
@@ -669,6 +675,7 @@ def write_cube(
     summarize: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
     provenance: Mapping[str, Any] | None = None,
     allow_nonfinite: bool = False,
+    durable: bool | None = None,
 ) -> Path:
     """Write ``ds`` to a new cube store at ``path``, chunk by chunk.
 
@@ -697,6 +704,12 @@ def write_cube(
     provenance
         Extra JSON-ready keys for the new history entry (the CLI records the command and
         its options under ``cli``, which ``cubepipe run --resume`` compares).
+    durable
+        Flush the file system (``syncfs``) before the completion marker is written, so
+        that after a power loss or kernel crash a store marked complete still has all its
+        chunks. Off by default (``None``: env ``CUBEPIPE_DURABLE=1`` turns it on): it cost
+        about 1 s of a 4.3 s 1x standardize here, and a killed process loses nothing the
+        kernel already holds. The root metadata is always fsynced.
     allow_nonfinite
         Write +-inf values in float outputs (their count is recorded in the history entry's
         ``nonfinite``) instead of refusing them: an infinite output is an overflow of its
@@ -737,8 +750,9 @@ def write_cube(
             return p
         try:
             _write(
-                prepared, encoding, target, ds, entry, attrs, results, summarize, allow_nonfinite
-            )
+                prepared, encoding, target, ds, entry, attrs, results, summarize,
+                allow_nonfinite, _durable(durable),
+            )  # fmt: skip
         except BaseException as exc:
             # A stage is all or nothing; a fresh store stays, marked incomplete, for
             # --resume (after a kill, a full disk, a damaged input block), and goes when its
@@ -761,6 +775,7 @@ def _write(
     results: Mapping[str, Any] | None,
     summarize: Callable[[dict[str, Any]], Mapping[str, Any]] | None,
     allow_nonfinite: bool,
+    durable: bool,
 ) -> None:
     resuming = attrs is not None
     if attrs is not None:
@@ -821,7 +836,8 @@ def _write(
     if extra:
         summary = summarize(values) if summarize else values
         last["results"] = json.loads(json.dumps(summary, default=_jsonable))
-    _sync(p)  # every chunk on disk before the marker that vouches for them
+    if durable:
+        _sync(p)  # every chunk on disk before the marker that vouches for them
     meta["complete"] = True
     meta["all_chunks"] = True
     group = zarr.open_group(str(p), mode="r+")

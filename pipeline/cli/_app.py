@@ -37,6 +37,7 @@ class CliState:
     debug: bool = False
     quiet: bool = False
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    durable: bool | None = None
 
     def say(self, message: str) -> None:
         """Print a progress/status line to stderr unless ``--quiet``."""
@@ -105,6 +106,13 @@ _debug_requested = False
     metavar="SECONDS",
     help="How long to wait for the dask scheduler of --scheduler ADDRESS to answer.",
 )
+@click.option(
+    "--durable",
+    is_flag=True,
+    default=None,
+    help="Flush every chunk to disk before a store is marked complete (survives a power "
+    "loss; slower). Default: env CUBEPIPE_DURABLE=1, else off.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.option("--quiet", "-q", is_flag=True, help="Print results only, no status lines.")
 @click.pass_context
@@ -115,6 +123,7 @@ def cli(
     workers: int | None,
     memory_limit: str | None,
     connect_timeout: float,
+    durable: bool | None,
     debug: bool,
     quiet: bool,
 ) -> None:
@@ -134,6 +143,7 @@ def cli(
         debug=debug,
         quiet=quiet,
         connect_timeout=connect_timeout,
+        durable=durable or None,
     )
 
 

@@ -122,6 +122,7 @@ def write_output(
         op=op,
         inputs=inputs,
         device=str(state.device),
+        durable=state.durable,
         chunks={**(base_chunks or {}), **parse_chunks(chunks)},
         resume=resume,
         overwrite=overwrite,

@@ -93,6 +93,7 @@ def ingest(
                 device=str(state.device),
                 params=ingest_params(format=fmt.lower(), dtype=dtype, layout=layout),
                 provenance=provenance(),
+                durable=state.durable,
             )
             elapsed = time.perf_counter() - t0
     d = describe(store)

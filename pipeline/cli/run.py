@@ -57,6 +57,8 @@ def _global_args(state: CliState) -> list[str]:
         args += ["--memory-limit", state.memory_limit]
     if state.connect_timeout != DEFAULT_CONNECT_TIMEOUT:
         args += ["--connect-timeout", f"{state.connect_timeout:g}"]
+    if state.durable:
+        args += ["--durable"]
     return args
 
 

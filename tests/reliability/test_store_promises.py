@@ -439,3 +439,29 @@ def test_an_export_into_its_own_store_is_refused(cli, tmp_path: Path) -> None:
     proc = cli("export", str(src), "-o", str(chunk), "--overwrite")
     _one_line_exit_2(proc)
     assert "inside the input" in proc.stderr and _digest(src) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "flushed"),
+    [([], "", False), (["--durable"], "", True), ([], "1", True)],
+    ids=["default", "--durable", "CUBEPIPE_DURABLE=1"],
+)
+def test_durable_writes_flush_before_the_completion_marker(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], env: str, flushed: bool
+) -> None:
+    import cubepipe.storage.store as store  # noqa: PLC0415
+
+    calls: list[tuple[Path, bool]] = []
+    real_sync = store._sync
+
+    def spy(path: Path) -> None:  # the real flush, and whether the marker was there yet
+        calls.append((path, store_state(path) == "complete"))
+        real_sync(path)
+
+    monkeypatch.setattr(store, "_sync", spy)
+    monkeypatch.setenv("CUBEPIPE_DURABLE", env)
+    np.save(tmp_path / "a.npy", _cube())
+    out = tmp_path / "o.zarr"
+    assert cli(*argv, "-q", "ingest", str(tmp_path / "a.npy"), "-o", str(out)).returncode == 0
+    assert calls == ([(out, False)] if flushed else [])
+    assert store_state(out) == "complete"
