@@ -4,10 +4,10 @@ Cases (each in its own process, same synthetic 15-band cube generated lazily):
 - ``xarray_to_zarr``: ``ds.to_zarr(path)`` with the same codec (zstd level 1 + checksum),
   the naive xarray way (baseline);
 - ``cubepipe_write``: ``write_cube`` (chunk-by-chunk, provenance, completion marker,
-  consolidated metadata; the write lock, the +-inf check of every block, and the flush
-  of the file system (syncfs) before the completion marker);
-- ``cubepipe_write_no_flush``: the same without that flush, to measure what durability
-  costs (not an option cubepipe offers);
+  consolidated metadata; the write lock and the +-inf check of every block);
+- ``cubepipe_write_durable``: the same with ``durable=True`` (``--durable``): the file
+  system is flushed (syncfs) before the completion marker, which is what surviving a
+  power loss costs;
 - ``numpy_in_memory``: compute the whole cube into memory and ``np.save`` it (what people
   do when the cube fits; shows the memory it costs).
 
@@ -45,11 +45,8 @@ def cubepipe_write(size: str, workdir: Path) -> dict[str, Any]:
     return {}
 
 
-def cubepipe_write_no_flush(size: str, workdir: Path) -> dict[str, Any]:
-    import cubepipe.storage.store as store  # noqa: PLC0415
-
-    store._sync = lambda path: None  # measurement only: the flush before the marker
-    write_cube(_cube(size), workdir / "out.zarr", op="bench")
+def cubepipe_write_durable(size: str, workdir: Path) -> dict[str, Any]:
+    write_cube(_cube(size), workdir / "out.zarr", op="bench", durable=True)
     return {}
 
 
@@ -71,7 +68,7 @@ if __name__ == "__main__":
         {
             "xarray_to_zarr": xarray_to_zarr,
             "cubepipe_write": cubepipe_write,
-            "cubepipe_write_no_flush": cubepipe_write_no_flush,
+            "cubepipe_write_durable": cubepipe_write_durable,
             "numpy_in_memory": numpy_in_memory,
         },
         baseline="xarray_to_zarr",
