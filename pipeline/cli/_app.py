@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,9 @@ from cubepipe.storage.oserrors import as_user_error
 from ..backend import Device, resolve_device
 from ..progress import Progress
 from ..scheduling import DEFAULT_CONNECT_TIMEOUT, check_memory_limit, check_scheduler, scheduler
+from ._jobs import current_op, job, run_job
 
-__all__ = ["CliState", "cli", "main", "pass_state", "run"]
+__all__ = ["CliState", "cli", "command", "main", "pass_state", "run"]
 
 
 @dataclass
@@ -49,7 +50,7 @@ class CliState:
         """Context for a command that computes: announces the device, starts the scheduler
         and reports progress (bar on a terminal, plain lines otherwise; none if quiet)."""
         self.say(f"cubepipe: device {self.device.reason}")
-        label = click.get_current_context().info_name or "cubepipe"
+        label = current_op() or "cubepipe"
         with contextlib.ExitStack() as stack:
             client = stack.enter_context(
                 scheduler(
@@ -145,6 +146,29 @@ def cli(
         connect_timeout=connect_timeout,
         durable=durable or None,
     )
+
+
+def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
+    """Register a job (``fn(state, **params)``, see :mod:`~cubepipe.pipeline.cli._jobs`)
+    and the ``cubepipe NAME`` command that parses its options and runs it.
+
+    The click options are stacked on the job as usual; the command's callback only hands
+    the parsed parameters to :func:`~cubepipe.pipeline.cli._jobs.run_job`, as the
+    pipeline runner does for a YAML step.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> click.Command:
+        job(name)(fn)
+
+        def callback(**params: Any) -> Any:
+            state = click.get_current_context().find_object(CliState)
+            return run_job(name, state, params)
+
+        callback.__doc__ = fn.__doc__
+        callback.__click_params__ = list(getattr(fn, "__click_params__", []))  # type: ignore[attr-defined]
+        return cli.command(name, **kwargs)(callback)
+
+    return decorate
 
 
 def main(argv: Sequence[str] | None = None) -> int:

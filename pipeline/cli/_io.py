@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
 import click
 import xarray as xr
 
-from cubepipe.pipeline.cli.runner.resume import invocation
 from cubepipe.storage import open_cube, parse_chunks, store_state, write_cube
-from cubepipe.storage.store import claim_output
 
 from ..scheduling import keep_between_passes
+from ._jobs import allow_nonfinite, claims_output, provenance
 
-__all__ = ["in_argument", "open_in", "provenance", "write_options", "write_output"]
+__all__ = ["in_argument", "open_in", "write_options", "write_output"]
 
 
 def open_in(
@@ -41,41 +39,11 @@ def in_argument(f: Any) -> Any:
     return click.argument("source", metavar="IN", type=str)(f)
 
 
-#: Options naming what a command reads, besides IN: an output must not overlap them.
-_INPUT_OPTIONS = ("source", "sources", "stats_from", "stats", "model_from")
-
-
-def _claimed(f: Any) -> Any:
-    """Run command ``f`` holding its output (see :func:`~cubepipe.storage.claim_output`):
-    an output that overlaps an input, or exists without --resume/--overwrite, is refused
-    before IN is opened, and a second writer of the same output fails at once."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context()
-        ctx.meta["cubepipe.allow_nonfinite"] = kwargs.pop("allow_nonfinite", False)
-        inputs: list[str] = []
-        for key in _INPUT_OPTIONS:
-            value = kwargs.get(key)
-            if isinstance(value, str | Path):
-                inputs.append(str(value))
-            elif isinstance(value, list | tuple):
-                inputs.extend(str(v) for v in value)
-        with claim_output(
-            kwargs["output"],
-            inputs,
-            resume=bool(kwargs.get("resume")),
-            overwrite=bool(kwargs.get("overwrite")),
-        ):
-            return f(*args, **kwargs)
-
-    return wrapper
-
-
 def write_options(f: Any) -> Any:
     """``-o OUT``, ``--resume``, ``--overwrite``, ``--chunks``, ``--allow-nonfinite`` for
-    commands that write a store; the output is checked and locked before the command runs."""
-    f = _claimed(f)
+    a job that writes a store; :func:`~cubepipe.pipeline.cli._jobs.run_job` checks and
+    locks the output before the job runs."""
+    f = claims_output(f)
     f = click.option(
         "--allow-nonfinite",
         is_flag=True,
@@ -90,14 +58,6 @@ def write_options(f: Any) -> Any:
     return click.option(
         "-o", "--output", required=True, type=click.Path(path_type=Path), help="Output store."
     )(f)
-
-
-def provenance() -> dict[str, Any]:
-    """The running command's invocation (``{"cli": ...}``) for its store's history entry,
-    which ``cubepipe run --resume`` compares with a step (see
-    :func:`~cubepipe.pipeline.cli.runner.resume.invocation`); empty outside a click command."""
-    ctx = click.get_current_context(silent=True)
-    return {"cli": invocation(ctx)} if ctx is not None else {}
 
 
 def write_output(
@@ -127,11 +87,6 @@ def write_output(
         resume=resume,
         overwrite=overwrite,
         provenance=provenance(),
-        allow_nonfinite=_allow_nonfinite(),
+        allow_nonfinite=allow_nonfinite(),
         **kwargs,
     )
-
-
-def _allow_nonfinite() -> bool:
-    ctx = click.get_current_context(silent=True)
-    return bool(ctx is not None and ctx.meta.get("cubepipe.allow_nonfinite"))

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from cubepipe.pipeline.compression.api import Compressed, prepare_compress, reconstruct
 from cubepipe.storage import history, read_attrs
 
-from ._app import CliState, cli, pass_state
+from ._app import CliState, command
 from ._io import in_argument, open_in, write_options, write_output
 
 
@@ -107,7 +106,7 @@ def _ae_options(f: Any) -> Any:
     return f
 
 
-@cli.command("compress")
+@command("compress")
 @in_argument
 @write_options
 @click.option("--components", "-k", type=click.IntRange(min=1), help="Keep K components.")
@@ -116,7 +115,11 @@ def _ae_options(f: Any) -> Any:
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     help="Keep the fewest components explaining this fraction of variance (e.g. 0.99).",
 )
-@click.option("--method", type=click.Choice(["pca", "ae", "vae"]), default="pca", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["pca", "ae", "vae"]),
+    help="[default: pca; with --model, the kind of model stored there]",
+)
 @click.option("--standardize", is_flag=True, help="PCA of per-band z-scores (correlation).")
 @click.option("--whiten", is_flag=True, help="Scale scores to unit variance.")
 @click.option("--model", "model_from", help="Apply the model fitted in this store; no fit.")
@@ -127,7 +130,6 @@ def _ae_options(f: Any) -> Any:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random choices.")
 @_ae_options
-@pass_state
 def compress_cmd(
     state: CliState,
     source: str,
@@ -136,7 +138,7 @@ def compress_cmd(
     overwrite: bool,
     chunks: str | None,
     model_from: str | None,
-    method: str,
+    method: str | None,
     **options: Any,
 ) -> None:
     """Compress the bands of IN to K components per pixel (scores) and store the model.
@@ -150,9 +152,8 @@ def compress_cmd(
     the same two reads, and the same outputs and metrics (a VAE's scores are its latent
     means). With --model, the kind of model stored there decides the method.
     """
-    given = click.get_current_context().get_parameter_source("method")
-    if model_from is None or given == ParameterSource.COMMANDLINE:
-        options["method"] = method  # else the stored model's kind decides
+    if method is not None or model_from is None:
+        options["method"] = method or "pca"  # else the stored model's kind decides
     ds = open_in(source, two_pass_on=state.scheduler_spec if model_from is None else None)
     t0 = time.perf_counter()
     with state.compute():
@@ -218,10 +219,9 @@ def _report(state: CliState, job: Compressed, res: dict[str, Any]) -> None:
         )
 
 
-@cli.command("reconstruct")
+@command("reconstruct")
 @in_argument
 @write_options
-@pass_state
 def reconstruct_cmd(
     state: CliState, source: str, output: Path, resume: bool, overwrite: bool, chunks: str | None
 ) -> None:

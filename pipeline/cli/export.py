@@ -10,7 +10,7 @@ import click
 from cubepipe.storage.errors import CubepipeWarning, InputError
 from cubepipe.storage.export import SUFFIXES, prepare_export
 
-from ._app import CliState, cli, pass_state
+from ._app import CliState, command
 
 
 def _parse_bands(text: str | None) -> list[int] | None:
@@ -24,7 +24,7 @@ def _parse_bands(text: str | None) -> list[int] | None:
         ) from None
 
 
-@cli.command("export")
+@command("export")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option(
     "-o",
@@ -47,7 +47,6 @@ def _parse_bands(text: str | None) -> list[int] | None:
 @click.option("--variable", default="cube", show_default=True, help="Data variable to export.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--allow-incomplete", is_flag=True, help="Read a store whose writer did not finish.")
-@pass_state
 def export_cmd(
     state: CliState,
     store: Path,

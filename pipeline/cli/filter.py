@@ -9,11 +9,11 @@ import click
 
 from ..backend import to_device, to_host
 from ..filters import AXES, FILTER_ATTR, FORMS, METHODS, MODES, filter_cube, parse_kernel
-from ._app import CliState, cli, pass_state
+from ._app import CliState, command
 from ._io import in_argument, open_in, write_options, write_output
 
 
-@cli.command("filter")
+@command("filter")
 @in_argument
 @write_options
 @click.option("--kernel", "-k", "kernel", required=True, metavar="SPEC", help=f"One of {FORMS}.")
@@ -30,7 +30,6 @@ from ._io import in_argument, open_in, write_options, write_output
 )
 @click.option("--fill", is_flag=True, help="Masked: also estimate invalid values where supported.")
 @click.option("--variable", default="cube", show_default=True, help="Variable to filter.")
-@pass_state
 def filter_cmd(
     state: CliState,
     source: str,

@@ -12,15 +12,15 @@ from cubepipe.storage.ingest import ingest_params, open_input, write_input
 from cubepipe.storage.readers.image import expand_sources
 from cubepipe.storage.store import claim_output
 
-from ._app import CliState, cli, pass_state
+from ._app import CliState, command
 from ._format import human_bytes
-from ._io import provenance
+from ._jobs import provenance
 
 FORMATS = ["auto", "npy", "tiff", "png", "jpeg", "envi", "video"]
 ENCODINGS = ["float32", "float16", "int16-quantized"]
 
 
-@cli.command()
+@command("ingest")
 @click.argument("sources", metavar="SRC...", nargs=-1, required=True)
 @click.option(
     "-o", "--output", required=True, type=click.Path(path_type=Path), help="Store to write."
@@ -53,7 +53,6 @@ ENCODINGS = ["float32", "float16", "int16-quantized"]
 )
 @click.option("--resume", is_flag=True, help="Finish an interrupted ingest into OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@pass_state
 def ingest(
     state: CliState,
     sources: tuple[str, ...],

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from ._app import CliState, cli, pass_state
+from ._app import CliState, command
 
 
-@cli.command("report")
+@command("report")
 @click.argument("store", type=str)
 @click.option(
     "-o",
@@ -45,7 +45,6 @@ from ._app import CliState, cli, pass_state
 @click.option("--title", help="Page title (default: the store's name).")
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @click.option("--allow-incomplete", is_flag=True, help="Read a store whose writer did not finish.")
-@pass_state
 def report_cmd(
     state: CliState,
     store: str,

@@ -19,7 +19,7 @@ from cubepipe.pipeline.stats.standardize import METHOD_ATTR, METHODS, destandard
 from cubepipe.storage import InputError, open_cube, store_state
 from cubepipe.storage.update import add_variables
 
-from ._app import CliState, cli, pass_state
+from ._app import CliState, command
 from ._io import in_argument, open_in, provenance, write_options, write_output
 
 
@@ -41,13 +41,12 @@ def _stats_table(d: dict) -> str:
     return "\n".join(lines)
 
 
-@cli.command("stats")
+@command("stats")
 @click.argument("store", type=str)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--variable", default="cube", show_default=True, help="Variable to summarise.")
 @click.option("--split-every", type=click.IntRange(min=2), help="Fan-in of the tree reduction.")
 @click.option("--no-save", is_flag=True, help="Print the statistics without saving them.")
-@pass_state
 def stats_cmd(
     state: CliState, store: str, as_json: bool, variable: str, split_every: int, no_save: bool
 ) -> None:
@@ -86,7 +85,7 @@ def _load_stats(spec: str):
     return take_stats(open_cube(spec))
 
 
-@cli.command("standardize")
+@command("standardize")
 @in_argument
 @write_options
 @click.option("--method", type=click.Choice(METHODS), default="zscore", show_default=True)
@@ -95,7 +94,6 @@ def _load_stats(spec: str):
     "stats_from",
     help="Use statistics from this store (stats_* variables) or JSON (`cubepipe stats --json`).",
 )
-@pass_state
 def standardize_cmd(
     state: CliState,
     source: str,
@@ -140,10 +138,9 @@ def standardize_cmd(
     state.say(f"cubepipe standardize: wrote {output} in {time.perf_counter() - t0:.1f} s")
 
 
-@cli.command("destandardize")
+@command("destandardize")
 @in_argument
 @write_options
-@pass_state
 def destandardize_cmd(
     state: CliState, source: str, output: Path, resume: bool, overwrite: bool, chunks: str | None
 ) -> None:

@@ -107,6 +107,9 @@ def test_worker_stays_under_the_memory_limit_on_a_cube_larger_than_its_free_memo
     report = res.as_row()
     assert len(res.worker_pids) == 1, report  # one worker, never restarted
     assert res.restarts == 0 and res.paused == 0, report
-    assert res.spilled_peak_mb == 0, report
+    # No chunk is spilled (one is 15.7 MB). When the worker's unmanaged memory (interpreter,
+    # libraries, allocator caches) passes dask's 60% target, dask moves its few managed
+    # keys to disk: here the per-chunk statistics and write receipts, < 1 KB each.
+    assert res.spilled_peak_mb < 1, report
     assert 100 < res.worker_peak_mb < LIMIT_MIB, report
     assert res.tree_peak_mb < LIMIT_MIB + OVERHEAD_MIB, report

@@ -161,32 +161,42 @@ def test_load_pipeline_reports_yaml_errors_with_their_line(tmp_path: Path) -> No
         load_pipeline(tmp_path / "missing.yaml", cli)
 
 
-# A stand-in for commands not written yet (e.g. `filter`, added by another issue): a real
-# click command, so the runner's generic handling of keys, flags and types is exercised.
+# A stand-in for commands not written yet: real click commands (so the runner's generic
+# handling of keys, flags and types is exercised) and the plain jobs the runner runs.
 @click.group()
 def _toy() -> None:
     pass
 
 
-@_toy.command("filter")
-@click.argument("source", metavar="IN")
-@click.option("-o", "--output", required=True, type=click.Path())
-@click.option("--kernel", required=True)
-@click.option("--mask-nan", is_flag=True)
-@click.option("--min-support", type=click.FloatRange(0, 1), default=0.5)
-@click.option("--chunks")
-@click.pass_obj
 def _toy_filter(obj: list, source: str, output: str, kernel: str, **kw: Any) -> None:
     if kernel == "fail":
         raise InputError("the kernel failed")
     obj.append(("filter", source, output, kernel, kw))
 
 
-@_toy.command("stats")
-@click.argument("store")
-@click.pass_obj
 def _toy_stats(obj: list, store: str) -> None:
     obj.append(("stats", store))
+
+
+def _never_called(**_kw: Any) -> None:
+    raise AssertionError("the runner invoked a click command")
+
+
+_toy_jobs = {"filter": _toy_filter, "stats": _toy_stats}
+_toy.command("filter")(
+    click.argument("source", metavar="IN")(
+        click.option("-o", "--output", required=True, type=click.Path())(
+            click.option("--kernel", required=True)(
+                click.option("--mask-nan", is_flag=True)(
+                    click.option("--min-support", type=click.FloatRange(0, 1), default=0.5)(
+                        click.option("--chunks")(_never_called)
+                    )
+                )
+            )
+        )
+    )
+)
+_toy.command("stats")(click.argument("store")(_never_called))
 
 
 def test_any_registered_op_is_planned_from_its_click_params(tmp_path: Path) -> None:
@@ -205,7 +215,7 @@ def test_any_registered_op_is_planned_from_its_click_params(tmp_path: Path) -> N
     assert p.steps[1].args == ("f.zarr",)
     assert p.steps[2].inputs == ("f.zarr",)
     seen: list = []
-    times = run_pipeline(p, _toy, seen)
+    times = run_pipeline(p, _toy, seen, jobs=_toy_jobs)
     assert len(times) == 3
     assert [s[0] for s in seen] == ["filter", "stats", "filter"]
     assert seen[2][1:4] == ("f.zarr", "g.zarr", "box:3")
@@ -220,7 +230,7 @@ def test_any_registered_op_is_planned_from_its_click_params(tmp_path: Path) -> N
     )
     lines: list[str] = []
     with pytest.raises(StepError, match=r"step 2 \(filter\) failed: the kernel failed"):
-        run_pipeline(failing, _toy, [], say=lines.append)
+        run_pipeline(failing, _toy, [], say=lines.append, jobs=_toy_jobs)
     assert lines[-1].startswith("cubepipe run: step 2/2 filter: FAILED")
     # `filter` is a valid op, but only once its command is registered
     with pytest.raises(InputError, match="'filter' is not installed in this cubepipe"):
@@ -282,3 +292,20 @@ def test_the_real_filter_command_is_planned_from_the_design_spellings(small_stor
     assert st.args == ("f.zarr",)
     with pytest.raises(InputError, match=r"step 1 \(filter\): key 'axis'"):
         _plan(_doc({"filter": {**doc["steps"][0]["filter"], "axis": "sideways"}}))
+
+
+def test_the_runner_runs_the_jobs_not_the_click_commands(
+    small_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every real command's click callback is replaced by one that fails: a pipeline still
+    # runs, because the runner calls the jobs behind the commands.
+    for cmd in cli.commands.values():
+        monkeypatch.setattr(cmd, "callback", _never_called)
+    z = tmp_path / "z.zarr"
+    doc = _doc({"stats": {"in": str(small_store)}}, {"standardize": {"out": str(z)}})
+    state = CliState(device=resolve_device("cpu"), quiet=True)
+    run_pipeline(plan_pipeline(doc, cli), cli, state)
+    ref = open_cube(small_store)["cube"].values.astype(np.float64)
+    mean = np.nanmean(ref, axis=(1, 2), keepdims=True)
+    std = np.nanstd(ref, axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(open_cube(z)["cube"].values, (ref - mean) / std, atol=1e-5)

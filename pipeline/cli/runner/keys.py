@@ -34,6 +34,7 @@ __all__ = [
     "kind",
     "norm_key",
     "option_args",
+    "parse_args",
     "same_path",
     "check_yaml_shape",
     "yaml_reason",
@@ -95,6 +96,18 @@ def key_table(cmd: click.Command) -> dict[str, click.Parameter]:
             if opt.startswith("--"):
                 table[norm_key(opt[2:])] = p
     return table
+
+
+def parse_args(group: click.Group, op: str, args: Sequence[str], where: str) -> dict[str, Any]:
+    """The parameters (name -> value, defaults included) command ``op`` of ``group`` parses
+    ``args`` to. Only the parser runs (options' types and callbacks), not the command."""
+    cmd = group.commands[op]
+    try:
+        with click.Context(group, info_name="cubepipe") as root:
+            with cmd.make_context(op, list(args), parent=root) as sub:
+                return dict(sub.params)
+    except click.ClickException as exc:
+        raise InputError(f"{where}: {exc.format_message()}") from None
 
 
 def option_args(

@@ -1,8 +1,8 @@
 """``cubepipe run --resume``: what to do with a step whose output already exists.
 
 Every command that writes a store records how it was invoked in the store's new history
-entry, under ``cli`` (:func:`invocation`: the command, its options as click resolved them
--- defaults included -- and the directory it ran in). With ``--resume`` the runner asks
+entry, under ``cli`` (:func:`~cubepipe.pipeline.cli._jobs.invocation`: the command, its
+options as parsed -- defaults included -- and the directory it ran in). With ``--resume`` the runner asks
 :func:`resume_action` for each step:
 
 - an output store that is complete and whose last history entry records the same command
@@ -19,41 +19,23 @@ entry, under ``cli`` (:func:`invocation`: the command, its options as click reso
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from cubepipe.pipeline.cli._jobs import invocation
 from cubepipe.pipeline.cli.runner.keys import key_table
 from cubepipe.storage import history, read_attrs, store_state
 from cubepipe.storage.errors import InputError
 from cubepipe.storage.store import same_option
 
 if TYPE_CHECKING:
-    from cubepipe.pipeline.cli.runner.pipeline import Step
+    from cubepipe.pipeline.cli.runner.plan import Step
 
-__all__ = ["ResumeAction", "invocation", "resume_action"]
-
-#: Options that say how to write, not what: never compared.
-_NOT_COMPARED = ("output", "resume", "overwrite", "as_json")
-
-
-def invocation(ctx: click.Context) -> dict[str, Any]:
-    """How the command of ``ctx`` was invoked, JSON-ready, for its history entry.
-
-    ``{"command": "standardize", "options": {"source": "a.zarr", "method": "zscore", ...},
-    "cwd": "/data"}``: every parameter as click resolved it (defaults included) except
-    ``output``, ``resume`` and ``overwrite``.
-    """
-    options = {k: v for k, v in ctx.params.items() if k not in _NOT_COMPARED}
-    return {
-        "command": ctx.info_name,
-        "options": json.loads(json.dumps(options, default=str)),
-        "cwd": os.getcwd(),
-    }
+__all__ = ["ResumeAction", "resume_action"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +43,9 @@ class ResumeAction:
     """What the runner does with a step under ``--resume``."""
 
     kind: str  # "run", "resume" or "skip"
-    args: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()  # the command line (for --dry-run)
     note: str = ""
+    params: Mapping[str, Any] = field(default_factory=dict)  # what the job runs with
 
 
 def resume_action(step: Step, group: click.Group) -> ResumeAction:
@@ -75,7 +58,7 @@ def resume_action(step: Step, group: click.Group) -> ResumeAction:
         and the step does not set ``overwrite``; the message says what differs.
     """
     cmd = group.commands[step.op]
-    expected = _expected(step, cmd, group)
+    expected = invocation(step.op, step.params)
     if step.output is None:  # writes into its input, or nothing at all
         if len(step.inputs) == 1 and store_state(step.inputs[0]) == "complete":
             same, _ = _compare(_last_entry(step.inputs[0]), expected)
@@ -83,19 +66,23 @@ def resume_action(step: Step, group: click.Group) -> ResumeAction:
                 return ResumeAction(
                     "skip", note=f"{step.inputs[0]} already holds its result from the same command"
                 )
-        return ResumeAction("run", step.args)
+        return ResumeAction("run", step.args, params=step.params)
     out = step.output
     takes_overwrite = "overwrite" in key_table(cmd)
     overwrite = "--overwrite" in step.args
     if step.output_is_file:
         if os.path.exists(out) and takes_overwrite and not overwrite:
             return ResumeAction(
-                "run", ("--overwrite", *step.args), f"re-making {out} (a file is written whole)"
+                "run",
+                ("--overwrite", *step.args),
+                f"re-making {out} (a file is written whole)",
+                {**step.params, "overwrite": True},
             )
-        return ResumeAction("run", step.args)
+        return ResumeAction("run", step.args, params=step.params)
     state = store_state(out)
     if state not in ("complete", "incomplete"):
-        return ResumeAction("run", step.args)  # missing (or not ours: the command says so)
+        # missing (or not ours: the job says so)
+        return ResumeAction("run", step.args, params=step.params)
     same, why = _compare(_last_entry(out), expected)
     if same and state == "complete":
         return ResumeAction("skip", note=f"{out} is complete and was made by the same command")
@@ -104,9 +91,12 @@ def resume_action(step: Step, group: click.Group) -> ResumeAction:
             "resume",
             ("--resume", *step.args),
             f"resuming {out} (incomplete: chunks already written are checked and kept)",
+            {**step.params, "resume": True},
         )
     if overwrite:
-        return ResumeAction("run", step.args, f"replacing {out} ({why}; the step sets overwrite)")
+        return ResumeAction(
+            "run", step.args, f"replacing {out} ({why}; the step sets overwrite)", step.params
+        )
     if state == "complete":
         raise InputError(
             f"{out} is complete but was not made by this step ({why}); to replace it, set "
@@ -116,14 +106,6 @@ def resume_action(step: Step, group: click.Group) -> ResumeAction:
         f"cannot resume {out}: it was started by a different command ({why}); to start "
         "over, set `overwrite: true` on the step or rerun without --resume with --overwrite"
     )
-
-
-def _expected(step: Step, cmd: click.Command, group: click.Group) -> dict[str, Any]:
-    """The :func:`invocation` the step's command will record, from its argument list."""
-    root = click.Context(group, info_name="cubepipe")
-    with root:
-        sub = cmd.make_context(step.op, list(step.args), parent=root)
-        return invocation(sub)
 
 
 def _last_entry(path: str) -> Mapping[str, Any]:
