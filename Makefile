@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 LINTED := pipeline storage tests benchmarks
 
-.PHONY: demo test test-slow lint bench test-gpu clean
+.PHONY: demo test test-standin test-slow lint bench test-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,15 @@ lint: $(VENV)/.installed-dev
 # Tests run in parallel worker processes, one per core (at most 4): CI has 2 cores.
 # Tests marked `slow` (full-size decompression bombs) are
 # left to `make test-slow`.
+# Then the GPU paths run against the strict CuPy stand-in (tests/gpu_standin/README.md).
 test: lint
 	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 -m "not slow"
+	$(MAKE) --no-print-directory test-standin
+
+STANDIN := $(CURDIR)/tests/gpu_standin/site
+test-standin: $(VENV)/.installed-dev
+	PYTHONPATH=$(STANDIN) $(BIN)/python -m pytest -q -n auto --maxprocesses=4 -p no:cacheprovider \
+		-m "gpu and not slow" tests docs tests/gpu_standin
 
 test-slow: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 -m slow

@@ -9,8 +9,12 @@ moves dask arrays' chunks to it and back (:func:`to_device`, :func:`to_host`), k
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import os
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -27,6 +31,9 @@ __all__ = [
     "Device",
     "array_module",
     "array_namespace",
+    "device_constant",
+    "device_task",
+    "is_device_array",
     "fft_module",
     "gpu_status",
     "matmul",
@@ -179,12 +186,17 @@ def _asnumpy(block: Any) -> np.ndarray:
 
 
 def _to_xp(block: Any, *, xp: ModuleType) -> Any:
-    return xp.asarray(block)
+    if is_device_array(block):
+        return block
+    with _thread_stream():
+        return xp.asarray(block)
 
 
 def to_device(data: Any, device: Device | str) -> Any:
-    """Move every chunk of a dask array (or every dask variable of a Dataset/DataArray)
-    to ``device``, lazily. Non-dask data is returned unchanged.
+    """Move every chunk of a dask array (or of a DataArray, or of each pixel variable of a
+    Dataset: those with ``y`` and ``x`` dims) to ``device``, lazily. Non-dask data, and a
+    Dataset's small fitted variables (``stats_*``, ``pca_*``, ``ae_*``, over ``band`` or
+    ``component``), stay where they are: they are read on the host.
 
     On the CPU this is the identity for NumPy chunks and copies CuPy chunks back.
     """
@@ -192,7 +204,10 @@ def to_device(data: Any, device: Device | str) -> Any:
     if dev.name == "cpu":
         return to_host(data)
     if isinstance(data, xr.Dataset):
-        return data.map(to_device, keep_attrs=True, device=dev)
+        moved = {
+            k: to_device(v, dev) for k, v in data.data_vars.items() if {"y", "x"} <= set(v.dims)
+        }
+        return data.assign(moved)
     if isinstance(data, xr.DataArray):
         return data.copy(data=to_device(data.data, dev))
     if not isinstance(data, da.Array):
@@ -223,3 +238,66 @@ def to_host(data: Any) -> Any:
         meta=np.empty((0,) * data.ndim, dtype=data.dtype),
         token="cubepipe-to-cpu",
     )
+
+
+# -- device chunk kernels: constants, streams ---------------------------------------------
+
+
+def is_device_array(a: Any) -> bool:
+    """Whether ``a`` is a CuPy (device) array (checked without importing CuPy)."""
+    return not isinstance(a, np.ndarray) and type(a).__module__.split(".")[0] == "cupy"
+
+
+_CONSTANTS: dict[tuple[str, tuple[int, ...], bytes], Any] = {}
+_CONSTANTS_LOCK = threading.Lock()
+
+
+def device_constant(like: Any, value: Any, dtype: Any = np.float64) -> Any:
+    """``value`` (small, host) as an array of ``like``'s library: NumPy on the host; on
+    the GPU uploaded once per process and reused by every later chunk (fitted means,
+    scales, projection matrices). Kernels must not write into it."""
+    host = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+    if not is_device_array(like):
+        return host
+    key = (host.dtype.str, host.shape, host.tobytes())
+    got = _CONSTANTS.get(key)
+    if got is None:
+        cupy = _import_cupy()
+        got = cupy.asarray(host)
+        cupy.cuda.get_current_stream().synchronize()  # visible to every thread's stream
+        with _CONSTANTS_LOCK:
+            if len(_CONSTANTS) >= 256:
+                _CONSTANTS.clear()
+            _CONSTANTS[key] = got
+    return got
+
+
+_THREAD = threading.local()
+
+
+@contextlib.contextmanager
+def _thread_stream() -> Iterator[None]:
+    """Run on this thread's own non-blocking CUDA stream (made once per thread), and wait
+    for it at the end: dask threads then overlap one chunk's copies with another's
+    kernels, and a result handed to another task is complete."""
+    cupy = _import_cupy()
+    stream = getattr(_THREAD, "stream", None)
+    if stream is None:
+        stream = _THREAD.stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        yield
+    stream.synchronize()
+
+
+def device_task(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a chunk kernel: given a device array it runs on the thread's stream (see
+    :func:`_thread_stream`); NumPy chunks run it unchanged."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if not any(is_device_array(a) for a in args):
+            return fn(*args, **kwargs)
+        with _thread_stream():
+            return fn(*args, **kwargs)
+
+    return run

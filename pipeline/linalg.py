@@ -21,7 +21,9 @@ chapters 9 (LU) and 12 (iterative refinement).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from cubepipe.storage.errors import CubepipeWarning, InputError
@@ -93,6 +95,33 @@ def _eps_np(dtype: Any) -> float:
     return float(np.finfo(np.dtype(str(dtype).replace("cupy.", ""))).eps)
 
 
+@contextlib.contextmanager
+def _raising(xp: Any) -> Iterator[None]:
+    """LAPACK-style errors on CuPy too: cuSOLVER reports a singular or non-positive-definite
+    matrix only through its info code, which CuPy ignores by default (NaN results)."""
+    if "cupy" not in getattr(xp, "__name__", ""):
+        yield
+        return
+    import cupyx  # noqa: PLC0415  (only reached with CuPy arrays)
+
+    with cupyx.errstate(linalg="raise"):
+        yield
+
+
+def _finite(xp: Any, a: Any) -> bool:
+    return bool(xp.all(xp.isfinite(a)))
+
+
+def _lu_solve(xp: Any, a: Any, b: Any) -> Any:
+    """``xp.linalg.solve``, raising on a singular matrix on every backend: the solver's
+    own error, or a non-finite answer (what cuSOLVER gives when the error is not raised)."""
+    with _raising(xp):
+        x = xp.linalg.solve(a, b)
+    if not _finite(xp, x):
+        raise ArithmeticError("LU solve gave non-finite values: the matrix is singular")
+    return x
+
+
 def _residual(xp: Any, a: Any, x: Any, b: Any) -> float:
     return _float(xp.linalg.vector_norm(a @ x - b))
 
@@ -143,15 +172,18 @@ def solve(a: Any, b: Any, *, regularize: str | None = None, warn: bool = True) -
         method = f"{regularize} (SVD)"
     else:
         try:
-            x = xp.linalg.solve(a, b)
+            x = _lu_solve(xp, a, b)
             method = "LU"
-        except Exception:  # exactly singular: LU breaks down
+        except Exception:  # exactly singular: LU breaks down (or gives inf/NaN)
             x = _svd_solve(xp, a, b, "tsvd")
             method = "tsvd (singular matrix)"
         if ill and method == "LU":
             best, best_r = x, _residual(xp, a, x, b)
             for _ in range(3):
-                x = x + xp.linalg.solve(a, b - a @ x)
+                try:
+                    x = x + _lu_solve(xp, a, b - a @ x)
+                except Exception:
+                    break
                 r = _residual(xp, a, x, b)
                 if r < best_r:
                     best, best_r = x, r
@@ -224,15 +256,29 @@ def cholesky(a: Any, *, warn: bool = True) -> Cholesky:
     base = _eps(xp, a.dtype) * max(_float(xp.sum(xp.abs(xp.linalg.diagonal(a)))), 1e-300)
     eye = xp.eye(n, dtype=a.dtype)
     for _ in range(20):
+        shifted = a + jitter * eye
         try:
-            factor = xp.linalg.cholesky(a + jitter * eye)
+            with _raising(xp):
+                factor = xp.linalg.cholesky(shifted)
         except Exception:
             jitter = base if jitter == 0 else jitter * 10
             continue
-        if not bool(xp.all(xp.isfinite(factor))):
+        if not _is_factor(xp, factor, shifted):
             jitter = base if jitter == 0 else jitter * 10
             continue
         if warn and (jitter > 0 or not c * _eps(xp, a.dtype) < 1):
             _warn("cholesky", c, a.dtype, f"Added {jitter:.3g} to the diagonal (Tikhonov).")
         return Cholesky(factor, c, jitter)
     raise InputError("cholesky: the matrix is not positive definite even with a large jitter")
+
+
+def _is_factor(xp: Any, factor: Any, a: Any) -> bool:
+    """Whether ``factor`` is a finished Cholesky factor of ``a``: finite and
+    ``|L L^T - a| <= 64 n eps |a|`` (the backward error of a completed factorization;
+    cuSOLVER, not raising, hands back a factor that stopped at the first non-positive
+    pivot, which fails this)."""
+    if not _finite(xp, factor):
+        return False
+    n = a.shape[0]
+    err = _float(xp.linalg.matrix_norm(factor @ xp.permute_dims(factor, (1, 0)) - a))
+    return err <= 64 * n * _eps(xp, a.dtype) * max(_float(xp.linalg.matrix_norm(a)), 1e-300)

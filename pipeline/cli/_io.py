@@ -10,6 +10,7 @@ import xarray as xr
 
 from cubepipe.storage import open_cube, parse_chunks, store_state, write_cube
 
+from ..backend import to_host
 from ..scheduling import keep_between_passes
 from ._jobs import allow_nonfinite, claims_output, provenance
 
@@ -75,9 +76,10 @@ def write_output(
 ) -> Path:
     """:func:`~cubepipe.storage.write_cube` with what :func:`write_options` collected
     (``--chunks`` on top of ``base_chunks``, ``--resume``, ``--overwrite``); the command's
-    device and invocation are recorded in the provenance."""
+    device and invocation are recorded in the provenance. Chunks computed on the GPU come
+    to the host here, one copy per chunk as it is written."""
     return write_cube(
-        ds,
+        to_host(ds),
         output,
         op=op,
         inputs=inputs,

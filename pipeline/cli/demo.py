@@ -112,7 +112,7 @@ def _demo(state: CliState, output: Path, size: str, seed: int, store_only: bool)
             store,
             op="demo",
             params={"size": size, "seed": seed},
-            device=str(state.device),
+            device="cpu",  # the synthetic cube is made on the host
             overwrite=True,  # the demo's own output: always safe to replace
         )
     d = describe(store)

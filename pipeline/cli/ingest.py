@@ -89,7 +89,7 @@ def ingest(
                 chunks=sizes,
                 resume=resume,
                 overwrite=overwrite,
-                device=str(state.device),
+                device="cpu",  # reading and encoding run on the host
                 params=ingest_params(format=fmt.lower(), dtype=dtype, layout=layout),
                 provenance=provenance(),
                 durable=state.durable,

@@ -63,7 +63,9 @@ def stats_cmd(
         )
     t0 = time.perf_counter()
     with state.compute():
-        st = fit_stats(ds, variable=variable, split_every=split_every).compute()
+        st = fit_stats(
+            ds, variable=variable, split_every=split_every, device=state.device
+        ).compute()
     if not no_save:
         add_variables(
             store,
@@ -120,7 +122,7 @@ def standardize_cmd(
         else:
             st = None  # fitted first: the input is read twice
             ds = open_in(source, two_pass_on=state.scheduler_spec)
-        out = standardize(ds, st, method=method)
+        out = standardize(ds, st, method=method, device=state.device)
         write_output(
             state,
             out,
@@ -151,7 +153,7 @@ def destandardize_cmd(
     with state.compute():
         write_output(
             state,
-            destandardize(ds),
+            destandardize(ds, device=state.device),
             output,
             op="destandardize",
             inputs=[source],

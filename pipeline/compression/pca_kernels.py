@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from cubepipe.pipeline.backend import array_module, array_namespace, matmul
+from cubepipe.pipeline.backend import (
+    array_module,
+    array_namespace,
+    device_constant,
+    device_task,
+    is_device_array,
+    matmul,
+)
 from cubepipe.pipeline.stats.moments import WIDE_STRIP, strip_pixels
 
 
@@ -217,24 +224,86 @@ def error_sums(xp: Any, xx: Any, xe: Any, ee: Any, ok: Any) -> tuple[float, floa
     ``x . x_hat = |x|^2 - x . e`` and ``|x_hat|^2 = |x|^2 - 2 x . e + |e|^2``. A pixel
     whose spectrum or reconstruction is all zero has no angle. One definition for every
     compression method, so their errors compare."""
+    sse, sam, nsam = error_sum_arrays(xp, xx, xe, ee, ok)
+    return float(sse), float(sam), float(nsam)
+
+
+def error_sum_arrays(xp: Any, xx: Any, xe: Any, ee: Any, ok: Any) -> tuple[Any, Any, Any]:
+    """:func:`error_sums` as 0-d float64 arrays where the inputs live (no host sync)."""
     yy = xx - 2 * xe + ee  # |x_hat|^2
     good = ok & (xx > 0) & (yy > 0)
     cos = (xx - xe) / xp.sqrt(xp.where(good, xx * yy, 1.0))
     cos = xp.minimum(xp.maximum(cos, -1.0), 1.0)  # rounding can step just past +-1
     return (
-        float(xp.sum(xp.where(ok, ee, 0.0))),
-        float(xp.sum(xp.where(good, xp.acos(cos), 0.0))),
-        float(xp.count_nonzero(good)),
+        xp.sum(xp.where(ok, ee, 0.0)),
+        xp.sum(xp.where(good, xp.acos(cos), 0.0)),
+        xp.sum(xp.astype(good, xp.float64)),
     )
 
 
+# -- the device (CuPy) kernels: whole chunk, masks instead of branches, no host sync -----
+
+
+def _device_maps(x: Any, m: dict[str, np.ndarray]) -> tuple[Any, Any, Any]:
+    """``W`` (K, B: centred data -> scores), ``A`` (B, K: stored scores -> centred data)
+    and the mean (B, 1), on the device (uploaded once per process)."""
+    scale, factor, wm = m["scale"], m["factor"], m["w"]
+    w = wm / factor[:, None] / scale[None, :]
+    a = (wm * factor[:, None] * scale[None, :]).T
+    return (
+        device_constant(x, w),
+        device_constant(x, a),
+        device_constant(x, np.asarray(m["mean"])[:, None]),
+    )
+
+
+def _device_partial(xp: Any, xd: Any, u: Any, s: Any, a: Any, ok: Any) -> Any:
+    """``[sse, n_values, sam_sum, n_angles, min, max]`` (a device array) of the ``ok``
+    pixels of ``xd (B, N)`` (float64) reconstructed from the stored scores ``s``; ``u`` is
+    the centred data, 0 where not ``ok``. The error ``e = u - A s`` is formed directly
+    (one more small matmul on the GPU) rather than by the Gram identities of the CPU."""
+    f64 = xp.float64
+    s = xp.where(ok[None, :], xp.astype(s, f64), 0.0)
+    e = u - matmul(a, s)
+    xz = xp.where(ok[None, :], xd, 0.0)
+    sse, sam, nsam = error_sum_arrays(
+        xp, xp.sum(xz * xz, axis=0), xp.sum(xz * e, axis=0), xp.sum(e * e, axis=0), ok
+    )
+    npix = xp.sum(xp.astype(ok, f64))
+    lo = xp.min(xp.where(ok[None, :], xd, xp.inf))
+    hi = xp.max(xp.where(ok[None, :], xd, -xp.inf))
+    return xp.stack([sse, npix * xd.shape[0], sam, nsam, lo, hi])
+
+
+def _device_encode(
+    xp: Any, x: Any, v: Any, m: dict[str, np.ndarray], *, metrics: bool
+) -> tuple[Any, Any]:
+    """:func:`_encode_rows` on the GPU: the whole chunk, scores and (``metrics``) the
+    error partial as a device array, no host sync."""
+    w, a, mean = _device_maps(x, m)
+    xd = xp.astype(x, xp.float64)
+    u = xd - mean
+    ok = ~xp.isnan(xp.sum(u * u, axis=0))  # NaN in any band
+    if v is not None:
+        ok = ok & xp.all(xp.astype(v, xp.bool), axis=0)
+    u = xp.where(ok[None, :], u, 0.0)
+    s = xp.astype(matmul(w, u), xp.float32)
+    out = xp.where(ok[None, :], s, xp.nan)
+    return out, (_device_partial(xp, xd, u, s, a, ok) if metrics else None)
+
+
+@device_task
 def project_block(block: Any, *valid: Any, m: dict[str, np.ndarray], axis: int) -> Any:
     xp = array_namespace(block)
     v = _as_rows(xp, valid[0], axis) if valid else None
+    if is_device_array(block):
+        out, _ = _device_encode(xp, _as_rows(xp, block, axis), v, m, metrics=False)
+        return _from_rows(xp, out, block.shape, axis)
     out, _ = _encode_rows(xp, _as_rows(xp, block, axis), v, m, metrics=False)
     return _from_rows(xp, out, block.shape, axis)
 
 
+@device_task
 def encode_block(
     block: Any, *valid: Any, m: dict[str, np.ndarray], axis: int, ndim: int
 ) -> tuple[Any, Any]:
@@ -242,6 +311,9 @@ def encode_block(
     :func:`pca_encode`): a pair, split by :func:`pair_first` and :func:`pair_second`."""
     xp = array_namespace(block)
     v = _as_rows(xp, valid[0], axis) if valid else None
+    if is_device_array(block):
+        out, part = _device_encode(xp, _as_rows(xp, block, axis), v, m, metrics=True)
+        return _from_rows(xp, out, block.shape, axis), xp.reshape(part, (1,) * ndim + (6,))
     out, acc = _encode_rows(xp, _as_rows(xp, block, axis), v, m, metrics=True)
     partial = xp.reshape(xp.asarray(acc, dtype=xp.float64), (1,) * ndim + (6,))
     return _from_rows(xp, out, block.shape, axis), partial
@@ -255,9 +327,16 @@ def pair_second(pair: tuple[Any, Any]) -> Any:
     return pair[1]
 
 
+@device_task
 def reconstruct_block(scores: Any, *, m: dict[str, np.ndarray], axis: int) -> Any:
     xp = array_namespace(scores)
     s = _as_rows(xp, scores, axis)
+    if is_device_array(scores):  # the whole chunk: one matmul, constants uploaded once
+        wt = device_constant(scores, (m["w"] * m["factor"][:, None]).T)
+        scale = device_constant(scores, np.asarray(m["scale"])[:, None])
+        mean = device_constant(scores, np.asarray(m["mean"])[:, None])
+        xhat = xp.astype(matmul(wt, xp.astype(s, xp.float64)) * scale + mean, xp.float32)
+        return _from_rows(xp, xhat, scores.shape, axis)
     wt = xp.asarray((m["w"] * m["factor"][:, None]).T)  # (B, K)
     mean, scale = xp.asarray(m["mean"])[:, None], xp.asarray(m["scale"])[:, None]
     out = xp.empty((wt.shape[0], s.shape[1]), dtype=xp.float32)
@@ -270,12 +349,20 @@ def reconstruct_block(scores: Any, *, m: dict[str, np.ndarray], axis: int) -> An
     return _from_rows(xp, out, scores.shape, axis)
 
 
+@device_task
 def metric_block(x: Any, s: Any, *, m: dict[str, np.ndarray], axis: int, ndim: int) -> Any:
     """Error partials of one chunk reconstructed from the scores ``s``, strip by strip,
     without rebuilding the whole chunk (see :class:`_Errors`)."""
     xp = array_namespace(x)
     rows = _as_rows(xp, x, axis)
     srows = _as_rows(xp, s, axis)
+    if is_device_array(x):
+        _, a, mean = _device_maps(x, m)
+        xd = xp.astype(rows, xp.float64)
+        ok = ~xp.isnan(xp.sum(xd * xd, axis=0)) & ~xp.any(xp.isnan(srows), axis=0)
+        u = xp.where(ok[None, :], xd - mean, 0.0)
+        part = _device_partial(xp, xd, u, srows, a, ok)
+        return xp.reshape(part, (1,) * ndim + (6,))
     wt = xp.asarray((m["w"] * m["factor"][:, None] * m["scale"][None, :]).T)  # (B, K)
     mean = xp.asarray(m["mean"])[:, None]
     errors = _Errors(xp, wt, min(strip_pixels(rows.shape[0], WIDE_STRIP), rows.shape[1]))

@@ -25,7 +25,13 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from cubepipe.pipeline.backend import array_module, array_namespace, matmul
+from cubepipe.pipeline.backend import (
+    array_module,
+    array_namespace,
+    device_task,
+    is_device_array,
+    matmul,
+)
 
 __all__ = [
     "M2",
@@ -54,6 +60,8 @@ def block_moments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
     xp = array_namespace(block)
     nb = block.shape[band_axis]
     x = xp.reshape(xp.moveaxis(block, band_axis, 0), (nb, -1))
+    if is_device_array(block):
+        return _device_moments(xp, x, _valid_rows(xp, valid, band_axis, nb))
     f64 = xp.float64
     if x.shape[1] == 0:
         zero = xp.zeros(nb, dtype=f64)
@@ -123,6 +131,8 @@ def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
     xp = array_namespace(block)
     nb = block.shape[band_axis]
     x = xp.reshape(xp.moveaxis(block, band_axis, 0), (nb, -1))
+    if is_device_array(block):
+        return _device_comoments(xp, x, _valid_rows(xp, valid, band_axis, nb))
     f64 = xp.float64
     total = xp.sum(x, axis=1, dtype=f64)  # NaN anywhere in a band makes its sum NaN
     any_bad = not bool(xp.all(xp.isfinite(total)))
@@ -159,6 +169,51 @@ def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
             [xp.full(nb, n, dtype=f64), mean, xp.linalg.diagonal(cross), lo, hi], axis=1
         )
     ncol = xp.full((nb, 1), n, dtype=f64)
+    return xp.concat([stats, ncol, mean[:, None], cross], axis=1)
+
+
+# -- the device (CuPy) kernels: whole chunk, masks instead of branches, no host sync -----
+
+
+def _valid_rows(xp: Any, valid: Any, band_axis: int, nb: int) -> Any:
+    if valid is None:
+        return None
+    return xp.astype(xp.reshape(xp.moveaxis(valid, band_axis, 0), (nb, -1)), xp.bool)
+
+
+def _device_moments(xp: Any, x: Any, v: Any) -> Any:
+    """:func:`block_moments` of rows ``x (band, N)`` on the GPU: the whole chunk at once,
+    invalid values masked out by ``where`` (never compressed: that would sync with the
+    host), so a chunk costs a fixed handful of kernels and no host round trip."""
+    f64 = xp.float64
+    ok = ~xp.isnan(x)
+    if v is not None:
+        ok = ok & v
+    n = xp.sum(xp.astype(ok, f64), axis=1)
+    xd = xp.where(ok, xp.astype(x, f64), 0.0)
+    mean = xp.sum(xd, axis=1) / xp.maximum(n, 1.0)
+    dev = xp.where(ok, xd - mean[:, None], 0.0)
+    m2 = xp.sum(dev * dev, axis=1)
+    lo = xp.min(xp.where(ok, xd, xp.inf), axis=1)
+    hi = xp.max(xp.where(ok, xd, -xp.inf), axis=1)
+    return xp.stack([n, mean, m2, lo, hi], axis=1)
+
+
+def _device_comoments(xp: Any, x: Any, v: Any) -> Any:
+    """:func:`block_comoments` on the GPU: the pixels valid in every band by a mask, one
+    float64 matmul for the centred cross products of the whole chunk, no host sync."""
+    f64 = xp.float64
+    ok = ~xp.isnan(x)
+    if v is not None:
+        ok = ok & v
+    pix = xp.all(ok, axis=0)[None, :]  # valid in every band
+    xd = xp.where(pix, xp.astype(x, f64), 0.0)
+    n = xp.sum(xp.astype(pix, f64))
+    mean = xp.sum(xd, axis=1) / xp.maximum(n, 1.0)
+    dev = xp.where(pix, xd - mean[:, None], 0.0)
+    cross = matmul(dev, xp.permute_dims(dev, (1, 0)))
+    stats = _device_moments(xp, x, v)
+    ncol = xp.zeros((x.shape[0], 1), dtype=f64) + n
     return xp.concat([stats, ncol, mean[:, None], cross], axis=1)
 
 
@@ -203,6 +258,7 @@ _KINDS: dict[str, tuple[Any, Any, Any]] = {
 }
 
 
+@device_task
 def _partial(block: Any, *valid: Any, band_axis: int, ndim: int, kind: str) -> Any:
     packed = _KINDS[kind][0](block, valid[0] if valid else None, band_axis=band_axis)
     # One cell per chunk along every reduced axis, then the packed field axis.

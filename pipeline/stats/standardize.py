@@ -17,7 +17,14 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from cubepipe.pipeline.backend import array_namespace
+from cubepipe.pipeline.backend import (
+    Device,
+    array_namespace,
+    device_constant,
+    device_task,
+    is_device_array,
+    to_device,
+)
 from cubepipe.pipeline.cube import cube_and_valid
 from cubepipe.pipeline.stats.fit import STAT_VARS, fit_stats, take_stats
 from cubepipe.pipeline.stats.moments import strip_pixels
@@ -79,14 +86,21 @@ def transform_params(stats: xr.Dataset, method: str = "zscore") -> tuple[np.ndar
     return center, scale
 
 
+@device_task
 def _affine(block: Any, *, center: Any, scale: Any, band_axis: int, inverse: bool, out_dtype: Any):
     """``(x - center) / scale`` (or its inverse) per band in float64, cast to ``out_dtype``;
-    strip by strip so the float64 temporaries stay small and in cache."""
+    strip by strip so the float64 temporaries stay small and in cache. On the GPU the
+    whole chunk at once, with ``center``/``scale`` uploaded once per process."""
     xp = array_namespace(block)
     nb = block.shape[band_axis]
     rows = xp.reshape(xp.moveaxis(block, band_axis, 0), (nb, -1))
-    c = xp.reshape(xp.asarray(center, dtype=xp.float64), (nb, 1))
-    s = xp.reshape(xp.asarray(scale, dtype=xp.float64), (nb, 1))
+    c = xp.reshape(device_constant(block, center), (nb, 1))
+    s = xp.reshape(device_constant(block, scale), (nb, 1))
+    shape = (nb,) + tuple(n for i, n in enumerate(block.shape) if i != band_axis)
+    if is_device_array(block):
+        y = xp.astype(rows, xp.float64)
+        y = y * s + c if inverse else (y - c) / s
+        return xp.moveaxis(xp.reshape(xp.astype(y, out_dtype), shape), 0, band_axis)
     out = xp.empty(rows.shape, dtype=out_dtype)
     step = strip_pixels(nb)
     buf = xp.empty((nb, max(1, min(step, rows.shape[1]))), dtype=xp.float64)  # per chunk
@@ -100,7 +114,6 @@ def _affine(block: Any, *, center: Any, scale: Any, band_axis: int, inverse: boo
             y -= c
             y /= s
         out[:, a : a + step] = xp.astype(y, out_dtype)
-    shape = (nb,) + tuple(n for i, n in enumerate(block.shape) if i != band_axis)
     return xp.moveaxis(xp.reshape(out, shape), 0, band_axis)
 
 
@@ -129,6 +142,7 @@ def standardize(
     method: str = "zscore",
     variable: str = "cube",
     split_every: int | None = None,
+    device: Device | str | None = None,
 ) -> xr.Dataset:
     """Standardize ``ds[variable]`` per band, lazily.
 
@@ -142,13 +156,19 @@ def standardize(
         ``ds`` first: one read of the input, computed now; applying reads it once more.
     method
         ``zscore`` or ``minmax``.
+    device
+        ``"cpu"``, ``"gpu"`` (or a :class:`~cubepipe.pipeline.backend.Device`): move the
+        chunks there first; None computes where the chunks are.
 
     Returns
     -------
     xarray.Dataset
         ``variable`` as float32 (NaN stays NaN), the ``mask`` if there was one, and the
-        ``stats_*`` used (float64). Per-band arithmetic is done in float64.
+        ``stats_*`` used (float64, on the host). Per-band arithmetic is done in float64.
+        The chunks stay on the device they were computed on.
     """
+    if device is not None:
+        ds = to_device(ds, device)
     cube, _ = cube_and_valid(ds, variable)
     if stats is None:
         stats = fit_stats(ds, variable=variable, split_every=split_every).compute()
@@ -173,11 +193,16 @@ def standardize(
     return result.assign({k: ("band", stats[k].values, stats[k].attrs) for k in STAT_VARS})
 
 
-def destandardize(ds: xr.Dataset, *, variable: str = "cube") -> xr.Dataset:
+def destandardize(
+    ds: xr.Dataset, *, variable: str = "cube", device: Device | str | None = None
+) -> xr.Dataset:
     """Invert :func:`standardize` using the statistics and method stored with ``ds``.
 
-    Returns the original dtype (recorded at standardization), float64 arithmetic.
+    Returns the original dtype (recorded at standardization), float64 arithmetic, on
+    ``device`` (as :func:`standardize`).
     """
+    if device is not None:
+        ds = to_device(ds, device)
     cube, _ = cube_and_valid(ds, variable)
     method = cube.attrs.get(METHOD_ATTR)
     if method is None:
@@ -223,7 +248,7 @@ def iter_standardized(
         if len(lead) != 1:
             raise InputError(f"expected one leading dim before band, got dims {cube.dims}")
         source: Iterable[Any] = (
-            cube.isel({lead[0]: i}).transpose("band", "y", "x").values
+            _frame(cube.isel({lead[0]: i}).transpose("band", "y", "x"))
             for i in range(cube.sizes[lead[0]])
         )
     else:
@@ -236,3 +261,10 @@ def iter_standardized(
         yield _affine(
             frame, center=center, scale=scale, band_axis=0, inverse=False, out_dtype=np.float32
         )
+
+
+def _frame(frame: xr.DataArray) -> Any:
+    """One frame's array where its chunks live (NumPy or CuPy; never ``.values``, which
+    would copy device data to the host)."""
+    data = frame.data
+    return data.compute() if isinstance(data, da.Array) else data

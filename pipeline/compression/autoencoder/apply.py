@@ -18,7 +18,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from cubepipe.pipeline.backend import array_namespace
+from cubepipe.pipeline.backend import array_namespace, device_constant, device_task
 from cubepipe.pipeline.compression.autoencoder.net import (
     KINDS,
     decode_rows,
@@ -27,7 +27,7 @@ from cubepipe.pipeline.compression.autoencoder.net import (
     strip_size,
 )
 from cubepipe.pipeline.compression.pca import summarize_metrics
-from cubepipe.pipeline.compression.pca_kernels import error_sums
+from cubepipe.pipeline.compression.pca_kernels import error_sum_arrays
 from cubepipe.pipeline.cube import cube_and_valid
 from cubepipe.storage.errors import InputError
 
@@ -87,18 +87,28 @@ def _unrows(xp: Any, rows: Any, like_shape: tuple[int, ...], axis: int) -> Any:
     return xp.moveaxis(xp.reshape(rows, shape), 0, axis)
 
 
-def _device_params(xp: Any, m: dict[str, Any]) -> dict[str, Any]:
-    return {k: xp.asarray(v) for k, v in m["params"].items()}
+def _device_params(like: Any, m: dict[str, Any]) -> dict[str, Any]:
+    """The network's weights where ``like`` lives (on the GPU uploaded once per process)."""
+    return {k: device_constant(like, v, np.float32) for k, v in m["params"].items()}
 
 
+def _centre(like: Any, m: dict[str, Any]) -> tuple[Any, Any]:
+    """The model's per-band mean and scale ``(B, 1)``, float64, where ``like`` lives."""
+    return (
+        device_constant(like, np.asarray(m["mean"])[:, None]),
+        device_constant(like, np.asarray(m["scale"])[:, None]),
+    )
+
+
+@device_task
 def _encode_block(block: Any, *valid: Any, m: dict[str, Any], axis: int) -> Any:
     """``(band, ...)`` -> ``(K [+1 KL for a VAE], ...)`` float32; NaN where invalid."""
     xp = array_namespace(block)
     spec = m["spec"]
-    p = _device_params(xp, m)
+    p = _device_params(block, m)
     x = _rows(xp, block, axis)
     v = _rows(xp, valid[0], axis) if valid else None
-    mean, scale = xp.asarray(m["mean"])[:, None], xp.asarray(m["scale"])[:, None]
+    mean, scale = _centre(block, m)
     k = spec["components"]
     width = k + (spec["kind"] == "vae")
     out = xp.empty((width, x.shape[1]), dtype=xp.float32)
@@ -121,12 +131,14 @@ def _decode_strip(xp: Any, s: Any, p: dict[str, Any], m: dict[str, Any]) -> tupl
     ok = ~xp.any(xp.isnan(s), axis=0)
     s = xp.where(ok[None, :], s, 0.0)
     zhat = xp.astype(decode_rows(xp, xp.astype(s, xp.float32), p, m["spec"]), xp.float64)
-    return zhat * xp.asarray(m["scale"])[:, None] + xp.asarray(m["mean"])[:, None], ok
+    mean, scale = _centre(s, m)
+    return zhat * scale + mean, ok
 
 
+@device_task
 def _decode_block(scores: Any, *, m: dict[str, Any], axis: int) -> Any:
     xp = array_namespace(scores)
-    p = _device_params(xp, m)
+    p = _device_params(scores, m)
     s = _rows(xp, scores, axis)
     nb = m["spec"]["bands"]
     out = xp.empty((nb, s.shape[1]), dtype=xp.float32)
@@ -137,40 +149,53 @@ def _decode_block(scores: Any, *, m: dict[str, Any], axis: int) -> Any:
     return _unrows(xp, out, scores.shape, axis)
 
 
+@device_task
 def _metric_block(x: Any, enc: Any, *, m: dict[str, Any], axis: int, ndim: int) -> Any:
     """Partials ``[sse, n_values, sam_sum, n_angles, min, max, kl_sum, n_pixels]`` of one
-    chunk (the first six as :func:`cubepipe.pipeline.compression.pca.reconstruction_metrics`)."""
+    chunk (the first six as :func:`cubepipe.pipeline.compression.pca.reconstruction_metrics`).
+
+    Strip by strip (the decoder's activations are per pixel), invalid pixels masked out
+    by ``where``; each strip's sums stay arrays where the data are, so on the GPU a chunk
+    makes no host sync (its partial is one device array)."""
     xp = array_namespace(x)
-    p = _device_params(xp, m)
+    f64 = xp.float64
+    p = _device_params(x, m)
     rows, erows = _rows(xp, x, axis), _rows(xp, enc, axis)
     k = m["spec"]["components"]
-    acc = [0.0, 0.0, 0.0, 0.0, float("inf"), float("-inf"), 0.0, 0.0]
+    nb = rows.shape[0]
+    sums: list[Any] = []
     step = strip_size(m["spec"])
     for a in range(0, rows.shape[1], step):
         xhat, ok = _decode_strip(xp, erows[:k, a : a + step], p, m)
-        xv = xp.astype(rows[:, a : a + step], xp.float64)
+        xv = xp.astype(rows[:, a : a + step], f64)
         ok = ok & ~xp.any(xp.isnan(xv), axis=0)
-        if not bool(xp.any(ok)):
-            continue
-        xv, xhat = xv[:, ok], xhat[:, ok]
-        e = xv - xhat
-        sse, sam, nsam = error_sums(
-            xp,
-            xp.vecdot(xv, xv, axis=0),
-            xp.vecdot(xv, e, axis=0),
-            xp.vecdot(e, e, axis=0),
-            xp.ones(xv.shape[1], dtype=xp.bool),
+        xz = xp.where(ok[None, :], xv, 0.0)
+        e = xp.where(ok[None, :], xv - xhat, 0.0)
+        sse, sam, nsam = error_sum_arrays(
+            xp, xp.sum(xz * xz, axis=0), xp.sum(xz * e, axis=0), xp.sum(e * e, axis=0), ok
         )
-        acc[0] += sse
-        acc[1] += float(xv.shape[0] * xv.shape[1])
-        acc[2] += sam
-        acc[3] += nsam
-        acc[4] = min(acc[4], float(xp.min(xv)))
-        acc[5] = max(acc[5], float(xp.max(xv)))
-        if erows.shape[0] > k:
-            acc[6] += float(xp.sum(xp.astype(erows[k, a : a + step][ok], xp.float64)))
-        acc[7] += float(xv.shape[1])
-    return xp.reshape(xp.asarray(acc, dtype=xp.float64), (1,) * ndim + (_NPARTIAL,))
+        npix = xp.sum(xp.astype(ok, f64))
+        kl = (
+            xp.sum(xp.where(ok, xp.astype(erows[k, a : a + step], f64), 0.0))
+            if erows.shape[0] > k
+            else xp.zeros((), dtype=f64)
+        )
+        lo = xp.min(xp.where(ok[None, :], xv, xp.inf))
+        hi = xp.max(xp.where(ok[None, :], xv, -xp.inf))
+        sums.append(xp.stack([sse, npix * nb, sam, nsam, lo, hi, kl, npix]))
+    if not sums:
+        acc = xp.asarray([0.0, 0.0, 0.0, 0.0, xp.inf, -xp.inf, 0.0, 0.0], dtype=f64)
+    else:
+        table = xp.stack(sums, axis=0)
+        acc = xp.concat(
+            [
+                xp.sum(table[:, :4], axis=0),
+                xp.min(table[:, 4:5], axis=0),
+                xp.max(table[:, 5:6], axis=0),
+                xp.sum(table[:, 6:], axis=0),
+            ]
+        )
+    return xp.reshape(acc, (1,) * ndim + (_NPARTIAL,))
 
 
 # -- lazy whole-cube operations ------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from cubepipe.pipeline.backend import matmul
+from cubepipe.pipeline.backend import device_constant, matmul
 
 __all__ = [
     "ACTIVATIONS",
@@ -275,7 +275,7 @@ def _run(xp: Any, layers: list[dict], x: Any, p: dict[str, Any], activation: str
         elif op == "flatten":
             x = xp.reshape(x, (-1, x.shape[-1]))
         elif op == "resample":
-            m = xp.asarray(resample_matrix(x.shape[1], lay["size"]))
+            m = device_constant(x, resample_matrix(x.shape[1], lay["size"]), x.dtype)
             x = xp.moveaxis(xp.tensordot(m, x, axes=([1], [1])), 0, 1)
         else:
             raise ValueError(f"unknown layer op {op!r}")
