@@ -18,6 +18,7 @@ from typing import Any
 
 import xarray as xr
 
+from cubepipe.pipeline.backend import to_host
 from cubepipe.pipeline.compression.api import compress, reconstruct
 from cubepipe.pipeline.stats.fit import fit_stats
 from cubepipe.pipeline.stats.standardize import destandardize, standardize
@@ -60,5 +61,6 @@ class CubepipeAccessor:
         return filter_cube(self._ds, kernel, **kwargs)
 
     def to_store(self, path: str | Path, **kwargs: Any) -> Path:
-        """Write a cube store: :func:`~cubepipe.storage.write_cube`."""
-        return write_cube(self._ds, path, **kwargs)
+        """Write a cube store: :func:`~cubepipe.storage.write_cube` (chunks computed on
+        the GPU come to the host as they are written)."""
+        return write_cube(to_host(self._ds), path, **kwargs)

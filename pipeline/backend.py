@@ -35,6 +35,7 @@ __all__ = [
     "device_task",
     "is_device_array",
     "fft_module",
+    "gpu_libraries",
     "gpu_status",
     "matmul",
     "ndimage_module",
@@ -55,7 +56,12 @@ def _import_cupy() -> ModuleType:
 
 
 def gpu_status() -> tuple[bool, str]:
-    """Whether a GPU is usable through CuPy, and a one-line reason/description."""
+    """Whether a GPU is usable through CuPy, and a one-line reason/description.
+
+    Usable means CuPy imports, sees a device, and a tiny cuBLAS, cuFFT and cuSOLVER call
+    each works (:func:`gpu_libraries`): a driver-only machine without the CUDA libraries
+    (``pip install 'cubepipe[gpu]'`` brings them) is reported here, not at the first FFT.
+    """
     try:
         cupy = _import_cupy()
     except ImportError:
@@ -73,7 +79,45 @@ def gpu_status() -> tuple[bool, str]:
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     except Exception:
         name = "GPU 0"
+    broken = {lib: why for lib, why in gpu_libraries().items() if why}
+    if broken:
+        lib, why = next(iter(broken.items()))
+        return False, (
+            f"{name} found, but {', '.join(broken)} failed ({lib}: {why}); install the CUDA "
+            "libraries: pip install 'cubepipe[gpu]' (CUDA 12) or 'cubepipe[gpu13]' (CUDA 13)"
+        )
     return True, f"{name} (CuPy {cupy.__version__})"
+
+
+_LIBRARIES: dict[str, str] | None = None
+
+
+def gpu_libraries() -> dict[str, str]:
+    """Run one tiny call of each CUDA library cubepipe uses on GPU 0 and compare it with
+    NumPy: ``{"cuBLAS": "", "cuFFT": "", "cuSOLVER": "", "kernels": ""}``, an empty
+    string where it works, else why not (one line). Cached for the process. Assumes CuPy
+    imports and sees a device (see :func:`gpu_status`)."""
+    global _LIBRARIES
+    if _LIBRARIES is not None:
+        return _LIBRARIES
+    cupy = _import_cupy()
+    host = np.array([[4.0, 2.0], [2.0, 3.0]])
+    checks: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+        "kernels": (lambda a: a * 2.0 + 1.0, lambda a: a * 2.0 + 1.0),  # NVRTC-built
+        "cuBLAS": (lambda a: a @ a, lambda a: a @ a),
+        "cuFFT": (lambda a: cupy.fft.rfft(a, axis=1), lambda a: np.fft.rfft(a, axis=1)),
+        "cuSOLVER": (cupy.linalg.cholesky, np.linalg.cholesky),
+    }
+    out: dict[str, str] = {}
+    for lib, (on_gpu, on_cpu) in checks.items():
+        try:
+            got = on_gpu(cupy.asarray(host)).get()
+            ok = np.allclose(got, on_cpu(host), rtol=1e-12, atol=1e-12)
+            out[lib] = "" if ok else "wrong result"
+        except Exception as exc:  # a missing library raises ImportError, OSError, CUDA errors
+            out[lib] = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+    _LIBRARIES = out
+    return out
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from ..backend import to_device, to_host
 from ..filters import AXES, FILTER_ATTR, FORMS, METHODS, MODES, filter_cube, parse_kernel
 from ._app import CliState, command
 from ._io import in_argument, open_in, write_options, write_output
@@ -61,8 +60,9 @@ def filter_cmd(
     t0 = time.perf_counter()
     with state.compute():
         out = filter_cube(
-            to_device(ds, state.device),
+            ds,
             spec,
+            device=state.device,
             axis=axis,
             method=method,
             mode=mode,
@@ -80,7 +80,7 @@ def filter_cmd(
         )
         write_output(
             state,
-            to_host(out),
+            out,
             output,
             op="filter",
             params={k: v for k, v in report.items() if k != "method_reason"},

@@ -13,7 +13,7 @@ from dask.array.overlap import ensure_minimum_chunksize
 from cubepipe.pipeline.cube import cube_and_valid
 from cubepipe.storage.errors import InputError
 
-from ..backend import array_namespace
+from ..backend import Device, array_namespace, to_device
 from .convolve import choose_method, convolve_block
 from .kernels import Kernel, KernelSpec, make_kernel, parse_kernel
 from .masked import normalized_block
@@ -150,6 +150,7 @@ def filter_cube(
     fill: bool = False,
     variable: str = "cube",
     fft_tile: int = 2048,
+    device: Device | str | None = None,
 ) -> xr.Dataset:
     """Convolve every ``(y, x)`` plane (or every pixel's spectrum) of ``ds[variable]``.
 
@@ -182,6 +183,9 @@ def filter_cube(
         FFT path only: the longest tile edge along ``y``/``x``. The plane is cut into
         equal tiles no longer than this (with the kernel's halo), one band per task, so
         padding and halos cost little while memory stays bounded for any plane size.
+    device
+        ``"cpu"``, ``"gpu"`` (or a :class:`~cubepipe.pipeline.backend.Device`): move the
+        chunks there first; None: filter where the chunks are.
 
     Returns
     -------
@@ -200,6 +204,8 @@ def filter_cube(
     """
     _check(axis, method, mode, min_support)
     spec = kernel if isinstance(kernel, KernelSpec) else parse_kernel(kernel)
+    if device is not None:
+        ds = to_device(ds, device)
     cube, valid = cube_and_valid(ds, variable)
     dims = AXES[axis]
     if not set(dims) <= set(cube.dims):

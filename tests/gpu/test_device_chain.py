@@ -217,3 +217,29 @@ def test_host_syncs_per_chunk_do_not_grow_with_the_chunk(scene: Path, op: str) -
         per_size[nchunks] = counts["syncs"]
         assert counts["syncs"] <= SYNCS_PER_CHUNK * nchunks + 2, (op, nchunks, counts)
     assert len(per_size) == 2
+
+
+def test_the_python_api_keeps_chunks_on_the_device_and_fitted_arrays_on_the_host(
+    scene: Path, tmp_path: Path
+) -> None:
+    import cupy  # noqa: PLC0415
+
+    from cubepipe.pipeline import compress, filter_cube, fit_stats, standardize  # noqa: PLC0415
+
+    ds = open_cube(scene)
+    z = standardize(ds, device="gpu")
+    assert isinstance(z["cube"].data._meta, cupy.ndarray)
+    assert isinstance(z["stats_mean"].values, np.ndarray)  # host: no implicit conversion
+    c = compress(ds, components=3, device="gpu")
+    assert isinstance(c["scores"].data._meta, cupy.ndarray)
+    assert isinstance(c["pca_components"].values, np.ndarray)
+    f = filter_cube(ds, "gaussian:1", device="gpu")
+    assert isinstance(f["cube"].data._meta, cupy.ndarray)
+    st = fit_stats(ds, device="gpu").compute()
+    ref = ds["cube"].where(ds["mask"]).values.astype(np.float64)
+    np.testing.assert_allclose(st["stats_mean"].values, np.nanmean(ref, axis=(1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(st["stats_std"].values, np.nanstd(ref, axis=(1, 2)), rtol=1e-10)
+    # the accessor writes device results through the host
+    path = z.cubepipe.to_store(tmp_path / "z.zarr")
+    cpu = standardize(ds)["cube"].values
+    np.testing.assert_allclose(open_cube(path)["cube"].values, cpu, rtol=RTOL, atol=RTOL)
