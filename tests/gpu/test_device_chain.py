@@ -243,3 +243,23 @@ def test_the_python_api_keeps_chunks_on_the_device_and_fitted_arrays_on_the_host
     path = z.cubepipe.to_store(tmp_path / "z.zarr")
     cpu = standardize(ds)["cube"].values
     np.testing.assert_allclose(open_cube(path)["cube"].values, cpu, rtol=RTOL, atol=RTOL)
+
+
+def test_a_yaml_pipeline_runs_its_steps_on_the_device(scene: Path, tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "device: gpu\n"
+        "steps:\n"
+        f"  - standardize: {{in: {scene}, out: z.zarr}}\n"
+        "  - compress: {out: c.zarr, components: 3}\n"
+        "  - reconstruct: {out: r.zarr}\n"
+        "  - filter: {in: z.zarr, out: f.zarr, kernel: 'gaussian:1'}\n"
+    )
+    with _device_counts() as counts:
+        res = run_cli("--quiet", "run", "p.yaml", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    _assert_reached_device(counts)
+    for name in ("z", "c", "r", "f"):
+        assert history(read_attrs(tmp_path / f"{name}.zarr"))[-1]["device"] == "gpu", name
+    ref = run_cli("--device", "cpu", "-q", "standardize", str(scene), "-o", "zc.zarr", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    _assert_same(tmp_path / "zc.zarr", tmp_path / "z.zarr", "cube")
