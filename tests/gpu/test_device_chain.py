@@ -263,3 +263,24 @@ def test_a_yaml_pipeline_runs_its_steps_on_the_device(scene: Path, tmp_path: Pat
     ref = run_cli("--device", "cpu", "-q", "standardize", str(scene), "-o", "zc.zarr", cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
     _assert_same(tmp_path / "zc.zarr", tmp_path / "z.zarr", "cube")
+
+
+def test_iter_standardized_streams_device_frames(tmp_path: Path) -> None:
+    import cupy  # noqa: PLC0415
+
+    from cubepipe.pipeline import fit_stats, to_device  # noqa: PLC0415
+    from cubepipe.pipeline.stats.standardize import iter_standardized  # noqa: PLC0415
+
+    rng = np.random.default_rng(5)
+    frames = rng.normal(-3, 2, size=(4, 3, 16, 20)).astype(np.float32)
+    import xarray as xr  # noqa: PLC0415
+
+    ds = xr.Dataset({"cube": (("frame", "band", "y", "x"), frames)}).chunk({"frame": 1})
+    stats = fit_stats(ds).compute()
+    got = list(iter_standardized(to_device(ds, "gpu"), stats))
+    assert all(isinstance(f, cupy.ndarray) for f in got)
+    ref = frames.astype(np.float64)
+    mean = ref.mean(axis=(0, 2, 3), keepdims=True)[0]
+    std = ref.std(axis=(0, 2, 3), keepdims=True)[0]
+    for i, f in enumerate(got):
+        np.testing.assert_allclose(f.get(), (ref[i] - mean) / std, rtol=1e-5, atol=1e-5)
