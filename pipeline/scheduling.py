@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ __all__ = [
     "MIN_WORKER_MEMORY",
     "check_memory_limit",
     "check_scheduler",
+    "check_workers",
     "keep_between_passes",
     "probe_scheduler",
     "scheduler",
@@ -248,6 +251,7 @@ def scheduler(
     memory_limit: str | None = None,
     quiet: bool = False,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    paths: tuple[Sequence[str], str | None] = ((), None),
 ) -> Iterator[Any]:
     """Run the enclosed dask computations on the scheduler named by ``spec``.
 
@@ -259,8 +263,9 @@ def scheduler(
     limit (``benchmarks/bench_memory_limit.py`` measures both); a ``memory_limit`` below
     :data:`MIN_WORKER_MEMORY` is refused before the cluster starts. Anything else is taken
     as the address of a running scheduler (``tcp://HOST:PORT``) to join, which must answer
-    within ``connect_timeout`` seconds (:func:`probe_scheduler`). Yields the
-    ``distributed.Client`` or None.
+    within ``connect_timeout`` seconds (:func:`probe_scheduler`) and whose workers must
+    pass :func:`check_workers` for ``paths`` (the inputs the work reads, the output it
+    writes). Yields the ``distributed.Client`` or None.
     """
     spec = check_scheduler(spec)
     if spec in _THREADED:
@@ -299,6 +304,95 @@ def scheduler(
             f"{_seconds(connect_timeout)}: {msg}; check the address, or raise --connect-timeout"
         ) from exc
     with client:
+        check_workers(client, spec, paths[0], paths[1], timeout=connect_timeout)
         if not quiet:
             print(f"cubepipe: joined {spec}; dashboard at {client.dashboard_link}", file=sys.stderr)
         yield client
+
+
+# What each worker of a remote cluster runs before any work: no cubepipe import at
+# unpickling (it is sent by value, so a worker without cubepipe can still answer).
+_WORKER_PROBE = """
+def probe(paths, marker):
+    import importlib, importlib.metadata, os
+    out = {"cwd": os.getcwd(), "version": None, "error": "", "missing": []}
+    try:
+        importlib.import_module("cubepipe.storage")
+        out["version"] = importlib.metadata.version("cubepipe")
+    except Exception as exc:
+        out["error"] = type(exc).__name__ + ": " + " ".join(str(exc).split())
+    out["missing"] = [p for p in paths if not os.path.exists(p)]
+    if marker is not None and not os.path.exists(marker):
+        out["missing"].append(os.path.dirname(marker))
+    return out
+"""
+
+
+def _worker_probe() -> Any:
+    namespace: dict[str, Any] = {"__name__": "cubepipe_worker_probe"}
+    exec(_WORKER_PROBE, namespace)  # a module-less function: cloudpickle sends it by value
+    return namespace["probe"]
+
+
+def check_workers(
+    client: Any,
+    address: str,
+    inputs: Sequence[str],
+    output: str | None,
+    *,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> None:
+    """Refuse, in one line, a remote cluster whose workers cannot do the work as this
+    process would: no worker joins within ``timeout``; a worker cannot import cubepipe
+    or has another version; a worker cannot see an input, or the directory the output
+    goes to (tested with a marker file made there: a directory of the same name on
+    another machine does not pass). Paths are absolute, as this process sees them.
+
+    Raises
+    ------
+    InputError
+    """
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except (TimeoutError, OSError):
+        raise InputError(
+            f"the dask scheduler at {address} has no workers (waited {_seconds(timeout)}); "
+            f"start some with `dask worker {address}`, or raise --connect-timeout"
+        ) from None
+    from importlib.metadata import version  # noqa: PLC0415
+
+    mine = version("cubepipe")
+    absolute = [os.path.abspath(p) for p in inputs if not glob.has_magic(p)]
+    marker = None
+    if output is not None:
+        parent = os.path.dirname(os.path.abspath(output))
+        if os.path.isdir(parent):
+            marker = os.path.join(parent, f".cubepipe-visible-{uuid.uuid4().hex}")
+            Path(marker).touch()
+    try:
+        answers = client.run(_worker_probe(), absolute, marker, on_error="return")
+    finally:
+        if marker is not None:
+            Path(marker).unlink(missing_ok=True)
+    for worker, got in sorted(answers.items()):
+        if isinstance(got, BaseException):
+            raise InputError(
+                f"dask worker {worker} of {address} could not run cubepipe's start-up check "
+                f"({type(got).__name__}: {got}); check the workers' Python environment"
+            )
+        if got["version"] is None:
+            raise InputError(
+                f"dask worker {worker} of {address} cannot import cubepipe ({got['error']}); "
+                f"install cubepipe {mine} in the workers' environment"
+            )
+        if got["version"] != mine:
+            raise InputError(
+                f"dask worker {worker} of {address} runs cubepipe {got['version']}, this "
+                f"process {mine}; install the same version on the workers"
+            )
+        if got["missing"]:
+            raise InputError(
+                f"dask worker {worker} of {address} (working directory {got['cwd']}) cannot "
+                f"see {got['missing'][0]}; the workers must share this file system (paths "
+                "are used as this process sees them), or use object storage"
+            )

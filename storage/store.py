@@ -198,7 +198,9 @@ def open_cube(
     ------
     StoreNotFoundError, InvalidStoreError, IncompleteStoreError
     """
-    p = Path(path)
+    # Absolute before any graph is built: its tasks may run in dask workers whose working
+    # directory is not this process's (a relative path would read another file there).
+    p = Path(os.path.abspath(path))
     state = store_state(p)
     if state in ("missing", "not-a-store"):
         _open_group(p, mode="r")  # raises StoreNotFoundError / InvalidStoreError
@@ -737,7 +739,7 @@ def write_cube(
     ------
     InputError, StoreExistsError, StoreLockedError, NonFiniteError
     """
-    p = Path(path)
+    p = Path(os.path.abspath(path))  # workers write here, whatever their working directory
     real = resolve(p)
     inputs = [str(i) for i in inputs]
     check_disjoint(real, inputs)

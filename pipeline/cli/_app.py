@@ -20,9 +20,9 @@ from cubepipe.storage.errors import CubepipeError
 from cubepipe.storage.oserrors import as_user_error
 
 from ..backend import Device, resolve_device
-from ..progress import Progress
+from ..progress import ClusterProgress, Progress
 from ..scheduling import DEFAULT_CONNECT_TIMEOUT, check_memory_limit, check_scheduler, scheduler
-from ._jobs import current_op, job, run_job
+from ._jobs import current_op, job, job_paths, run_job
 
 __all__ = ["CliState", "cli", "command", "main", "pass_state", "run"]
 
@@ -59,10 +59,13 @@ class CliState:
                     memory_limit=self.memory_limit,
                     quiet=self.quiet,
                     connect_timeout=self.connect_timeout,
+                    paths=job_paths(),
                 )
             )
             if not self.quiet and client is None:
                 stack.enter_context(Progress(label))
+            elif not self.quiet:
+                stack.enter_context(ClusterProgress(client, label))
             yield client
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "current_op",
     "invocation",
     "job",
+    "job_paths",
     "provenance",
     "run_job",
 ]
@@ -112,6 +113,18 @@ def _inputs(params: Mapping[str, Any]) -> Iterator[str]:
             yield str(value)
         elif isinstance(value, list | tuple):
             yield from (str(v) for v in value)
+
+
+def job_paths() -> tuple[list[str], str | None]:
+    """The local files the running job reads, and the output it writes (None outside a
+    job): what the workers of a distributed scheduler must see (URLs left out)."""
+    inv = _current.get()
+    if inv is None:
+        return [], None
+    inputs = [p for p in _inputs(inv.params) if "://" not in p]
+    out = inv.params.get("output")
+    output = None if out is None or "://" in str(out) else str(out)
+    return inputs, output
 
 
 def current_op() -> str | None:

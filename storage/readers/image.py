@@ -348,12 +348,14 @@ def expand_sources(
     files: list[Path] = []
     collection = len(items) > 1
     for item in items:
-        p = Path(item)
+        # Absolute from here on: the readers' tasks may run in dask workers whose working
+        # directory is not this process's.
+        p = Path(os.path.abspath(item))
         if p.is_dir():
             files += _listing(p)
             collection = True
         elif not p.exists() and any(c in str(item) for c in "*?["):
-            matched = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
+            matched = [Path(m) for m in sorted(glob.glob(str(p), recursive=True))]
             matched = [m for m in matched if m.is_file() and not m.name.endswith(SIDECAR_SUFFIX)]
             if not matched:
                 raise InputError(
