@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .location import local_path
 from .store import ATTR, _open_group, history, store_state
 
 __all__ = ["FITTED_PREFIXES", "describe"]
@@ -55,7 +56,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     model/statistics variables), ``bytes_on_disk``, ``bytes_in_memory``, ``version``,
     ``history``. Only metadata is read; this is cheap on any size of store.
     """
-    p = Path(path)
+    p = local_path(path, "a store")
     group = _open_group(p, mode="r")
     state = store_state(p)
     attrs = dict(group.attrs)

@@ -43,6 +43,7 @@ from .errors import (
 )
 from .guard import check_disjoint, output_lock, resolve
 from .layout import default_chunks
+from .location import local_path
 from .oserrors import user_os_errors
 
 __all__ = [
@@ -89,7 +90,7 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
 def store_state(path: str | Path) -> str:
     """``"missing"``, ``"not-a-store"``, ``"foreign"`` (a zarr group cubepipe did not
     write), ``"incomplete"`` or ``"complete"``."""
-    p = Path(path)
+    p = local_path(path, "a store")
     if not p.exists():
         return "missing"
     if not (p / "zarr.json").is_file() and not (p / ".zgroup").is_file():
@@ -142,7 +143,7 @@ def history(ds_or_attrs: xr.Dataset | Mapping[str, Any]) -> list[dict[str, Any]]
 
 
 def _open_group(path: str | Path, *, mode: Literal["r", "r+", "a", "w", "w-"]) -> zarr.Group:
-    p = Path(path)
+    p = local_path(path, "a store")
     if not p.exists():
         raise StoreNotFoundError(p)
     if not p.is_dir():
@@ -200,7 +201,7 @@ def open_cube(
     """
     # Absolute before any graph is built: its tasks may run in dask workers whose working
     # directory is not this process's (a relative path would read another file there).
-    p = Path(os.path.abspath(path))
+    p = Path(os.path.abspath(local_path(path, "a store")))
     state = store_state(p)
     if state in ("missing", "not-a-store"):
         _open_group(p, mode="r")  # raises StoreNotFoundError / InvalidStoreError
@@ -739,7 +740,8 @@ def write_cube(
     ------
     InputError, StoreExistsError, StoreLockedError, NonFiniteError
     """
-    p = Path(os.path.abspath(path))  # workers write here, whatever their working directory
+    # Absolute: workers write here, whatever their working directory.
+    p = Path(os.path.abspath(local_path(path, "an output store")))
     real = resolve(p)
     inputs = [str(i) for i in inputs]
     check_disjoint(real, inputs)

@@ -16,6 +16,7 @@ import zarr
 
 from .errors import IncompleteStoreError, InputError, InvalidStoreError
 from .guard import output_lock, resolve
+from .location import local_path
 from .oserrors import user_os_errors
 from .store import ATTR, _history_entry, _now, _open_group, history, store_state
 
@@ -41,7 +42,7 @@ def add_variables(
     failure at any point (a full disk, a kill) leaves the store as it was, still complete;
     the store's write lock is held meanwhile.
     """
-    p = Path(path)
+    p = local_path(path, "a store")
     real = resolve(p)
     with user_os_errors(p, "saving results into store"), output_lock(real):
         state = store_state(real)

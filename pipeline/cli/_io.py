@@ -9,12 +9,14 @@ import click
 import xarray as xr
 
 from cubepipe.storage import open_cube, parse_chunks, store_state, write_cube
+from cubepipe.storage.errors import InputError
+from cubepipe.storage.location import is_url, local_path
 
 from ..backend import to_host
 from ..scheduling import keep_between_passes
 from ._jobs import allow_nonfinite, claims_output, provenance
 
-__all__ = ["in_argument", "open_in", "write_options", "write_output"]
+__all__ = ["LocalPath", "in_argument", "open_in", "write_options", "write_output"]
 
 
 def open_in(
@@ -34,6 +36,19 @@ def open_in(
     from cubepipe.storage.ingest import open_input  # noqa: PLC0415
 
     return open_input(str(path))
+
+
+class LocalPath(click.Path):
+    """``click.Path`` that takes ``file://`` URLs as local paths and refuses other URLs
+    in one line (``click.Path`` would turn ``s3://b/x`` into the local ``s3:/b/x``)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and is_url(value):
+            try:
+                value = str(local_path(value, "a path"))
+            except InputError as exc:
+                self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def in_argument(f: Any) -> Any:
@@ -57,7 +72,7 @@ def write_options(f: Any) -> Any:
         "--resume", is_flag=True, help="Finish an interrupted run, skipping chunks written."
     )(f)
     return click.option(
-        "-o", "--output", required=True, type=click.Path(path_type=Path), help="Output store."
+        "-o", "--output", required=True, type=LocalPath(path_type=Path), help="Output store."
     )(f)
 
 

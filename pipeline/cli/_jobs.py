@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cubepipe.storage.location import is_url, local_path
 from cubepipe.storage.store import claim_output
 
 __all__ = [
@@ -90,6 +91,7 @@ def run_job(
     before any input is opened, and a second writer of the same output fails at once.
     """
     fn = (JOBS if jobs is None else jobs)[op]
+    params = _local_paths(params)
     token = _current.set(Invocation(op, dict(params)))
     try:
         kwargs = {k: v for k, v in params.items() if k != "allow_nonfinite"}
@@ -104,6 +106,24 @@ def run_job(
             return fn(state, **kwargs)
     finally:
         _current.reset(token)
+
+
+#: Parameters that name files or stores (``file://`` URLs become paths; others refused).
+_PATH_PARAMS = (*_INPUT_PARAMS, "output", "original")
+
+
+def _local_paths(params: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(params)
+    for key in _PATH_PARAMS:
+        value = out.get(key)
+        if isinstance(value, str) and is_url(value):
+            out[key] = str(local_path(value, "a path"))
+        elif isinstance(value, list | tuple):
+            out[key] = type(value)(
+                str(local_path(v, "an input")) if isinstance(v, str) and is_url(v) else v
+                for v in value
+            )
+    return out
 
 
 def _inputs(params: Mapping[str, Any]) -> Iterator[str]:

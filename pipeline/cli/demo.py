@@ -26,6 +26,7 @@ from ..scheduling import scheduler
 from ..synthetic import SIZES, make_cube
 from ._app import CliState, cli, pass_state
 from ._format import human_bytes, render_info
+from ._io import LocalPath
 
 
 def demo_steps(out: Path) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def demo_steps(out: Path) -> dict[str, Any]:
     "--output",
     default="demo-output",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=LocalPath(file_okay=False, path_type=Path),
     help="Directory the demo writes into (its earlier output there is replaced).",
 )
 @click.option(

@@ -11,6 +11,7 @@ from cubepipe.storage.errors import CubepipeWarning, InputError
 from cubepipe.storage.export import SUFFIXES, prepare_export
 
 from ._app import CliState, command
+from ._io import LocalPath
 
 
 def _parse_bands(text: str | None) -> list[int] | None:
@@ -25,12 +26,12 @@ def _parse_bands(text: str | None) -> list[int] | None:
 
 
 @command("export")
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=LocalPath(path_type=Path))
 @click.option(
     "-o",
     "--output",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=LocalPath(dir_okay=False, path_type=Path),
     help=f"Output file; its suffix picks the format ({', '.join(SUFFIXES)}).",
 )
 @click.option("--bands", metavar="0,3,7", help="Band indices to export, in order (default all).")

@@ -15,10 +15,11 @@ from cubepipe.storage.errors import DeviceError
 from ..backend import gpu_libraries, gpu_status, resolve_device
 from ._app import cli
 from ._format import render_info
+from ._io import LocalPath
 
 
 @cli.command()
-@click.argument("store", type=click.Path(path_type=str))
+@click.argument("store", type=LocalPath(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON (stable keys).")
 def info(store: str, as_json: bool) -> None:
     """Describe STORE: dims, dtypes, chunks, codecs, size on disk, completion, history.

@@ -14,6 +14,7 @@ from cubepipe.storage.store import claim_output
 
 from ._app import CliState, command
 from ._format import human_bytes
+from ._io import LocalPath
 from ._jobs import provenance
 
 FORMATS = ["auto", "npy", "tiff", "png", "jpeg", "envi", "video"]
@@ -23,7 +24,7 @@ ENCODINGS = ["float32", "float16", "int16-quantized"]
 @command("ingest")
 @click.argument("sources", metavar="SRC...", nargs=-1, required=True)
 @click.option(
-    "-o", "--output", required=True, type=click.Path(path_type=Path), help="Store to write."
+    "-o", "--output", required=True, type=LocalPath(path_type=Path), help="Store to write."
 )
 @click.option(
     "--format",

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ._app import CliState, command
+from ._io import LocalPath
 
 
 @command("report")
@@ -16,7 +17,7 @@ from ._app import CliState, command
     "-o",
     "--output",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=LocalPath(dir_okay=False, path_type=Path),
     help="The HTML file to write (one self-contained page).",
 )
 @click.option(

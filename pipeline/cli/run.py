@@ -22,6 +22,7 @@ from cubepipe.storage.errors import InputError
 from ..backend import resolve_device
 from ..scheduling import DEFAULT_CONNECT_TIMEOUT, check_memory_limit, check_scheduler, scheduler
 from ._app import CliState, cli
+from ._io import LocalPath
 
 
 def _step_state(ctx: click.Context, state: CliState, pipeline: Pipeline) -> CliState:
@@ -76,7 +77,7 @@ def _dry_run(pipeline: Pipeline, global_args: list[str], resume: bool) -> None:
 
 
 @cli.command("run")
-@click.argument("pipeline_file", metavar="PIPELINE.yaml", type=click.Path(path_type=Path))
+@click.argument("pipeline_file", metavar="PIPELINE.yaml", type=LocalPath(path_type=Path))
 @click.option(
     "--dry-run", is_flag=True, help="Check PIPELINE.yaml and print each step's command only."
 )

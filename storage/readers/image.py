@@ -34,6 +34,7 @@ import xarray as xr
 from PIL import Image
 
 from ..errors import FormatError, InputError, MissingDependencyError
+from ..location import local_path
 from ..sidecar import SIDECAR_SUFFIX
 from .base import READERS, SNIFF_BYTES, ReaderSpec, check_input, register
 from .npy import block_array
@@ -350,7 +351,7 @@ def expand_sources(
     for item in items:
         # Absolute from here on: the readers' tasks may run in dask workers whose working
         # directory is not this process's.
-        p = Path(os.path.abspath(item))
+        p = Path(os.path.abspath(local_path(item, "an input")))
         if p.is_dir():
             files += _listing(p)
             collection = True

@@ -64,6 +64,7 @@ from cubepipe.pipeline.cli.runner.keys import (
     yaml_reason,
 )
 from cubepipe.storage.errors import InputError
+from cubepipe.storage.location import is_url, local_path
 
 __all__ = ["OPS", "Pipeline", "Step", "load_pipeline", "plan_pipeline"]
 
@@ -331,6 +332,11 @@ def _inputs(
     else:
         items = [as_text(value, f"{where}: key 'in'", scalar=True)]
     for item in items:
+        if is_url(item):
+            try:
+                item = str(local_path(item, "an input"))  # a file:// URL, or refused
+            except InputError as exc:
+                raise InputError(f"{where}: key 'in': {exc}") from None
         if same_path(item) in chain.produced or os.path.exists(item) or glob.has_magic(item):
             continue
         raise InputError(f"{where}: key 'in': {item} does not exist and no earlier step writes it")
