@@ -365,6 +365,7 @@ def write_input(
     params: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
     durable: bool | None = None,
+    shards: Mapping[str, int] | str | None = None,
 ) -> Path:
     """Encode a Dataset from :func:`open_input` and write it as a cube store.
 
@@ -389,6 +390,9 @@ def write_input(
     durable
         Flush the chunks to disk before the store is marked complete (see
         :func:`~cubepipe.storage.write_cube`).
+    shards
+        zarr v3 sharding (``"auto"`` for image stacks and videos, or ``{dim: size}``;
+        see :func:`~cubepipe.storage.write_cube`).
 
     Returns
     -------
@@ -411,6 +415,7 @@ def write_input(
         # represent themselves (storage.encodings).
         allow_nonfinite=True,
         durable=durable,
+        shards=shards,
     )
 
 

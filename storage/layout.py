@@ -13,8 +13,12 @@ __all__ = [
     "LEADING_DIMS",
     "DEFAULT_CHUNK_YX",
     "MAX_CHUNK_BYTES",
+    "MAX_SHARD_BYTES",
+    "SHARD_TARGET_BYTES",
     "default_chunks",
     "parse_chunks",
+    "parse_shards",
+    "shard_shape",
 ]
 
 #: The last three dims of every cube variable, in this order.
@@ -24,6 +28,11 @@ LEADING_DIMS = ("image", "frame")
 DEFAULT_CHUNK_YX = 512
 #: No single chunk may hold more than this many bytes (in memory, before compression).
 MAX_CHUNK_BYTES = 128 * 2**20
+
+#: A shard is written from memory whole (one dask task per shard): at most this much.
+MAX_SHARD_BYTES = 1024 * 2**20
+#: ``--shards auto``: about this much per shard (uncompressed), along image/frame.
+SHARD_TARGET_BYTES = 256 * 2**20
 
 #: A dim name: ``str`` for cubepipe's own dims, any hashable in an xarray ``sizes`` mapping.
 _Dim = TypeVar("_Dim", bound=Hashable)
@@ -85,3 +94,70 @@ def parse_chunks(spec: str | None) -> dict[str, int]:
             )
         out[name] = size
     return out
+
+
+def shard_shape(
+    sizes: Mapping[Any, int],
+    chunks: Mapping[Any, int],
+    itemsize: int,
+    shards: Mapping[Any, int] | str | None,
+) -> dict[Any, int] | None:
+    """The shard shape (per dim, a whole number of chunks) for ``shards``, or None.
+
+    ``None``/``{}``: no sharding (one file per chunk). A mapping (``--shards y=4096``):
+    each named dim gets that size rounded up to whole chunks (and at most the dim, in
+    whole chunks); other dims one chunk. ``"auto"``: along a leading ``image``/``frame``
+    dim as many chunks as fit in :data:`SHARD_TARGET_BYTES` (a video of small frames
+    becomes a few hundred files, not millions); no sharding without such a dim.
+
+    Raises
+    ------
+    InputError
+        An unknown dim, a size below 1, or a shard above :data:`MAX_SHARD_BYTES` (a shard
+        is encoded in memory whole).
+    """
+    if not shards:
+        return None
+    out = {d: int(c) for d, c in chunks.items()}
+    if shards == "auto":
+        lead = [d for d in sizes if d in LEADING_DIMS]
+        if not lead:
+            return None
+        chunk_bytes = math.prod(out.values()) * itemsize
+        per = max(1, SHARD_TARGET_BYTES // max(chunk_bytes, 1))
+        d = lead[0]
+        out[d] = min(out[d] * per, -(-sizes[d] // out[d]) * out[d])
+    elif isinstance(shards, str):
+        raise InputError(
+            f"--shards: expected 'auto' or sizes such as y=4096,x=4096; got {shards!r}"
+        )
+    else:
+        for d, n in shards.items():
+            if d not in sizes:
+                raise InputError(f"--shards: no dim {d!r} here; dims: {', '.join(map(str, sizes))}")
+            if int(n) < 1:
+                raise InputError(f"--shards: {d}={n} must be at least 1")
+            c = out[d]
+            out[d] = min(-(-int(n) // c) * c, -(-sizes[d] // c) * c)
+    if out == {d: int(c) for d, c in chunks.items()}:
+        return None  # one chunk per shard: nothing gained
+    nbytes = math.prod(out.values()) * itemsize
+    if nbytes > MAX_SHARD_BYTES:
+        raise InputError(
+            f"--shards: one shard of {', '.join(f'{d}={n}' for d, n in out.items())} holds "
+            f"{nbytes / 2**20:.0f} MiB; a shard is encoded in memory whole, so at most "
+            f"{MAX_SHARD_BYTES // 2**20} MiB: choose smaller shards"
+        )
+    return out
+
+
+def parse_shards(spec: str | None) -> dict[str, int] | str | None:
+    """A ``--shards`` value: ``auto``, or sizes like ``--chunks`` (``y=4096,x=4096``)."""
+    if spec is None or not spec.strip():
+        return None
+    if spec.strip().lower() == "auto":
+        return "auto"
+    try:
+        return parse_chunks(spec)
+    except InputError as exc:
+        raise InputError(f"--shards: {exc} (or 'auto')") from None

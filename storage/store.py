@@ -42,7 +42,7 @@ from .errors import (
     StoreNotFoundError,
 )
 from .guard import check_disjoint, output_lock, resolve
-from .layout import default_chunks
+from .layout import default_chunks, shard_shape
 from .location import local_path
 from .oserrors import user_os_errors
 
@@ -262,11 +262,9 @@ def _check_chunks_exist(ds: xr.Dataset, path: Path) -> None:
             if meta["chunk_grid"]["name"] != "regular" or keys["name"] != "default":
                 continue
             sep = (keys.get("configuration") or {}).get("separator", "/")
-            codecs = [c.get("name") for c in meta.get("codecs", [])]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # zarr itself reports unreadable metadata
-        if "sharding_indexed" in codecs:
-            continue
+        # For a sharded array the grid is the shards' and the keys name shard files.
         shape = meta["shape"]
         counts = [-(-int(n) // int(c)) for n, c in zip(shape, grid, strict=True)]
         for idx in np.ndindex(*counts):
@@ -326,8 +324,14 @@ def _target_chunks(var: xr.Variable, overrides: Mapping[Any, int] | None) -> tup
     return tuple(chunks[d] for d in var.dims)
 
 
-def _prepare(ds: xr.Dataset, chunks: Mapping[Any, int] | None) -> tuple[xr.Dataset, dict]:
-    """Rechunk every data variable to its store chunking, as dask arrays."""
+def _prepare(
+    ds: xr.Dataset,
+    chunks: Mapping[Any, int] | None,
+    shards: Mapping[Any, int] | str | None = None,
+) -> tuple[xr.Dataset, dict]:
+    """Rechunk every data variable to its store chunking, as dask arrays; a sharded pixel
+    variable (dims ``y`` and ``x``) is rechunked to its shards, one dask block per shard
+    (a shard is written by one task: two tasks writing chunks of one shard would race)."""
     if not ds.data_vars:
         raise InputError("nothing to write: the dataset has no data variables")
     out = ds.drop_encoding()
@@ -339,16 +343,26 @@ def _prepare(ds: xr.Dataset, chunks: Mapping[Any, int] | None) -> tuple[xr.Datas
         if var.ndim == 0:
             continue
         target = _target_chunks(var, chunks)
+        shard = None
+        if {"y", "x"} <= set(var.dims) and name in out.data_vars:
+            sizes = dict(zip(var.dims, var.shape, strict=True))
+            got = shard_shape(
+                sizes, dict(zip(var.dims, target, strict=True)), var.dtype.itemsize, shards
+            )
+            shard = None if got is None else tuple(got[d] for d in var.dims)
+        blocks = shard or target
         if isinstance(data, da.Array):
             if any(np.isnan(c) for cs in data.chunks for c in cs):
                 raise InputError(f"variable {name!r} has unknown chunk sizes; compute them first")
-            arr = data.rechunk(target) if data.chunksize != target else data
+            arr = data.rechunk(blocks) if data.chunksize != blocks else data
         elif name in out.data_vars:
-            arr = da.from_array(np.asarray(data), chunks=target, name=False)
+            arr = da.from_array(np.asarray(data), chunks=blocks, name=False)
         else:
             continue
         out[name] = out[name].copy(data=arr)
         encoding[str(name)] = {"chunks": target, "compressors": default_compressors()}
+        if shard is not None:
+            encoding[str(name)]["shards"] = shard
         if "_FillValue" in var.attrs and var.dtype.kind in "iu":
             # A CF-encoded integer variable (storage.encodings): make the zarr array's
             # fill_value agree with its _FillValue, so readers that mask by either agree.
@@ -544,6 +558,14 @@ def _check_resumable(path: Path, ds: xr.Dataset, entry: Mapping[str, Any]) -> di
                 f"cannot resume {path}: variable {name!r} there is {arr.dtype}{tuple(arr.shape)}"
                 f" but this run writes {var.dtype}{tuple(var.shape)}; use --overwrite"
             )
+        outer = tuple(arr.shards or arr.chunks)
+        if isinstance(var.data, da.Array) and outer != tuple(var.data.chunksize):
+            kind = "shards" if arr.shards else "chunks"
+            raise InputError(
+                f"cannot resume {path}: variable {name!r} there was written in {kind} of "
+                f"{outer}, this run writes blocks of {tuple(var.data.chunksize)} (other "
+                "--chunks or --shards); rerun with the original options, or --overwrite"
+            )
     return attrs
 
 
@@ -679,6 +701,7 @@ def write_cube(
     provenance: Mapping[str, Any] | None = None,
     allow_nonfinite: bool = False,
     durable: bool | None = None,
+    shards: Mapping[Any, int] | str | None = None,
 ) -> Path:
     """Write ``ds`` to a new cube store at ``path``, chunk by chunk.
 
@@ -693,6 +716,12 @@ def write_cube(
         Recorded in the new history entry.
     chunks
         Per-dim chunk sizes overriding the defaults (band whole, y/x 512, <= 128 MiB).
+    shards
+        zarr v3 sharding of the pixel variables: ``{dim: size}`` (rounded up to whole
+        chunks) or ``"auto"`` (along ``image``/``frame``, ~256 MiB a shard; see
+        :func:`~cubepipe.storage.layout.shard_shape`). Many chunks then share one file
+        (one object), which file systems and object stores handle far better than
+        millions of small ones; plain zarr/xarray read them. None: one file per chunk.
     resume
         Continue an interrupted write of the same computation: chunks already on disk
         (and decodable) are skipped, and only the missing ones are computed.
@@ -745,7 +774,7 @@ def write_cube(
     real = resolve(p)
     inputs = [str(i) for i in inputs]
     check_disjoint(real, inputs)
-    prepared, encoding = _prepare(ds, chunks)
+    prepared, encoding = _prepare(ds, chunks, shards)
     entry = _history_entry(op, params, inputs, device, provenance)
     entry["fingerprint"] = _fingerprint(inputs)
     with user_os_errors(p, "writing store"), output_lock(real):

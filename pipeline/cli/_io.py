@@ -10,6 +10,7 @@ import xarray as xr
 
 from cubepipe.storage import open_cube, parse_chunks, store_state, write_cube
 from cubepipe.storage.errors import InputError
+from cubepipe.storage.layout import parse_shards
 from cubepipe.storage.location import is_url, local_path
 
 from ..backend import to_host
@@ -55,6 +56,15 @@ def in_argument(f: Any) -> Any:
     return click.argument("source", metavar="IN", type=str)(f)
 
 
+def check_shards(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a bad ``--shards`` while parsing, before any work."""
+    try:
+        parse_shards(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def write_options(f: Any) -> Any:
     """``-o OUT``, ``--resume``, ``--overwrite``, ``--chunks``, ``--allow-nonfinite`` for
     a job that writes a store; :func:`~cubepipe.pipeline.cli._jobs.run_job` checks and
@@ -65,6 +75,12 @@ def write_options(f: Any) -> Any:
         is_flag=True,
         help="Write +-inf results (an overflow of the output dtype) instead of failing; "
         "their count is recorded in the store's history.",
+    )(f)
+    f = click.option(
+        "--shards",
+        callback=check_shards,
+        help="zarr v3 shards: many chunks per file, e.g. y=4096,x=4096 (whole chunks), or "
+        "auto (image/frame stores: ~256 MiB of images per file). Default: a file per chunk.",
     )(f)
     f = click.option("--chunks", help="Output chunks, e.g. y=512,x=512 (default: store's).")(f)
     f = click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")(f)
@@ -87,6 +103,7 @@ def write_output(
     resume: bool,
     overwrite: bool,
     base_chunks: dict[str, int] | None = None,
+    shards: str | None = None,
     **kwargs: Any,
 ) -> Path:
     """:func:`~cubepipe.storage.write_cube` with what :func:`write_options` collected
@@ -101,6 +118,7 @@ def write_output(
         device=str(state.device),
         durable=state.durable,
         chunks={**(base_chunks or {}), **parse_chunks(chunks)},
+        shards=parse_shards(shards),
         resume=resume,
         overwrite=overwrite,
         provenance=provenance(),

@@ -137,6 +137,7 @@ def compress_cmd(
     resume: bool,
     overwrite: bool,
     chunks: str | None,
+    shards: str | None,
     model_from: str | None,
     method: str | None,
     **options: Any,
@@ -176,6 +177,7 @@ def compress_cmd(
             inputs=[source] + ([model_from] if model_from else []),
             base_chunks={"component": job.components},
             chunks=chunks,
+            shards=shards,
             resume=resume,
             overwrite=overwrite,
             results=job.results,
@@ -223,7 +225,13 @@ def _report(state: CliState, job: Compressed, res: dict[str, Any]) -> None:
 @in_argument
 @write_options
 def reconstruct_cmd(
-    state: CliState, source: str, output: Path, resume: bool, overwrite: bool, chunks: str | None
+    state: CliState,
+    source: str,
+    output: Path,
+    resume: bool,
+    overwrite: bool,
+    chunks: str | None,
+    shards: str | None,
 ) -> None:
     """Rebuild the bands from a store written by `compress` (scores + model)."""
     out = reconstruct(source, device=state.device)
@@ -235,6 +243,7 @@ def reconstruct_cmd(
             op="reconstruct",
             inputs=[source],
             chunks=chunks,
+            shards=shards,
             resume=resume,
             overwrite=overwrite,
         )

@@ -36,6 +36,7 @@ def filter_cmd(
     resume: bool,
     overwrite: bool,
     chunks: str | None,
+    shards: str | None,
     kernel: str,
     axis: str,
     method: str,
@@ -86,6 +87,7 @@ def filter_cmd(
             params={k: v for k, v in report.items() if k != "method_reason"},
             inputs=[source],
             chunks=chunks,
+            shards=shards,
             resume=resume,
             overwrite=overwrite,
         )

@@ -9,12 +9,13 @@ import click
 
 from cubepipe.storage import describe, parse_chunks
 from cubepipe.storage.ingest import ingest_params, open_input, write_input
+from cubepipe.storage.layout import parse_shards
 from cubepipe.storage.readers.image import expand_sources
 from cubepipe.storage.store import claim_output
 
 from ._app import CliState, command
 from ._format import human_bytes
-from ._io import LocalPath
+from ._io import LocalPath, check_shards
 from ._jobs import provenance
 
 FORMATS = ["auto", "npy", "tiff", "png", "jpeg", "envi", "video"]
@@ -52,6 +53,12 @@ ENCODINGS = ["float32", "float16", "int16-quantized"]
     "--layout",
     help="Axis order of .npy inputs, e.g. byx, yxb, yx (default: guessed, see the docs).",
 )
+@click.option(
+    "--shards",
+    callback=check_shards,
+    help="zarr v3 shards: many chunks per file, e.g. frame=256 or y=4096,x=4096, or auto "
+    "(image stacks and videos: ~256 MiB of images per file). Default: a file per chunk.",
+)
 @click.option("--resume", is_flag=True, help="Finish an interrupted ingest into OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def ingest(
@@ -63,6 +70,7 @@ def ingest(
     encoding: str,
     dtype: str | None,
     layout: str | None,
+    shards: str | None,
     resume: bool,
     overwrite: bool,
 ) -> None:
@@ -94,6 +102,7 @@ def ingest(
                 params=ingest_params(format=fmt.lower(), dtype=dtype, layout=layout),
                 provenance=provenance(),
                 durable=state.durable,
+                shards=parse_shards(shards),
             )
             elapsed = time.perf_counter() - t0
     d = describe(store)

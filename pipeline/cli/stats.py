@@ -103,6 +103,7 @@ def standardize_cmd(
     resume: bool,
     overwrite: bool,
     chunks: str | None,
+    shards: str | None,
     method: str,
     stats_from: str | None,
 ) -> None:
@@ -134,6 +135,7 @@ def standardize_cmd(
             },
             inputs=[source] + ([stats_from] if stats_from else []),
             chunks=chunks,
+            shards=shards,
             resume=resume,
             overwrite=overwrite,
         )
@@ -144,7 +146,13 @@ def standardize_cmd(
 @in_argument
 @write_options
 def destandardize_cmd(
-    state: CliState, source: str, output: Path, resume: bool, overwrite: bool, chunks: str | None
+    state: CliState,
+    source: str,
+    output: Path,
+    resume: bool,
+    overwrite: bool,
+    chunks: str | None,
+    shards: str | None,
 ) -> None:
     """Invert `standardize`: IN must be a store it wrote (it carries the statistics)."""
     if store_state(source) == "missing":
@@ -158,6 +166,7 @@ def destandardize_cmd(
             op="destandardize",
             inputs=[source],
             chunks=chunks,
+            shards=shards,
             resume=resume,
             overwrite=overwrite,
         )

@@ -44,8 +44,8 @@ def test_each_kind_of_output_gets_its_action(small_store: Path, tmp_path: Path) 
     cli_record = history(read_attrs(out))[-1]["cli"]
     assert cli_record["command"] == "standardize"
     assert cli_record["options"] == {
-        "source": str(small_store), "chunks": None, "method": "zscore", "stats_from": None,
-        "allow_nonfinite": False,
+        "source": str(small_store), "chunks": None, "shards": None, "method": "zscore",
+        "stats_from": None, "allow_nonfinite": False,
     }  # fmt: skip
     assert resume_action(step, cli).kind == "skip"
 
