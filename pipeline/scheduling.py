@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from cubepipe.storage.chunkio import largest_chunk
 from cubepipe.storage.errors import InputError, MissingDependencyError
+from cubepipe.storage.location import is_remote
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -113,7 +114,7 @@ def keep_between_passes(spec: str, store: str | Path) -> int:
     take; 0 for large chunks and off the threaded scheduler (each distributed worker has
     its own memory limit and re-reads). Fixed, so memory does not grow with the cube.
     """
-    if spec not in ("threads", "threaded"):
+    if spec not in ("threads", "threaded") or is_remote(store):
         return 0
     chunk_nbytes = largest_chunk([p for p in Path(store).iterdir() if p.is_dir()])
     if chunk_nbytes <= 0:

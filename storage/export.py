@@ -42,6 +42,7 @@ import xarray as xr
 from .errors import FileSystemError, InputError
 from .guard import check_disjoint
 from .layout import CORE_DIMS, LEADING_DIMS
+from .location import is_remote
 from .oserrors import os_error_message, user_os_errors
 from .sidecar import sidecar_path
 from .store import open_cube
@@ -140,7 +141,7 @@ def _check_options(out: Path, fmt: str, scale: str | None, bits: int | None) -> 
 
 
 def _select(
-    ds: xr.Dataset, variable: str, bands: Sequence[int] | None, store: Path
+    ds: xr.Dataset, variable: str, bands: Sequence[int] | None, store: Path | str
 ) -> tuple[xr.DataArray, list[int]]:
     if variable not in ds.data_vars:
         have = ", ".join(map(str, ds.data_vars)) or "none"
@@ -305,7 +306,8 @@ def prepare_export(
 ) -> ExportJob:
     """Validate an export without reading any data (see :func:`export`): options, the
     store and variable, bands, and that no output file exists (unless ``overwrite``)."""
-    out, store = Path(out), Path(store)
+    out = Path(out)
+    store = store if is_remote(store) else Path(store)
     check_disjoint(out, [store])  # e.g. -o STORE/cube/c/0/0/0 would replace a chunk
     fmt = _format_of(out)
     bits = _check_options(out, fmt, scale, bits)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, StoreLockedError
+from .location import is_remote
 
 __all__ = ["check_disjoint", "lock_path", "output_lock", "resolve"]
 
@@ -69,6 +70,8 @@ def check_disjoint(
     """
     out = resolve(output)
     for source in inputs:
+        if is_remote(source):
+            continue  # object storage never overlaps a local output
         for cand in _candidates(source):
             inp = resolve(cand)
             if inp == out:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .location import local_path
+from .location import is_remote, local_path, remote_store
 from .store import ATTR, _open_group, history, store_state
 
 __all__ = ["FITTED_PREFIXES", "describe"]
@@ -17,8 +17,8 @@ __all__ = ["FITTED_PREFIXES", "describe"]
 FITTED_PREFIXES = ("stats_", "pca_", "ae_", "vae_")
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def _dir_bytes(path: Path | str) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def _codec_names(arr: zarr.Array) -> list[str]:
@@ -56,9 +56,11 @@ def describe(path: str | Path) -> dict[str, Any]:
     model/statistics variables), ``bytes_on_disk``, ``bytes_in_memory``, ``version``,
     ``history``. Only metadata is read; this is cheap on any size of store.
     """
-    p = local_path(path, "a store")
+    remote = is_remote(path)
+    p: Path | str = remote_store(str(path)) if remote else local_path(path, "a store")
     group = _open_group(p, mode="r")
     state = store_state(p)
+    size = _remote_bytes if remote else _dir_bytes
     attrs = dict(group.attrs)
     dims: dict[str, int] = {}
     variables: dict[str, Any] = {}
@@ -74,7 +76,7 @@ def describe(path: str | Path) -> dict[str, Any]:
             "chunks": list(arr.chunks),
             "codecs": _codec_names(arr),
             "bytes_in_memory": int(np.prod(arr.shape, dtype=np.int64)) * arr.dtype.itemsize,
-            "bytes_on_disk": _dir_bytes(p / name),
+            "bytes_on_disk": size(f"{p}/{name}"),
             "encoding": {
                 k: arr_attrs[k]
                 for k in (
@@ -98,7 +100,15 @@ def describe(path: str | Path) -> dict[str, Any]:
         "variables": variables,
         "fitted": [n for n in variables if n.startswith(FITTED_PREFIXES)],
         "bytes_in_memory": sum(v["bytes_in_memory"] for v in variables.values()),
-        "bytes_on_disk": _dir_bytes(p),
+        "bytes_on_disk": size(str(p)),
         "version": meta.get("version"),
         "history": history(attrs),
     }
+
+
+def _remote_bytes(url: str) -> int:
+    """Bytes stored under ``url`` on object storage (one listing)."""
+    import fsspec  # noqa: PLC0415
+
+    fs, root = fsspec.core.url_to_fs(url)
+    return int(sum(fs.du(root, total=False).values())) if fs.exists(root) else 0

@@ -1,10 +1,12 @@
 """Where a store or file named by the user lives: a local path, or a URL.
 
 ``file://`` URLs name local paths and are turned into them. Other URLs (``s3://``,
-``gs://``, ``az://``, ``http(s)://``, ``memory://``, ...) name object storage, which the
-store layer does not read or write yet: they are refused in one line instead of being
-taken for a relative path (``s3://b/x.zarr`` used to become the local directory
-``./s3:/b/x.zarr``, exit 0, the bucket untouched).
+``gs://``, ``az://``, ``memory://``, ...) name object storage: cube stores there can be
+*read* (:func:`remote_store`, through zarr's fsspec store; credentials and endpoint from
+the environment as the backend reads them, e.g. ``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``); everything else -- writing a store, reading input files -- is
+refused in one line (:func:`local_path`) instead of being taken for a relative path
+(``s3://b/x.zarr`` used to become the local directory ``./s3:/b/x.zarr``, exit 0).
 """
 
 from __future__ import annotations
@@ -14,9 +16,21 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .errors import InputError
+from .errors import InputError, MissingDependencyError
 
-__all__ = ["is_url", "local_path"]
+__all__ = ["is_remote", "is_url", "local_path", "remote_store"]
+
+#: URL scheme -> the fsspec backend package that reads it (in the ``cloud`` extra).
+BACKENDS = {
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "az": "adlfs",
+    "abfs": "adlfs",
+    "abfss": "adlfs",
+    "memory": "fsspec",
+}
 
 # A scheme of two or more letters (one letter is a Windows drive: C:\data).
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
@@ -25,6 +39,37 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 def is_url(value: str | os.PathLike[str]) -> bool:
     """Whether ``value`` is written as a URL (``scheme://...``)."""
     return isinstance(value, str) and _URL.match(value) is not None
+
+
+def is_remote(value: str | os.PathLike[str]) -> bool:
+    """Whether ``value`` is a URL of object storage (any scheme but ``file``)."""
+    return is_url(value) and urlsplit(str(value)).scheme.lower() != "file"
+
+
+def remote_store(value: str) -> str:
+    """``value``, an object storage URL of a store to read, checked: a scheme cubepipe
+    reads, with its fsspec backend installed; trailing slashes dropped.
+
+    Raises
+    ------
+    InputError
+        A scheme with no known backend.
+    MissingDependencyError
+        The backend (s3fs, gcsfs, adlfs) is not installed: ``cubepipe[cloud]``.
+    """
+    scheme = urlsplit(value).scheme.lower()
+    module = BACKENDS.get(scheme)
+    if module is None:
+        raise InputError(
+            f"{value}: cubepipe reads stores on s3://, gs://, az:// (abfs://) and "
+            f"memory://, not {scheme}://"
+        )
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec(module) is None:
+        extra = "cloud" if module == "s3fs" else None  # the extra carries S3's backend
+        raise MissingDependencyError(f"reading {scheme}:// stores", module, extra)
+    return value.rstrip("/")
 
 
 def local_path(value: str | os.PathLike[str], what: str = "path") -> Path:
@@ -48,7 +93,8 @@ def local_path(value: str | os.PathLike[str], what: str = "path") -> Path:
             )
         return Path(unquote(parts.path))
     raise InputError(
-        f"{text}: {what} on object storage ({scheme}://) is not supported yet: cubepipe "
-        "reads and writes local or network-mounted paths; copy the data to such a path or "
-        "mount the bucket (e.g. s3fs, rclone mount) and give the mounted path"
+        f"{text}: {what} on object storage ({scheme}://) is not supported yet (cubepipe "
+        "reads cube stores there, and writes only local or network-mounted paths); write "
+        "to such a path, or mount the bucket (e.g. s3fs, rclone mount) and give the "
+        "mounted path"
     )

@@ -43,7 +43,7 @@ from .errors import (
 )
 from .guard import check_disjoint, output_lock, resolve
 from .layout import default_chunks, shard_shape
-from .location import local_path
+from .location import is_remote, local_path, remote_store
 from .oserrors import user_os_errors
 
 __all__ = [
@@ -89,7 +89,9 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
 
 def store_state(path: str | Path) -> str:
     """``"missing"``, ``"not-a-store"``, ``"foreign"`` (a zarr group cubepipe did not
-    write), ``"incomplete"`` or ``"complete"``."""
+    write), ``"incomplete"`` or ``"complete"``. ``path`` may be an object storage URL."""
+    if is_remote(path):
+        return _remote_state(remote_store(str(path)))
     p = local_path(path, "a store")
     if not p.exists():
         return "missing"
@@ -105,7 +107,31 @@ def store_state(path: str | Path) -> str:
     return "complete" if meta.get("complete") is True else "incomplete"
 
 
-def _check_meta(path: Path, attrs: Mapping[str, Any]) -> None:
+def _remote_fs(url: str) -> tuple[Any, str]:
+    import fsspec  # noqa: PLC0415  (a dependency of zarr; the backend is checked before)
+
+    fs, root = fsspec.core.url_to_fs(url)
+    return fs, root
+
+
+def _remote_state(url: str) -> str:
+    fs, root = _remote_fs(url)
+    try:
+        if not fs.exists(f"{root}/zarr.json") and not fs.exists(f"{root}/.zgroup"):
+            return "missing" if not fs.exists(root) else "not-a-store"
+    except OSError as exc:
+        raise InputError(f"{url}: cannot be reached ({type(exc).__name__}: {exc})") from None
+    try:
+        attrs = read_attrs(url)
+    except InvalidStoreError:
+        return "not-a-store"
+    meta = attrs.get(ATTR)
+    if not isinstance(meta, Mapping):
+        return "foreign"
+    return "complete" if meta.get("complete") is True else "incomplete"
+
+
+def _check_meta(path: Path | str, attrs: Mapping[str, Any]) -> None:
     """Refuse a store whose cubepipe attrs are not the shape cubepipe writes."""
     meta = attrs.get(ATTR)
     if meta is None:
@@ -143,6 +169,19 @@ def history(ds_or_attrs: xr.Dataset | Mapping[str, Any]) -> list[dict[str, Any]]
 
 
 def _open_group(path: str | Path, *, mode: Literal["r", "r+", "a", "w", "w-"]) -> zarr.Group:
+    if is_remote(path) and mode == "r":
+        url = remote_store(str(path))
+        try:
+            node = zarr.open(store=url, mode="r")
+        except FileNotFoundError:
+            raise StoreNotFoundError(url) from None
+        except Exception as exc:
+            raise InvalidStoreError(
+                f"{url} is not a readable zarr store ({type(exc).__name__}: {exc})"
+            ) from exc
+        if not isinstance(node, zarr.Group):
+            raise InvalidStoreError(f"{url} holds a single zarr array, not a group")
+        return node
     p = local_path(path, "a store")
     if not p.exists():
         raise StoreNotFoundError(p)
@@ -199,6 +238,8 @@ def open_cube(
     ------
     StoreNotFoundError, InvalidStoreError, IncompleteStoreError
     """
+    if is_remote(path):
+        return _open_remote(remote_store(str(path)), allow_incomplete)
     # Absolute before any graph is built: its tasks may run in dask workers whose working
     # directory is not this process's (a relative path would read another file there).
     p = Path(os.path.abspath(local_path(path, "a store")))
@@ -230,6 +271,61 @@ def open_cube(
         inline_array=True,
         from_array_kwargs={"getitem": functools.partial(_checked_getter, str(p))},
     )
+
+
+def _open_remote(url: str, allow_incomplete: bool) -> xr.Dataset:
+    """:func:`open_cube` of a store on object storage, read through zarr-python's fsspec
+    store (the backend's credentials and endpoint from the environment)."""
+    state = store_state(url)
+    if state in ("missing", "not-a-store"):
+        _open_group(url, mode="r")  # raises StoreNotFoundError / InvalidStoreError
+        raise StoreNotFoundError(url)
+    if state == "incomplete" and not allow_incomplete:
+        raise IncompleteStoreError(url)
+    attrs = read_attrs(url)
+    if state in ("complete", "incomplete"):
+        _check_meta(url, attrs)
+    try:
+        ds = xr.open_zarr(url, chunks=None, zarr_format=None)
+    except Exception as exc:
+        raise InvalidStoreError(f"{url} could not be opened as a cube store: {exc}") from exc
+    chunks: dict[Hashable, int] = {}
+    for var in ds.variables.values():
+        chunks.update(var.encoding.get("preferred_chunks") or {})
+    if state == "complete" and attrs[ATTR].get("all_chunks") is True:
+        _check_remote_chunks(ds, url)
+    return ds.chunk(
+        chunks,
+        name_prefix="cubepipe-read-",
+        inline_array=True,
+        from_array_kwargs={"getitem": functools.partial(_checked_getter, url)},
+    )
+
+
+def _check_remote_chunks(ds: xr.Dataset, url: str) -> None:
+    """:func:`_check_chunks_exist` for object storage: one listing per variable."""
+    fs, root = _remote_fs(url)
+    for name, var in ds.variables.items():
+        if var.ndim == 0 or name in ds.dims:
+            continue
+        try:
+            meta = json.loads(fs.cat_file(f"{root}/{name}/zarr.json"))
+            grid = meta["chunk_grid"]["configuration"]["chunk_shape"]
+            keys = meta["chunk_key_encoding"]
+            if meta["chunk_grid"]["name"] != "regular" or keys["name"] != "default":
+                continue
+            sep = (keys.get("configuration") or {}).get("separator", "/")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        have = {f[len(f"{root}/{name}/") :] for f in fs.find(f"{root}/{name}/c")}
+        counts = [-(-int(n) // int(c)) for n, c in zip(meta["shape"], grid, strict=True)]
+        for idx in np.ndindex(*counts):
+            key = sep.join(["c", *map(str, idx)])
+            if key not in have:
+                raise InvalidStoreError(
+                    f"chunk {idx} of variable {str(name)!r} is missing ({url}/{name}/{key}) "
+                    "from a store marked complete: the store was damaged after it was written"
+                )
 
 
 def _checked_getter(store: str, a: Any, b: Any, asarray: bool = True, lock: Any = None) -> Any:
@@ -469,6 +565,15 @@ def _fingerprint(inputs: Iterable[str]) -> list[str]:
     prints = []
     for src in inputs:
         h = hashlib.sha256()
+        if is_remote(src):  # a store on object storage: its URL and history
+            h.update(src.encode())
+            try:
+                entries = history(read_attrs(src))
+            except CubepipeError:
+                entries = []
+            h.update(json.dumps([(e.get("op"), e.get("started")) for e in entries]).encode())
+            prints.append(h.hexdigest()[:20])
+            continue
         matches = [src] if os.path.lexists(src) else sorted(glob.glob(src))
         for m in matches:
             real = resolve(m)

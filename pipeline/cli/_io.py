@@ -11,7 +11,7 @@ import xarray as xr
 from cubepipe.storage import open_cube, parse_chunks, store_state, write_cube
 from cubepipe.storage.errors import InputError
 from cubepipe.storage.layout import parse_shards
-from cubepipe.storage.location import is_url, local_path
+from cubepipe.storage.location import is_remote, is_url, local_path
 
 from ..backend import to_host
 from ..scheduling import keep_between_passes
@@ -41,9 +41,16 @@ def open_in(
 
 class LocalPath(click.Path):
     """``click.Path`` that takes ``file://`` URLs as local paths and refuses other URLs
-    in one line (``click.Path`` would turn ``s3://b/x`` into the local ``s3:/b/x``)."""
+    in one line (``click.Path`` would turn ``s3://b/x`` into the local ``s3:/b/x``);
+    with ``remote_ok`` an object storage URL is passed on as text (a store to read)."""
+
+    def __init__(self, *args: Any, remote_ok: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.remote_ok = remote_ok
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if self.remote_ok and isinstance(value, str) and is_remote(value):
+            return value
         if isinstance(value, str) and is_url(value):
             try:
                 value = str(local_path(value, "a path"))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cubepipe.storage.location import is_url, local_path
+from cubepipe.storage.location import is_remote, is_url, local_path
 from cubepipe.storage.store import claim_output
 
 __all__ = [
@@ -108,21 +108,27 @@ def run_job(
         _current.reset(token)
 
 
-#: Parameters that name files or stores (``file://`` URLs become paths; others refused).
+#: Parameters that name files or stores: ``file://`` URLs become paths; object storage
+#: URLs are left for the storage layer, which reads stores there and refuses the rest.
 _PATH_PARAMS = (*_INPUT_PARAMS, "output", "original")
+
+
+def _file_url_to_path(value: Any) -> Any:
+    if isinstance(value, str) and is_url(value) and not is_remote(value):
+        return str(local_path(value, "a path"))
+    return value
 
 
 def _local_paths(params: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(params)
     for key in _PATH_PARAMS:
-        value = out.get(key)
-        if isinstance(value, str) and is_url(value):
-            out[key] = str(local_path(value, "a path"))
-        elif isinstance(value, list | tuple):
-            out[key] = type(value)(
-                str(local_path(v, "an input")) if isinstance(v, str) and is_url(v) else v
-                for v in value
-            )
+        if key not in out:
+            continue
+        value = out[key]
+        if isinstance(value, list | tuple):
+            out[key] = type(value)(_file_url_to_path(v) for v in value)
+        else:
+            out[key] = _file_url_to_path(value)
     return out
 
 

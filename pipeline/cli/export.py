@@ -26,7 +26,7 @@ def _parse_bands(text: str | None) -> list[int] | None:
 
 
 @command("export")
-@click.argument("store", type=LocalPath(path_type=Path))
+@click.argument("store", type=LocalPath(remote_ok=True))
 @click.option(
     "-o",
     "--output",

@@ -19,7 +19,7 @@ from ._io import LocalPath
 
 
 @cli.command()
-@click.argument("store", type=LocalPath(path_type=str))
+@click.argument("store", type=LocalPath(path_type=str, remote_ok=True))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON (stable keys).")
 def info(store: str, as_json: bool) -> None:
     """Describe STORE: dims, dtypes, chunks, codecs, size on disk, completion, history.

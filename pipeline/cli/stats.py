@@ -17,6 +17,7 @@ from cubepipe.pipeline.stats.fit import (
 )
 from cubepipe.pipeline.stats.standardize import METHOD_ATTR, METHODS, destandardize, standardize
 from cubepipe.storage import InputError, open_cube, store_state
+from cubepipe.storage.location import is_remote
 from cubepipe.storage.update import add_variables
 
 from ._app import CliState, command
@@ -55,6 +56,11 @@ def stats_cmd(
     The statistics are stored as float64 variables stats_* beside the data, so
     `standardize --stats STORE` can re-apply them to other data later.
     """
+    if not no_save and is_remote(store):
+        raise InputError(
+            f"{store}: saving statistics into a store on object storage is not supported "
+            "yet; use --no-save (with --json to keep them in a file)"
+        )
     ds = open_cube(store)
     if not no_save and METHOD_ATTR in ds.get(variable, ds).attrs:
         raise InputError(

@@ -64,7 +64,7 @@ from cubepipe.pipeline.cli.runner.keys import (
     yaml_reason,
 )
 from cubepipe.storage.errors import InputError
-from cubepipe.storage.location import is_url, local_path
+from cubepipe.storage.location import is_remote, is_url, local_path
 
 __all__ = ["OPS", "Pipeline", "Step", "load_pipeline", "plan_pipeline"]
 
@@ -332,11 +332,10 @@ def _inputs(
     else:
         items = [as_text(value, f"{where}: key 'in'", scalar=True)]
     for item in items:
+        if is_remote(item):
+            continue  # a store on object storage: the step's command reads it, or says why not
         if is_url(item):
-            try:
-                item = str(local_path(item, "an input"))  # a file:// URL, or refused
-            except InputError as exc:
-                raise InputError(f"{where}: key 'in': {exc}") from None
+            item = str(local_path(item, "an input"))  # a file:// URL
         if same_path(item) in chain.produced or os.path.exists(item) or glob.has_magic(item):
             continue
         raise InputError(f"{where}: key 'in': {item} does not exist and no earlier step writes it")
