@@ -1,12 +1,13 @@
 """Where a store or file named by the user lives: a local path, or a URL.
 
 ``file://`` URLs name local paths and are turned into them. Other URLs (``s3://``,
-``gs://``, ``az://``, ``memory://``, ...) name object storage: cube stores there can be
-*read* (:func:`remote_store`, through zarr's fsspec store; credentials and endpoint from
-the environment as the backend reads them, e.g. ``AWS_ENDPOINT_URL``,
-``AWS_ACCESS_KEY_ID``); everything else -- writing a store, reading input files -- is
-refused in one line (:func:`local_path`) instead of being taken for a relative path
-(``s3://b/x.zarr`` used to become the local directory ``./s3:/b/x.zarr``, exit 0).
+``gs://``, ``az://``, ``memory://``, ...) name object storage: cube stores there are read
+and written (:func:`remote_store`, through zarr's fsspec store, see
+:mod:`cubepipe.storage.remote`; credentials and endpoint from the environment as the
+backend reads them, e.g. ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``). Files there --
+inputs of ``ingest``, outputs of ``export``/``report`` -- are refused in one line
+(:func:`local_path`) instead of being taken for a relative path (``s3://b/x.zarr`` used
+to become the local directory ``./s3:/b/x.zarr``, exit 0).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def local_path(value: str | os.PathLike[str], what: str = "path") -> Path:
         return Path(unquote(parts.path))
     raise InputError(
         f"{text}: {what} on object storage ({scheme}://) is not supported yet (cubepipe "
-        "reads cube stores there, and writes only local or network-mounted paths); write "
-        "to such a path, or mount the bucket (e.g. s3fs, rclone mount) and give the "
-        "mounted path"
+        "reads and writes cube stores there; other files must be local or on a mounted "
+        "file system); use a local path, or mount the bucket (e.g. s3fs, rclone mount) "
+        "and give the mounted path"
     )

@@ -45,6 +45,7 @@ from .guard import check_disjoint, output_lock, resolve
 from .layout import default_chunks, shard_shape
 from .location import is_remote, local_path, remote_store
 from .oserrors import user_os_errors
+from .remote import remote_fs, remote_lock
 
 __all__ = [
     "ATTR",
@@ -524,10 +525,21 @@ def _writer(path: Path, name: str, data: da.Array) -> zarr.Array | ChunkLayout:
     )
 
 
-def _block_done(target: zarr.Array, store_root: Path, name: str, idx: tuple[int, ...]) -> bool:
-    """A chunk counts as written only if its file exists and decodes (checksum included)."""
+def _remote_writer(url: str, name: str) -> zarr.Array:
+    return zarr.open_array(store=url, path=name, mode="r+", config={"write_empty_chunks": True})
+
+
+def _block_done(
+    target: zarr.Array, store_root: Path | str, name: str, idx: tuple[int, ...]
+) -> bool:
+    """A chunk counts as written only if its file (object) exists and decodes (checksum
+    included)."""
     key = target.metadata.encode_chunk_key(idx)
-    if not (store_root / name / key).is_file():
+    if isinstance(store_root, str):
+        fs, root = remote_fs(store_root)
+        if not fs.exists(f"{root}/{name}/{key}"):
+            return False
+    elif not (store_root / name / key).is_file():
         return False
     try:
         target.get_block_selection(idx)
@@ -689,6 +701,20 @@ def claim_output(
     ``overwrite`` was given; then holds :func:`~cubepipe.storage.guard.output_lock`, which
     :func:`write_cube` takes again (re-entrant). Yields ``path`` resolved.
     """
+    if is_remote(path):
+        url = remote_store(str(path))
+        with remote_lock(url):
+            state = store_state(url)
+            if state == "not-a-store":
+                raise StoreExistsError(
+                    f"{url} exists and is not a zarr store; refusing to replace it"
+                )
+            if state != "missing" and not (resume or overwrite):
+                raise StoreExistsError(
+                    f"{url} already exists: pass --resume to finish it or --overwrite to replace it"
+                )
+            yield url  # type: ignore[misc]
+        return
     real = resolve(path)
     check_disjoint(real, [str(i) for i in inputs])
     # The lock first: a store another live process is writing is "being written by",
@@ -874,6 +900,11 @@ def write_cube(
     ------
     InputError, StoreExistsError, StoreLockedError, NonFiniteError
     """
+    if is_remote(path):
+        return _write_remote(
+            ds, remote_store(str(path)), op, params, [str(i) for i in inputs], device, chunks,
+            shards, resume, overwrite, results, summarize, provenance, allow_nonfinite,
+        )  # fmt: skip
     # Absolute: workers write here, whatever their working directory.
     p = Path(os.path.abspath(local_path(path, "an output store")))
     real = resolve(p)
@@ -903,10 +934,71 @@ def write_cube(
     return p
 
 
+def _write_remote(
+    ds: xr.Dataset,
+    url: str,
+    op: str,
+    params: Mapping[str, Any] | None,
+    inputs: list[str],
+    device: str,
+    chunks: Mapping[Any, int] | None,
+    shards: Mapping[Any, int] | str | None,
+    resume: bool,
+    overwrite: bool,
+    results: Mapping[str, Any] | None,
+    summarize: Callable[[dict[str, Any]], Mapping[str, Any]] | None,
+    provenance: Mapping[str, Any] | None,
+    allow_nonfinite: bool,
+) -> Any:
+    """:func:`write_cube` to object storage (see :mod:`cubepipe.storage.remote`)."""
+    for src in inputs:
+        s = src.rstrip("/")
+        if is_remote(src) and (s == url or url.startswith(s + "/") or s.startswith(url + "/")):
+            raise InputError(
+                f"output {url} overlaps the input {src}: writing it would destroy the data "
+                "being read; choose an output outside the input"
+            )
+    prepared, encoding = _prepare(ds, chunks, shards)
+    entry = _history_entry(op, params, inputs, device, provenance)
+    entry["fingerprint"] = _fingerprint(inputs)
+    with remote_lock(url):
+        state = store_state(url)
+        attrs = None
+        if state == "not-a-store":
+            raise StoreExistsError(f"{url} exists and is not a zarr store; refusing to replace it")
+        if state != "missing":
+            if resume and state == "complete":
+                entries = history(read_attrs(url))
+                why = _resume_mismatch(entries[-1], entry) if entries else "it has no history"
+                if why:
+                    raise InputError(
+                        f"{url} is complete but was not made by this run ({why}); to replace "
+                        "it, pass --overwrite instead of --resume"
+                    )
+                return url
+            if resume and state == "incomplete":
+                attrs = _check_resumable(url, prepared, entry)  # type: ignore[arg-type]
+            elif overwrite:  # no atomic swap on object storage: the old store goes first
+                fs, root = remote_fs(url)
+                fs.rm(root, recursive=True)
+                fs.invalidate_cache()
+            else:
+                raise StoreExistsError(
+                    f"{url} already exists"
+                    + (" and is incomplete (an interrupted run?)" if state == "incomplete" else "")
+                    + ": pass --resume to finish it or --overwrite to replace it"
+                )
+        _write(
+            prepared, encoding, url, ds, entry, attrs, results, summarize,
+            allow_nonfinite, False,
+        )  # fmt: skip
+    return url
+
+
 def _write(
     prepared: xr.Dataset,
     encoding: dict[str, dict[str, Any]],
-    p: Path,
+    p: Path | str,
     ds: xr.Dataset,
     entry: dict[str, Any],
     attrs: dict[str, Any] | None,
@@ -917,8 +1009,9 @@ def _write(
 ) -> None:
     resuming = attrs is not None
     if attrs is not None:
-        for leftover in p.rglob("*.partial"):  # chunk files a killed writer never renamed
-            leftover.unlink()
+        if isinstance(p, Path):
+            for leftover in p.rglob("*.partial"):  # chunk files a killed writer never renamed
+                leftover.unlink()
         meta = copy.deepcopy(attrs[ATTR])
         meta["history"][-1].setdefault("resumed", []).append(_now())
     else:
@@ -942,7 +1035,7 @@ def _write(
         done = da.map_blocks(
             _write_block,
             data,
-            target=_writer(p, name, data),
+            target=_writer(p, name, data) if isinstance(p, Path) else _remote_writer(p, name),
             var=name,
             allow_inf=allow_nonfinite,
             dtype=np.int64,
@@ -974,7 +1067,7 @@ def _write(
     if extra:
         summary = summarize(values) if summarize else values
         last["results"] = json.loads(json.dumps(summary, default=_jsonable))
-    if durable:
+    if durable and isinstance(p, Path):
         _sync(p)  # every chunk on disk before the marker that vouches for them
     meta["complete"] = True
     meta["all_chunks"] = True
@@ -986,7 +1079,8 @@ def _write(
         # other v3 readers ignore it.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(str(p))
-    _fsync_file(p / "zarr.json")
+    if isinstance(p, Path):
+        _fsync_file(p / "zarr.json")
 
 
 def _fsync_file(path: Path) -> None:

@@ -95,7 +95,11 @@ def write_options(f: Any) -> Any:
         "--resume", is_flag=True, help="Finish an interrupted run, skipping chunks written."
     )(f)
     return click.option(
-        "-o", "--output", required=True, type=LocalPath(path_type=Path), help="Output store."
+        "-o",
+        "--output",
+        required=True,
+        type=LocalPath(path_type=Path, remote_ok=True),
+        help="Output store (a path, or s3://...).",
     )(f)
 
 

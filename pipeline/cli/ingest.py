@@ -25,7 +25,11 @@ ENCODINGS = ["float32", "float16", "int16-quantized"]
 @command("ingest")
 @click.argument("sources", metavar="SRC...", nargs=-1, required=True)
 @click.option(
-    "-o", "--output", required=True, type=LocalPath(path_type=Path), help="Store to write."
+    "-o",
+    "--output",
+    required=True,
+    type=LocalPath(path_type=Path, remote_ok=True),
+    help="Store to write (a path, or s3://...).",
 )
 @click.option(
     "--format",

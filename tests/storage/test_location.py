@@ -41,8 +41,8 @@ def test_the_library_refuses_urls_and_takes_file_urls(tmp_path: Path, small_cube
         open_cube("gs://bucket/in.zarr")
     with pytest.raises(MissingDependencyError, match="'adlfs'"):
         store_state("az://container/in.zarr")
-    with pytest.raises(InputError, match="not supported yet"):
-        write_cube(small_cube, "s3://bucket/out.zarr")
+    with pytest.raises(MissingDependencyError, match="'gcsfs'"):
+        write_cube(small_cube, "gs://bucket/out.zarr")
     out = write_cube(small_cube, f"file://{tmp_path}/f.zarr")
     assert out == tmp_path / "f.zarr" and store_state(out) == "complete"
     a = open_cube(f"file://{out}")["cube"].values
@@ -52,9 +52,10 @@ def test_the_library_refuses_urls_and_takes_file_urls(tmp_path: Path, small_cube
 @pytest.mark.parametrize(
     "args",
     [
-        ["ingest", "x.npy", "-o", "s3://bucket/x.zarr"],
+        ["ingest", "x.npy", "-o", "gs://bucket/x.zarr"],
+        ["ingest", "s3://bucket/x.npy", "-o", "x2.zarr"],
         ["standardize", "gs://bucket/in.zarr", "-o", "z.zarr"],
-        ["standardize", "x.zarr", "-o", "s3://bucket/z.zarr"],
+        ["standardize", "x.zarr", "-o", "az://bucket/z.zarr"],
         ["stats", "gs://bucket/in.zarr"],
         ["export", "az://b/x.zarr", "-o", "a.tif"],
         ["export", "x.zarr", "-o", "s3://b/a.tif"],
