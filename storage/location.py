@@ -4,10 +4,11 @@
 ``gs://``, ``az://``, ``memory://``, ...) name object storage: cube stores there are read
 and written (:func:`remote_store`, through zarr's fsspec store, see
 :mod:`cubepipe.storage.remote`; credentials and endpoint from the environment as the
-backend reads them, e.g. ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``). Files there --
-inputs of ``ingest``, outputs of ``export``/``report`` -- are refused in one line
-(:func:`local_path`) instead of being taken for a relative path (``s3://b/x.zarr`` used
-to become the local directory ``./s3:/b/x.zarr``, exit 0).
+backend reads them, e.g. ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``); the CLI copies
+``ingest``'s input files from there and uploads ``export``/``report`` files there
+(:mod:`cubepipe.storage.remote`). Where a local file is needed and a URL is given,
+:func:`local_path` refuses it in one line instead of taking it for a relative path
+(``s3://b/x.zarr`` used to become the local directory ``./s3:/b/x.zarr``, exit 0).
 """
 
 from __future__ import annotations

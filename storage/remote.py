@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import InputError, StoreLockedError
 
-__all__ = ["remote_fs", "remote_lock"]
+__all__ = ["download_inputs", "put_bytes", "remote_fs", "remote_lock", "upload_files"]
 
 _HELD: dict[tuple[str, int], int] = {}  # (url, thread) -> depth: re-entrant per thread
 _HELD_LOCK = threading.Lock()
@@ -116,3 +116,63 @@ def remote_lock(url: str) -> Iterator[None]:
             _HELD.pop(key, None)
         with contextlib.suppress(OSError):
             fs.rm(lock)
+
+
+def put_bytes(url: str, data: bytes, *, overwrite: bool) -> None:
+    """Write one object (a single PUT: readers see the old object or the new one, never a
+    part); refuse an existing one unless ``overwrite``."""
+    from .errors import StoreExistsError  # noqa: PLC0415
+
+    fs, path = remote_fs(url)
+    if not overwrite and fs.exists(path):
+        raise StoreExistsError(f"{url} exists; pass --overwrite to replace it")
+    fs.pipe_file(path, data)
+
+
+def upload_files(files: list[Any], url_dir: str, *, overwrite: bool) -> list[str]:
+    """Put local ``files`` under the object storage prefix ``url_dir`` (same names);
+    every target is checked first, so an existing one (without ``overwrite``) stops the
+    upload before anything is written. Returns the URLs."""
+    from .errors import StoreExistsError  # noqa: PLC0415
+
+    fs, prefix = remote_fs(url_dir)
+    targets = [(str(f), f"{prefix.rstrip('/')}/{os.path.basename(str(f))}") for f in files]
+    if not overwrite:
+        for _, target in targets:
+            if fs.exists(target):
+                raise StoreExistsError(
+                    f"{url_dir.rstrip('/')}/{os.path.basename(target)} exists; pass "
+                    "--overwrite to replace it"
+                )
+    for local, target in targets:
+        fs.put_file(local, target)
+    scheme = url_dir.split("://", 1)[0]
+    return [f"{scheme}://{t}" for _, t in targets]
+
+
+def download_inputs(sources: list[str], into: str) -> list[str]:
+    """Copy the object storage ``sources`` (URLs of files; a ``*`` pattern matches many)
+    into the local directory ``into``, keeping names; local sources are returned as
+    they are. Ingest's readers read local files (memory maps, seeks); on object storage
+    the files are copied first, so the temporary disk holds them while ingest runs."""
+    from .errors import InputError  # noqa: PLC0415
+    from .location import is_remote, remote_store  # noqa: PLC0415
+
+    out: list[str] = []
+    for src in sources:
+        if not is_remote(src):
+            out.append(src)
+            continue
+        remote_store(src)  # a known scheme, its backend installed
+        fs, path = remote_fs(src)
+        matches = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]
+        matches = [m for m in matches if fs.isfile(m)]
+        if not matches:
+            raise InputError(f"{src}: no such file on object storage")
+        for m in matches:
+            local = os.path.join(into, os.path.basename(m))
+            if os.path.exists(local):
+                raise InputError(f"{src}: two inputs are named {os.path.basename(m)}")
+            fs.get_file(m, local)
+            out.append(local)
+    return out

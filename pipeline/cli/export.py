@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import click
 
 from cubepipe.storage.errors import CubepipeWarning, InputError
 from cubepipe.storage.export import SUFFIXES, prepare_export
+from cubepipe.storage.location import remote_store
+from cubepipe.storage.remote import upload_files
 
 from ._app import CliState, command
 from ._io import LocalPath
@@ -31,8 +36,8 @@ def _parse_bands(text: str | None) -> list[int] | None:
     "-o",
     "--output",
     required=True,
-    type=LocalPath(dir_okay=False, path_type=Path),
-    help=f"Output file; its suffix picks the format ({', '.join(SUFFIXES)}).",
+    type=LocalPath(dir_okay=False, path_type=Path, remote_ok=True),
+    help=f"Output file (or s3://...); its suffix picks the format ({', '.join(SUFFIXES)}).",
 )
 @click.option("--bands", metavar="0,3,7", help="Band indices to export, in order (default all).")
 @click.option(
@@ -50,8 +55,8 @@ def _parse_bands(text: str | None) -> list[int] | None:
 @click.option("--allow-incomplete", is_flag=True, help="Read a store whose writer did not finish.")
 def export_cmd(
     state: CliState,
-    store: Path,
-    output: Path,
+    store: str,
+    output: Path | str,
     bands: str | None,
     scale: str | None,
     bits: str | None,
@@ -66,7 +71,35 @@ def export_cmd(
     FILE.cubepipe.json sidecar from which q*scale+offset restores floats within its
     max_abs_error (code 0 = NaN). One band -> grey, three -> RGB, others -> one file per
     band (FILE_bNN.png); image/frame stores -> numbered files per image/frame.
+    On object storage the files are made in a local temporary directory, then uploaded
+    (every target is checked before the first upload).
     """
+    with contextlib.ExitStack() as stack:
+        if isinstance(output, str):  # object storage: export here, then upload
+            remote_store(output)  # the backend is there, before any work
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cubepipe-export-")))
+            local = tmp / PurePosixPath(urlsplit(output).path).name
+        else:
+            local = output
+        _export(state, store, local, bands, scale, bits, variable, overwrite, allow_incomplete)
+        if isinstance(output, str):
+            files = sorted(p for p in local.parent.iterdir() if p.is_file())
+            parent = output.rsplit("/", 1)[0]
+            for url in upload_files(files, parent, overwrite=overwrite):
+                state.say(f"cubepipe export: uploaded {url}")
+
+
+def _export(
+    state: CliState,
+    store: str,
+    output: Path,
+    bands: str | None,
+    scale: str | None,
+    bits: str | None,
+    variable: str,
+    overwrite: bool,
+    allow_incomplete: bool,
+) -> None:
     # Validate everything that needs no data first, so bad input is one stderr line.
     job = prepare_export(
         store,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
 from pathlib import Path
 
@@ -10,7 +12,9 @@ import click
 from cubepipe.storage import describe, parse_chunks
 from cubepipe.storage.ingest import ingest_params, open_input, write_input
 from cubepipe.storage.layout import parse_shards
+from cubepipe.storage.location import is_remote
 from cubepipe.storage.readers.image import expand_sources
+from cubepipe.storage.remote import download_inputs
 from cubepipe.storage.store import claim_output
 
 from ._app import CliState, command
@@ -87,17 +91,25 @@ def ingest(
     sizes = parse_chunks(chunks)
     # Refuse an output that overlaps the input or exists (without --resume/--overwrite)
     # before reading anything, and hold its lock until the store is complete.
-    with claim_output(output, sources, resume=resume, overwrite=overwrite):
+    with (
+        claim_output(output, sources, resume=resume, overwrite=overwrite),
+        contextlib.ExitStack() as stack,
+    ):
+        local = list(sources)
+        if any(is_remote(src) for src in sources):  # input files on object storage
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="cubepipe-ingest-"))
+            local = download_inputs(list(sources), tmp)
         # Open (and so validate) every input before the compute status line: a bad file
         # is then reported on stderr as a single line.
-        files, _ = expand_sources(list(sources))
-        ds = open_input(list(sources), format=fmt.lower(), chunks=sizes, dtype=dtype, layout=layout)
+        files, _ = expand_sources(local)
+        recorded = list(sources) if local != list(sources) else [str(f) for f in files]
+        ds = open_input(local, format=fmt.lower(), chunks=sizes, dtype=dtype, layout=layout)
         with state.compute():
             t0 = time.perf_counter()
             store = write_input(
                 ds,
                 output,
-                inputs=files,
+                inputs=recorded,
                 encoding=encoding,
                 chunks=sizes,
                 resume=resume,

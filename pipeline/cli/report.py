@@ -17,7 +17,7 @@ from ._io import LocalPath
     "-o",
     "--output",
     required=True,
-    type=LocalPath(dir_okay=False, path_type=Path),
+    type=LocalPath(dir_okay=False, path_type=Path, remote_ok=True),
     help="The HTML file to write (one self-contained page).",
 )
 @click.option(
@@ -68,7 +68,7 @@ def report_cmd(
     chunk, at most twice.
     """
     # matplotlib is imported here, not at start-up: every other command starts faster.
-    from cubepipe.pipeline.report.build import write_report  # noqa: PLC0415
+    from cubepipe.pipeline.report.write import write_report  # noqa: PLC0415
 
     t0 = time.perf_counter()
     with state.compute():
@@ -84,5 +84,6 @@ def report_cmd(
             title=title,
             allow_incomplete=allow_incomplete,
         )
-    click.echo(f"report: {store} -> {out} ({out.stat().st_size / 1024:.0f} KiB)")
+    kib = "" if isinstance(out, str) else f" ({out.stat().st_size / 1024:.0f} KiB)"
+    click.echo(f"report: {store} -> {out}{kib}")
     state.say(f"cubepipe report: wrote {out} in {time.perf_counter() - t0:.1f} s")

@@ -2,11 +2,8 @@
 provenance.
 """
 
-from cubepipe.pipeline.report.build import (
-    band_histograms,
-    build_report,
-    write_report,
-)
+from cubepipe.pipeline.report.build import band_histograms, build_report
+from cubepipe.pipeline.report.write import write_report
 
 __all__ = [
     "band_histograms",

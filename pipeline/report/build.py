@@ -24,8 +24,6 @@ spectral angle) instead.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,6 @@ from cubepipe.pipeline.stats.fit import STAT_VARS, fit_stats, take_stats
 from cubepipe.pipeline.stats.standardize import METHOD_ATTR
 from cubepipe.storage import (
     InputError,
-    StoreExistsError,
     __version__,
     describe,
     history,
@@ -58,7 +55,7 @@ from cubepipe.storage import (
     store_state,
 )
 
-__all__ = ["band_histograms", "build_report", "write_report"]
+__all__ = ["band_histograms", "build_report"]
 
 _CORE = ("y", "x")
 
@@ -375,30 +372,3 @@ def build_report(
         tables=tables,
         generated=f"cubepipe {__version__}, {datetime.now(UTC).isoformat(timespec='seconds')}",
     )
-
-
-def write_report(
-    store: str | Path, output: str | Path, *, overwrite: bool = False, **options: Any
-) -> Path:
-    """Write :func:`build_report` of ``store`` to ``output`` atomically (a temporary file
-    beside it, then renamed), refusing to replace a file unless ``overwrite``."""
-    out = Path(output)
-    if out.is_dir():
-        raise InputError(f"{out} is a directory; give the report's file name, e.g. report.html")
-    if out.exists() and not overwrite:
-        raise StoreExistsError(f"{out} exists; pass --overwrite to replace it")
-    if not out.parent.is_dir():
-        raise InputError(f"cannot write {out}: directory {out.parent} does not exist")
-    text = build_report(store, **options)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cubepipe.pipeline.report.build import write_report
+from cubepipe.pipeline.report.write import write_report
 from cubepipe.pipeline.stats.fit import fit_stats
 from cubepipe.storage import open_cube
 from cubepipe.storage.update import add_variables

@@ -15,8 +15,9 @@ import pytest
 import xarray as xr
 
 from cubepipe.pipeline.compression.api import prepare_compress
-from cubepipe.pipeline.report.build import band_histograms, build_report, write_report
+from cubepipe.pipeline.report.build import band_histograms, build_report
 from cubepipe.pipeline.report.plots import DIVERGING, image_scale
+from cubepipe.pipeline.report.write import write_report
 from cubepipe.pipeline.stats.fit import fit_stats
 from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import InputError, StoreExistsError, open_cube, write_cube

@@ -147,7 +147,6 @@ def test_what_is_not_written_to_s3_is_refused_and_writes_nothing(
     before = sorted(fs.find("cubes"))
     for args in (
         ["stats", url],  # saving into the store: refused before any work
-        ["export", str(local), "-o", "s3://cubes/a.tif"],
         ["standardize", url, "-o", f"{url}/inside.zarr"],  # inside its input
         ["standardize", str(local), "-o", url],  # exists, no --overwrite
     ):
@@ -303,3 +302,33 @@ def test_a_pipeline_on_s3_runs_and_resumes(
     res = cli("run", "p.yaml", "--resume", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stderr.count("skipped") == 2  # both outputs complete, made by these steps
+
+
+def test_files_on_s3_ingest_and_export_round_trip(cli, s3: str, tmp_path: Path) -> None:
+    fs = s3fs.S3FileSystem()
+    frames = np.random.default_rng(9).normal(-1, 2, size=(3, 2, 16, 20)).astype(np.float32)
+    for i, f in enumerate(frames):
+        np.save(tmp_path / f"f{i}.npy", f)
+        fs.put_file(str(tmp_path / f"f{i}.npy"), f"cubes/files/f{i}.npy")
+    res = cli(
+        "-q", "ingest", "s3://cubes/files/f*.npy", "-o", "s3://cubes/files.zarr", cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    np.testing.assert_array_equal(open_cube("s3://cubes/files.zarr")["cube"].values, frames)
+    entry = history(read_attrs("s3://cubes/files.zarr"))[-1]
+    assert entry["inputs"] == ["s3://cubes/files/f*.npy"]  # what was named, not a temp copy
+    # exact floats and a scaled preview with its sidecar, uploaded beside each other
+    res = cli("-q", "export", "s3://cubes/files.zarr", "-o", "s3://cubes/out/x.tif", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    fs.invalidate_cache()
+    fs.get_file("cubes/out/x.tif", str(tmp_path / "x.tif"))
+    import tifffile  # noqa: PLC0415
+
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "x.tif").reshape(frames.shape), frames)
+    res = cli("export", "s3://cubes/files.zarr", "-o", "s3://cubes/out/x.tif", cwd=tmp_path)
+    assert res.returncode == 2 and "exists; pass --overwrite" in res.stderr
+    res = cli("-q", "report", "s3://cubes/files.zarr", "-o", "s3://cubes/out/r.html", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert fs.cat_file("cubes/out/r.html").startswith(b"<!DOCTYPE html>")
+    res = cli("-q", "ingest", "s3://cubes/files/nothing*.npy", "-o", "n.zarr", cwd=tmp_path)
+    assert res.returncode == 2 and "no such file on object storage" in res.stderr
