@@ -98,8 +98,13 @@ def store_state(path: str | Path) -> str:
         return "missing"
     if not (p / "zarr.json").is_file() and not (p / ".zgroup").is_file():
         return "not-a-store"
+    return _state_of_group(p)
+
+
+def _state_of_group(path: Path | str) -> str:
+    """The state of a store whose root metadata exists, from its attrs."""
     try:
-        attrs = read_attrs(p)
+        attrs = read_attrs(path)
     except InvalidStoreError:
         return "not-a-store"
     meta = attrs.get(ATTR)
@@ -108,28 +113,14 @@ def store_state(path: str | Path) -> str:
     return "complete" if meta.get("complete") is True else "incomplete"
 
 
-def _remote_fs(url: str) -> tuple[Any, str]:
-    import fsspec  # noqa: PLC0415  (a dependency of zarr; the backend is checked before)
-
-    fs, root = fsspec.core.url_to_fs(url)
-    return fs, root
-
-
 def _remote_state(url: str) -> str:
-    fs, root = _remote_fs(url)
+    fs, root = remote_fs(url)
     try:
         if not fs.exists(f"{root}/zarr.json") and not fs.exists(f"{root}/.zgroup"):
             return "missing" if not fs.exists(root) else "not-a-store"
     except OSError as exc:
         raise InputError(f"{url}: cannot be reached ({type(exc).__name__}: {exc})") from None
-    try:
-        attrs = read_attrs(url)
-    except InvalidStoreError:
-        return "not-a-store"
-    meta = attrs.get(ATTR)
-    if not isinstance(meta, Mapping):
-        return "foreign"
-    return "complete" if meta.get("complete") is True else "incomplete"
+    return _state_of_group(url)
 
 
 def _check_meta(path: Path | str, attrs: Mapping[str, Any]) -> None:
@@ -305,7 +296,7 @@ def _open_remote(url: str, allow_incomplete: bool) -> xr.Dataset:
 
 def _check_remote_chunks(ds: xr.Dataset, url: str) -> None:
     """:func:`_check_chunks_exist` for object storage: one listing per variable."""
-    fs, root = _remote_fs(url)
+    fs, root = remote_fs(url)
     for name, var in ds.variables.items():
         if var.ndim == 0 or name in ds.dims:
             continue
@@ -756,13 +747,7 @@ def _plan(
     if state == "not-a-store":
         raise StoreExistsError(f"{shown} exists and is not a zarr store; refusing to replace it")
     if resume and state == "complete":
-        entries = history(read_attrs(real))
-        why = _resume_mismatch(entries[-1], entry) if entries else "it has no history"
-        if why:
-            raise InputError(
-                f"{shown} is complete but was not made by this run ({why}); to replace it, "
-                "pass --overwrite instead of --resume"
-            )
+        _check_same_run(real, shown, entry)
         return None, None, False  # resuming a finished job is a no-op
     if resume and state == "incomplete":
         return real, _check_resumable(real, prepared, entry), False
@@ -776,6 +761,17 @@ def _plan(
             "it or --overwrite to start over"
         )
     raise StoreExistsError(f"{shown} already exists: pass --overwrite to replace it")
+
+
+def _check_same_run(path: Path | str, shown: Path | str, entry: Mapping[str, Any]) -> None:
+    """``--resume`` of a complete store: refuse one that another run made."""
+    entries = history(read_attrs(path))
+    why = _resume_mismatch(entries[-1], entry) if entries else "it has no history"
+    if why:
+        raise InputError(
+            f"{shown} is complete but was not made by this run ({why}); to replace it, "
+            "pass --overwrite instead of --resume"
+        )
 
 
 def _swap(stage: Path, real: Path) -> None:
@@ -968,14 +964,8 @@ def _write_remote(
             raise StoreExistsError(f"{url} exists and is not a zarr store; refusing to replace it")
         if state != "missing":
             if resume and state == "complete":
-                entries = history(read_attrs(url))
-                why = _resume_mismatch(entries[-1], entry) if entries else "it has no history"
-                if why:
-                    raise InputError(
-                        f"{url} is complete but was not made by this run ({why}); to replace "
-                        "it, pass --overwrite instead of --resume"
-                    )
-                return url
+                _check_same_run(url, url, entry)
+                return url  # resuming a finished job is a no-op
             if resume and state == "incomplete":
                 attrs = _check_resumable(url, prepared, entry)  # type: ignore[arg-type]
             elif overwrite:  # no atomic swap on object storage: the old store goes first

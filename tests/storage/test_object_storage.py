@@ -30,6 +30,8 @@ from cubepipe.storage import (
 from cubepipe.storage.errors import IncompleteStoreError, InvalidStoreError, MissingDependencyError
 from cubepipe.storage.location import remote_store
 
+from .test_store import _KILL_SCRIPT
+
 s3fs = pytest.importorskip("s3fs")
 
 ENV = {
@@ -189,21 +191,6 @@ def test_the_chain_writes_to_s3_as_it_writes_locally(
     assert res.returncode == 0, res.stderr
     res = cli("-q", "report", "s3://cubes/chain/c.zarr", "-o", "c.html", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-
-
-_KILL_SCRIPT = """
-import sys, time
-import dask.array as da, numpy as np, xarray as xr
-from cubepipe.storage import write_cube
-
-def slow(block, block_info=None):
-    time.sleep(0.25)
-    return block
-
-data = da.arange(4 * 32 * 32, dtype="float32").reshape(4, 32, 32).rechunk((4, 8, 8)) - 5000
-ds = xr.Dataset({"cube": (("band", "y", "x"), data.map_blocks(slow, dtype="float32"))})
-write_cube(ds, sys.argv[1], op="slow", chunks={"y": 8, "x": 8}, resume="--resume" in sys.argv)
-"""
 
 
 def test_sigkill_then_resume_on_s3_gives_identical_data(s3: str, tmp_path: Path) -> None:
