@@ -248,21 +248,12 @@ def open_cube(
         )
     except Exception as exc:
         raise InvalidStoreError(f"{p} could not be opened as a cube store: {exc}") from exc
-    # Chunk exactly as on disk, with task names that say what they are on a dashboard
-    # (``cubepipe-read-cube-<token>`` rather than ``open_dataset-<token>cube``).
-    chunks: dict[Hashable, int] = {}
-    for var in ds.variables.values():
-        chunks.update(var.encoding.get("preferred_chunks") or {})
+    chunks = _stored_chunks(ds)  # before direct reads replace the variables
     strict = state == "complete" and read_attrs(p)[ATTR].get("all_chunks") is True
     if strict:
         _check_chunks_exist(ds, p)
     ds = _read_directly(ds, p, KeptChunks(keep_bytes) if keep_bytes > 0 else None, strict)
-    return ds.chunk(
-        chunks,
-        name_prefix="cubepipe-read-",
-        inline_array=True,
-        from_array_kwargs={"getitem": functools.partial(_checked_getter, str(p))},
-    )
+    return _chunked_as_stored(ds, str(p), chunks)
 
 
 def _open_remote(url: str, allow_incomplete: bool) -> xr.Dataset:
@@ -281,16 +272,27 @@ def _open_remote(url: str, allow_incomplete: bool) -> xr.Dataset:
         ds = xr.open_zarr(url, chunks=None, zarr_format=None)
     except Exception as exc:
         raise InvalidStoreError(f"{url} could not be opened as a cube store: {exc}") from exc
+    if state == "complete" and attrs[ATTR].get("all_chunks") is True:
+        _check_remote_chunks(ds, url)
+    return _chunked_as_stored(ds, url, _stored_chunks(ds))
+
+
+def _stored_chunks(ds: xr.Dataset) -> dict[Hashable, int]:
     chunks: dict[Hashable, int] = {}
     for var in ds.variables.values():
         chunks.update(var.encoding.get("preferred_chunks") or {})
-    if state == "complete" and attrs[ATTR].get("all_chunks") is True:
-        _check_remote_chunks(ds, url)
+    return chunks
+
+
+def _chunked_as_stored(ds: xr.Dataset, store: str, chunks: dict[Hashable, int]) -> xr.Dataset:
+    """``ds`` chunked exactly as on disk, with task names that say what they are on a
+    dashboard (``cubepipe-read-cube-<token>`` rather than ``open_dataset-<token>cube``)
+    and the chunk getter that reports undecodable chunks in one line."""
     return ds.chunk(
         chunks,
         name_prefix="cubepipe-read-",
         inline_array=True,
-        from_array_kwargs={"getitem": functools.partial(_checked_getter, url)},
+        from_array_kwargs={"getitem": functools.partial(_checked_getter, store)},
     )
 
 
@@ -301,23 +303,49 @@ def _check_remote_chunks(ds: xr.Dataset, url: str) -> None:
         if var.ndim == 0 or name in ds.dims:
             continue
         try:
-            meta = json.loads(fs.cat_file(f"{root}/{name}/zarr.json"))
-            grid = meta["chunk_grid"]["configuration"]["chunk_shape"]
-            keys = meta["chunk_key_encoding"]
-            if meta["chunk_grid"]["name"] != "regular" or keys["name"] != "default":
-                continue
-            sep = (keys.get("configuration") or {}).get("separator", "/")
-        except (OSError, ValueError, KeyError, TypeError):
+            text = fs.cat_file(f"{root}/{name}/zarr.json")
+        except OSError:
             continue
         have = {f[len(f"{root}/{name}/") :] for f in fs.find(f"{root}/{name}/c")}
+        missing = _first_missing_chunk(text, have.__contains__)
+        if missing is not None:
+            raise _missing_chunk_error(name, *missing, f"{url}/{name}")
+
+
+def _first_missing_chunk(
+    meta_text: str | bytes, present: Callable[[str], bool]
+) -> tuple[tuple[int, ...], str] | None:
+    """The first chunk (index, key) of an array's regular grid that ``present`` does not
+    find, from its ``zarr.json``; None if all are there or the metadata is not readable
+    (zarr itself reports that). For a sharded array the grid is the shards' and the keys
+    name shard files."""
+    try:
+        meta = json.loads(meta_text)
+        grid = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        keys = meta["chunk_key_encoding"]
+        if meta["chunk_grid"]["name"] != "regular" or keys["name"] != "default":
+            return None
+        sep = (keys.get("configuration") or {}).get("separator", "/")
         counts = [-(-int(n) // int(c)) for n, c in zip(meta["shape"], grid, strict=True)]
-        for idx in np.ndindex(*counts):
-            key = sep.join(["c", *map(str, idx)])
-            if key not in have:
-                raise InvalidStoreError(
-                    f"chunk {idx} of variable {str(name)!r} is missing ({url}/{name}/{key}) "
-                    "from a store marked complete: the store was damaged after it was written"
-                )
+    except (ValueError, KeyError, TypeError):
+        return None
+    for idx in np.ndindex(*counts):
+        key = sep.join(["c", *map(str, idx)])
+        if not present(key):
+            return idx, key
+    return None
+
+
+def _is_file_in(directory: Path, key: str) -> bool:
+    return (directory / key).is_file()
+
+
+def _missing_chunk_error(name: Hashable, idx: tuple[int, ...], key: str, where: str) -> Exception:
+    return InvalidStoreError(
+        f"chunk {idx} of variable {str(name)!r} is missing ({where}/{key}) from a store "
+        "marked complete: the store was damaged after it was written; re-run the step that "
+        "wrote it with --overwrite"
+    )
 
 
 def _checked_getter(store: str, a: Any, b: Any, asarray: bool = True, lock: Any = None) -> Any:
@@ -343,26 +371,14 @@ def _check_chunks_exist(ds: xr.Dataset, path: Path) -> None:
     for name, var in ds.variables.items():
         if var.ndim == 0 or direct_layout(path / str(name)) is not None:
             continue
+        where = path / str(name)
         try:
-            meta = json.loads((path / str(name) / "zarr.json").read_text())
-            grid = meta["chunk_grid"]["configuration"]["chunk_shape"]
-            keys = meta["chunk_key_encoding"]
-            if meta["chunk_grid"]["name"] != "regular" or keys["name"] != "default":
-                continue
-            sep = (keys.get("configuration") or {}).get("separator", "/")
-        except (OSError, ValueError, KeyError, TypeError):
+            text = (where / "zarr.json").read_text()
+        except OSError:
             continue  # zarr itself reports unreadable metadata
-        # For a sharded array the grid is the shards' and the keys name shard files.
-        shape = meta["shape"]
-        counts = [-(-int(n) // int(c)) for n, c in zip(shape, grid, strict=True)]
-        for idx in np.ndindex(*counts):
-            key = sep.join(["c", *map(str, idx)])
-            if not (path / str(name) / key).is_file():
-                raise InvalidStoreError(
-                    f"chunk {idx} of variable {str(name)!r} is missing ({path / str(name) / key})"
-                    " from a store marked complete: the store was damaged after it was "
-                    "written; re-run the step that wrote it with --overwrite"
-                )
+        missing = _first_missing_chunk(text, functools.partial(_is_file_in, where))
+        if missing is not None:
+            raise _missing_chunk_error(name, *missing, str(where))
 
 
 def _read_directly(
