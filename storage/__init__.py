@@ -24,6 +24,7 @@ from .errors import (
 )
 from .info import describe
 from .layout import CORE_DIMS, LEADING_DIMS, default_chunks, parse_chunks
+from .location import set_storage_options, storage_options
 from .store import ATTR, history, is_complete, open_cube, read_attrs, store_state, write_cube
 
 __all__ = [
@@ -52,6 +53,8 @@ __all__ = [
     "open_cube",
     "parse_chunks",
     "read_attrs",
+    "set_storage_options",
+    "storage_options",
     "store_state",
     "write_cube",
 ]

@@ -108,7 +108,7 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 def _remote_bytes(url: str) -> int:
     """Bytes stored under ``url`` on object storage (one listing)."""
-    import fsspec  # noqa: PLC0415
+    from .remote import remote_fs  # noqa: PLC0415
 
-    fs, root = fsspec.core.url_to_fs(url)
+    fs, root = remote_fs(url)
     return int(sum(fs.du(root, total=False).values())) if fs.exists(root) else 0

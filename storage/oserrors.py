@@ -12,6 +12,11 @@ free space there or choose another location``. Every other
 ``OSError`` (``ENOENT``, ``EIO``, ...) passes through unchanged. :func:`as_user_error`
 does the conversion without raising, for code that already holds the exception (an error
 re-raised from a dask task, the ``__cause__`` of another one).
+
+Object storage has its own such errors (no credentials, an endpoint that does not answer,
+access denied by the bucket's policy): :func:`as_user_error` makes them one line too,
+saying where credentials and the endpoint come from (the backend's environment
+variables, ``--storage-option``).
 """
 
 from __future__ import annotations
@@ -92,6 +97,63 @@ def os_error_message(
     return f"{line}; {todo}" if todo else line
 
 
+_OPTION_HINT = "--storage-option KEY=VALUE (or CUBEPIPE_STORAGE_OPTIONS)"
+
+#: Object storage errors by class name (botocore, aiohttp, google-auth, azure: the
+#: backends are optional, so they are not imported): (what happened, what to do).
+_REMOTE_REASONS: dict[str, tuple[str, str]] = {
+    "NoCredentialsError": (
+        "no object storage credentials were found",
+        "set them in the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+        f"AWS_PROFILE for s3://), pass them with {_OPTION_HINT} (key=..., secret=...), "
+        "or use anon=true for a public bucket",
+    ),
+    "PartialCredentialsError": (
+        "the object storage credentials are incomplete",
+        "set both the key and the secret (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+    ),
+    "DefaultCredentialsError": (
+        "no Google Cloud credentials were found",
+        "set GOOGLE_APPLICATION_CREDENTIALS, or pass token=anon for a public bucket",
+    ),
+    "EndpointConnectionError": (
+        "the object storage endpoint did not answer",
+        "check the endpoint (AWS_ENDPOINT_URL, or --storage-option endpoint_url=...) and "
+        "the network",
+    ),
+    "ConnectTimeoutError": (
+        "connecting to the object storage endpoint timed out",
+        "check the endpoint (AWS_ENDPOINT_URL, or --storage-option endpoint_url=...) and "
+        "the network",
+    ),
+    "ClientConnectorError": (
+        "the object storage endpoint did not answer",
+        f"check the endpoint and the network ({_OPTION_HINT})",
+    ),
+}
+
+
+def _remote_error(cur: BaseException) -> FileSystemError | None:
+    names = [cls.__name__ for cls in type(cur).__mro__]
+    for name in names:
+        if name in _REMOTE_REASONS:
+            reason, todo = _REMOTE_REASONS[name]
+            text = " ".join(str(cur).split())
+            return FileSystemError(f"{reason} ({text}); {todo}")
+    module = type(cur).__module__ or ""
+    # s3fs/gcsfs/adlfs raise PermissionError without an errno for a refusal by the server
+    if isinstance(cur, PermissionError) and cur.errno is None:
+        text = " ".join(str(cur).split())
+        return FileSystemError(
+            f"object storage refused access ({text}); check that the credentials allow "
+            "reading (and, for an output, writing) there"
+        )
+    if "ClientError" in names and module.startswith("botocore"):
+        text = " ".join(str(cur).split())
+        return FileSystemError(f"object storage refused the request ({text})")
+    return None
+
+
 def as_user_error(
     exc: BaseException, path: str | os.PathLike[str] | None = None, action: str = ""
 ) -> FileSystemError | None:
@@ -114,6 +176,10 @@ def as_user_error(
             err = FileSystemError(os_error_message(cur, where, action), errno=cur.errno, path=where)
             err.__cause__ = cur
             return err
+        remote = _remote_error(cur)
+        if remote is not None:
+            remote.__cause__ = cur
+            return remote
         cur = cur.__cause__
     return None
 

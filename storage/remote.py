@@ -28,7 +28,14 @@ from typing import Any
 
 from .errors import InputError, StoreLockedError
 
-__all__ = ["download_inputs", "put_bytes", "remote_fs", "remote_lock", "upload_files"]
+__all__ = [
+    "download_inputs",
+    "put_bytes",
+    "remote_fs",
+    "remote_lock",
+    "upload_files",
+    "zarr_store",
+]
 
 _HELD: dict[tuple[str, int], int] = {}  # (url, thread) -> depth: re-entrant per thread
 _HELD_LOCK = threading.Lock()
@@ -38,8 +45,19 @@ def remote_fs(url: str) -> tuple[Any, str]:
     """The fsspec filesystem of ``url`` and the path within it."""
     import fsspec  # noqa: PLC0415  (a dependency of zarr; the backend was checked)
 
-    fs, root = fsspec.core.url_to_fs(url)
+    from .location import options_for  # noqa: PLC0415
+
+    fs, root = fsspec.core.url_to_fs(url, **options_for(url))
     return fs, root
+
+
+def zarr_store(url: str, *, read_only: bool) -> Any:
+    """zarr-python's fsspec store for ``url``, with the storage options in force."""
+    from zarr.storage import FsspecStore  # noqa: PLC0415
+
+    from .location import options_for  # noqa: PLC0415
+
+    return FsspecStore.from_url(url, storage_options=options_for(url), read_only=read_only)
 
 
 def _alive_here(owner: dict[str, Any]) -> bool:

@@ -44,8 +44,8 @@ from .errors import (
 from .guard import check_disjoint, output_lock, resolve
 from .layout import default_chunks, shard_shape
 from .location import is_remote, local_path, remote_store
-from .oserrors import user_os_errors
-from .remote import remote_fs, remote_lock
+from .oserrors import as_user_error, user_os_errors
+from .remote import remote_fs, remote_lock, zarr_store
 
 __all__ = [
     "ATTR",
@@ -114,13 +114,31 @@ def _state_of_group(path: Path | str) -> str:
 
 
 def _remote_state(url: str) -> str:
+    found = _remote_probe(url)
+    return found if found is not None else _state_of_group(url)
+
+
+def _remote_probe(url: str) -> str | None:
+    """``"missing"``/``"not-a-store"`` for a URL with no root metadata, None if it has
+    some; one-line errors if the object store cannot be asked."""
     fs, root = remote_fs(url)
     try:
         if not fs.exists(f"{root}/zarr.json") and not fs.exists(f"{root}/.zgroup"):
             return "missing" if not fs.exists(root) else "not-a-store"
-    except OSError as exc:
-        raise InputError(f"{url}: cannot be reached ({type(exc).__name__}: {exc})") from None
-    return _state_of_group(url)
+    except Exception as exc:
+        raise _unreachable(url, exc) from None
+    return None
+
+
+def _unreachable(url: str, exc: Exception) -> Exception:
+    """The one-line error for a store on object storage that could not be asked about:
+    no credentials, an endpoint that does not answer, access refused, ..."""
+    user = as_user_error(exc)
+    if user is not None:
+        return type(user)(f"{url}: {user}")
+    return InputError(
+        f"{url}: cannot be reached ({type(exc).__name__}: {' '.join(str(exc).split())})"
+    )
 
 
 def _check_meta(path: Path | str, attrs: Mapping[str, Any]) -> None:
@@ -163,8 +181,9 @@ def history(ds_or_attrs: xr.Dataset | Mapping[str, Any]) -> list[dict[str, Any]]
 def _open_group(path: str | Path, *, mode: Literal["r", "r+", "a", "w", "w-"]) -> zarr.Group:
     if is_remote(path) and mode == "r":
         url = remote_store(str(path))
+        _remote_probe(url)  # one request first: a clear error if it cannot be reached
         try:
-            node = zarr.open(store=url, mode="r")
+            node = zarr.open(store=zarr_store(url, read_only=True), mode="r")
         except FileNotFoundError:
             raise StoreNotFoundError(url) from None
         except Exception as exc:
@@ -269,7 +288,7 @@ def _open_remote(url: str, allow_incomplete: bool) -> xr.Dataset:
     if state in ("complete", "incomplete"):
         _check_meta(url, attrs)
     try:
-        ds = xr.open_zarr(url, chunks=None, zarr_format=None)
+        ds = xr.open_zarr(zarr_store(url, read_only=True), chunks=None, zarr_format=None)
     except Exception as exc:
         raise InvalidStoreError(f"{url} could not be opened as a cube store: {exc}") from exc
     if state == "complete" and attrs[ATTR].get("all_chunks") is True:
@@ -533,7 +552,12 @@ def _writer(path: Path, name: str, data: da.Array) -> zarr.Array | ChunkLayout:
 
 
 def _remote_writer(url: str, name: str) -> zarr.Array:
-    return zarr.open_array(store=url, path=name, mode="r+", config={"write_empty_chunks": True})
+    return zarr.open_array(
+        store=zarr_store(url, read_only=False),
+        path=name,
+        mode="r+",
+        config={"write_empty_chunks": True},
+    )
 
 
 def _block_done(
@@ -864,7 +888,10 @@ def write_cube(
         chunks) or ``"auto"`` (along ``image``/``frame``, ~256 MiB a shard; see
         :func:`~cubepipe.storage.layout.shard_shape`). Many chunks then share one file
         (one object), which file systems and object stores handle far better than
-        millions of small ones; plain zarr/xarray read them. None: one file per chunk.
+        millions of small ones; plain zarr/xarray read them. ``"none"`` (or ``{}``): one
+        file per chunk. None (default): ``"auto"`` for an image/frame variable of 4096
+        chunks or more (:data:`~cubepipe.storage.layout.AUTO_SHARD_MIN_CHUNKS`), else
+        one file per chunk.
     resume
         Continue an interrupted write of the same computation: chunks already on disk
         (and decodable) are skipped, and only the missing ones are computed.
@@ -1025,7 +1052,7 @@ def _write(
         prepared.attrs = {**{k: v for k, v in ds.attrs.items() if k != ATTR}, ATTR: meta}
         with zarr.config.set({"array.write_empty_chunks": True}):
             prepared.to_zarr(
-                str(p),
+                _target(p, read_only=False),
                 mode="w-",
                 compute=False,
                 zarr_format=3,
@@ -1050,7 +1077,7 @@ def _write(
             meta=np.empty((0,) * data.ndim, dtype=np.int64),
         )
         if resuming:
-            target = zarr.open_array(store=str(p), path=name, mode="r")
+            target = zarr.open_array(store=_target(p, read_only=True), path=name, mode="r")
             for idx in np.ndindex(*done.numblocks):
                 if not _block_done(target, p, name, idx):
                     writes.append(done.blocks[idx])
@@ -1077,16 +1104,22 @@ def _write(
         _sync(p)  # every chunk on disk before the marker that vouches for them
     meta["complete"] = True
     meta["all_chunks"] = True
-    group = zarr.open_group(str(p), mode="r+")
+    group = zarr.open_group(_target(p, read_only=False), mode="r+")
     group.attrs[ATTR] = meta
     with warnings.catch_warnings():
         # zarr warns that consolidated metadata is not (yet) in the v3 spec; we write it
         # so that plain `xarray.open_zarr(path)` opens the store without a warning, and
         # other v3 readers ignore it.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        zarr.consolidate_metadata(str(p))
+        zarr.consolidate_metadata(_target(p, read_only=False))
     if isinstance(p, Path):
         _fsync_file(p / "zarr.json")
+
+
+def _target(p: Path | str, *, read_only: bool) -> Any:
+    """What zarr opens for a store: a local path as text, an object storage URL as an
+    fsspec store carrying the storage options."""
+    return str(p) if isinstance(p, Path) else zarr_store(p, read_only=read_only)
 
 
 def _fsync_file(path: Path) -> None:

@@ -16,7 +16,9 @@ from typing import Any
 
 import click
 
+from cubepipe.storage.chunkio import direct_io_enabled
 from cubepipe.storage.errors import CubepipeError
+from cubepipe.storage.location import parse_storage_options, set_storage_options
 from cubepipe.storage.oserrors import as_user_error
 
 from ..backend import Device, resolve_device
@@ -117,6 +119,17 @@ _debug_requested = False
     help="Flush every chunk to disk before a store is marked complete (survives a power "
     "loss; slower). Default: env CUBEPIPE_DURABLE=1, else off.",
 )
+@click.option(
+    "--storage-option",
+    "storage_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    envvar="CUBEPIPE_STORAGE_OPTIONS",
+    help="An option for the object storage backend (fsspec storage_options), repeatable: "
+    "endpoint_url=http://127.0.0.1:9000, anon=true, client_kwargs.region_name=eu-west-1. "
+    "VALUE is read as JSON when it parses. Credentials also come from the environment as "
+    "the backend reads them (AWS_* for s3://). Env: CUBEPIPE_STORAGE_OPTIONS (space-separated).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.option("--quiet", "-q", is_flag=True, help="Print results only, no status lines.")
 @click.pass_context
@@ -128,6 +141,7 @@ def cli(
     memory_limit: str | None,
     connect_timeout: float,
     durable: bool | None,
+    storage_option: tuple[str, ...],
     debug: bool,
     quiet: bool,
 ) -> None:
@@ -139,6 +153,8 @@ def cli(
     global _debug_requested
     _debug_requested = debug
     spec = check_scheduler(scheduler_spec)
+    set_storage_options(parse_storage_options(storage_option))
+    direct_io_enabled()  # a bad CUBEPIPE_DIRECT_IO is refused before any work
     ctx.obj = CliState(
         device=resolve_device(device),
         scheduler_spec=spec,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,69 +20,8 @@ from cubepipe.storage import open_cube, store_state
 
 pytest.importorskip("distributed")
 
-BIN = Path(sys.executable).parent
-
-
-def _start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def _stop(*procs: subprocess.Popen) -> None:
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
-
-def _address(scheduler_file: Path, proc: subprocess.Popen, log: Path) -> str:
-    import json  # noqa: PLC0415
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if scheduler_file.exists():
-            try:
-                return json.loads(scheduler_file.read_text())["address"]
-            except ValueError:
-                pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    raise RuntimeError(f"dask scheduler did not start: {log.read_text()[-2000:]}")
-
-
-def _cluster(tmp: Path, worker_prefix: list[str], worker_cmd: list[str]) -> Iterator[str]:
-    """Start a scheduler and one worker, each in its own directory under ``tmp``."""
-    for d in ("scheduler", "worker"):
-        (tmp / d).mkdir()
-    sfile = tmp / "scheduler.json"
-    sched = _start(
-        [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-         "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sfile)],
-        tmp / "scheduler",
-        tmp / "scheduler.log",
-    )  # fmt: skip
-    try:
-        address = _address(sfile, sched, tmp / "scheduler.log")
-        worker = _start(
-            [*worker_prefix, *worker_cmd, address, "--nthreads", "1", "--host", "127.0.0.1",
-             "--no-dashboard", "--memory-limit", "0", "--no-nanny"],
-            tmp / "worker",
-            tmp / "worker.log",
-        )  # fmt: skip
-        try:
-            yield address
-        finally:
-            _stop(worker)
-    finally:
-        _stop(sched)
+from ..cluster import BIN
+from ..cluster import cluster as _cluster
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cubepipe.storage import InputError, open_cube, store_state, write_cube
+from cubepipe.storage import InputError, open_cube, storage_options, store_state, write_cube
 from cubepipe.storage.errors import MissingDependencyError
-from cubepipe.storage.location import is_url, local_path
+from cubepipe.storage.location import is_url, local_path, options_for, parse_storage_options
 
 URLS = ["s3://bucket/x.zarr", "gs://b/x.zarr", "az://c/x.zarr", "memory://x.zarr",
         "https://example.org/x.zarr", "S3://Bucket/X.zarr"]  # fmt: skip
@@ -99,3 +99,37 @@ def test_file_urls_work_through_the_cli_and_pipelines(cli, tmp_path: Path) -> No
     ref = x.astype(np.float64)
     mean, std = ref.mean(axis=(1, 2), keepdims=True), ref.std(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(z, (ref - mean) / std, rtol=1e-6, atol=1e-6)
+
+
+def test_storage_options_parse_json_values_and_dotted_keys() -> None:
+    assert parse_storage_options(
+        [
+            "endpoint_url=http://127.0.0.1:9000",
+            "anon=true",
+            "client_kwargs.region_name=eu-west-1",
+            "client_kwargs.verify=false",
+            "retries=3",
+            "profile=a=b",
+        ]
+    ) == {
+        "endpoint_url": "http://127.0.0.1:9000",
+        "anon": True,
+        "client_kwargs": {"region_name": "eu-west-1", "verify": False},
+        "retries": 3,
+        "profile": "a=b",
+    }
+    for bad in ("anon", "=1", "a..b=1", ".a=1"):
+        with pytest.raises(InputError, match="expected KEY=VALUE"):
+            parse_storage_options([bad])
+    with pytest.raises(InputError, match="already given a value"):
+        parse_storage_options(["a=1", "a.b=2"])
+
+
+def test_storage_options_in_a_with_block_are_restored() -> None:
+    assert options_for("s3://b/x") == {}
+    with storage_options(anon=True):
+        assert options_for("s3://b/x") == {"anon": True}
+        with storage_options(endpoint_url="http://h"):
+            assert options_for("s3://b/x") == {"anon": True, "endpoint_url": "http://h"}
+        assert options_for("s3://b/x") == {"anon": True}
+    assert options_for("s3://b/x") == {}

@@ -319,3 +319,107 @@ def test_files_on_s3_ingest_and_export_round_trip(cli, s3: str, tmp_path: Path) 
     assert fs.cat_file("cubes/out/r.html").startswith(b"<!DOCTYPE html>")
     res = cli("-q", "ingest", "s3://cubes/files/nothing*.npy", "-o", "n.zarr", cwd=tmp_path)
     assert res.returncode == 2 and "no such file on object storage" in res.stderr
+
+
+def test_storage_options_on_the_command_line_reach_every_path(
+    cli, s3: str, remote_scene: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No endpoint or credentials in the environment: ``--storage-option`` carries them to
+    inputs, outputs, ``--stats`` and ``--model``, and plain xarray reads the results with
+    the same ``storage_options``."""
+    url, local = remote_scene
+    for key in [*ENV, "AWS_ENDPOINT_URL"]:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    s3fs.S3FileSystem.clear_instance_cache()
+    options = {"endpoint_url": s3, "key": "testing", "secret": "testing"}
+    flags = [f"--storage-option={k}={v}" for k, v in options.items()]
+
+    res = cli("-q", "standardize", url, "-o", "s3://cubes/opts/z.zarr")
+    assert res.returncode == 2, res.stderr  # no endpoint: AWS itself, no credentials
+    assert len(res.stderr.strip().splitlines()) == 1
+    for args in (
+        ["standardize", url, "-o", "s3://cubes/opts/z.zarr"],
+        ["compress", "s3://cubes/opts/z.zarr", "-k", "3", "-o", "s3://cubes/opts/c.zarr"],
+        ["standardize", str(local), "--stats", "s3://cubes/opts/z.zarr", "-o", "z.zarr"],
+        ["compress", "z.zarr", "--model", "s3://cubes/opts/c.zarr", "-o", "c.zarr"],
+        ["info", "s3://cubes/opts/c.zarr"],
+    ):
+        res = cli("-q", *flags, *args, cwd=tmp_path)
+        assert res.returncode == 0, (args, res.stderr)
+    for name, var in (("z", "cube"), ("c", "scores")):
+        plain = xr.open_zarr(f"s3://cubes/opts/{name}.zarr", storage_options=options)[var]
+        np.testing.assert_array_equal(
+            plain.values, open_cube(tmp_path / f"{name}.zarr")[var].values
+        )
+    # the same from the environment variable
+    monkeypatch.setenv("CUBEPIPE_STORAGE_OPTIONS", " ".join(f"{k}={v}" for k, v in options.items()))
+    res = cli("info", "s3://cubes/opts/z.zarr", "--json", cwd=tmp_path)
+    assert res.returncode == 0 and '"state": "complete"' in res.stdout, res.stderr
+    res = cli("--storage-option", "endpoint_url", "info", url, cwd=tmp_path)
+    assert res.returncode == 2 and "expected KEY=VALUE" in res.stderr
+
+
+def test_an_endpoint_that_does_not_answer_is_one_line(cli_process, tmp_path: Path) -> None:
+    """A closed port: one line naming the endpoint and where it is set, exit 2, nothing
+    else on stderr (no tracebacks of abandoned requests at exit)."""
+    port = _free_port()  # nothing listens there
+    res = cli_process(
+        "--storage-option", f"endpoint_url=http://127.0.0.1:{port}",
+        "--storage-option", 'config_kwargs={"retries": {"max_attempts": 1}}',
+        "info", "s3://cubes/x.zarr",
+        cwd=tmp_path,
+        env={"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"},
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1, res.stderr
+    assert "endpoint did not answer" in res.stderr and f"127.0.0.1:{port}" in res.stderr
+
+
+@pytest.fixture
+def cluster_without_credentials(s3: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A `dask scheduler` + `dask worker` started elsewhere whose environment has no
+    object storage endpoint or credentials."""
+    pytest.importorskip("distributed")
+    from ..cluster import BIN, cluster  # noqa: PLC0415
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    yield from cluster(tmp_path_factory.mktemp("cluster"), [], [str(BIN / "dask"), "worker"], env)
+
+
+def test_object_storage_with_a_cluster_started_elsewhere(
+    cli,
+    s3: str,
+    remote_scene: tuple[str, Path],
+    cluster_without_credentials: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """s3:// in and out on a remote cluster: the storage options given to the client
+    reach the workers with the work, and the results equal the threaded scheduler's."""
+    url, local = remote_scene
+    for key in [*ENV, "AWS_ENDPOINT_URL"]:
+        monkeypatch.delenv(key, raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()
+    options = {"endpoint_url": s3, "key": "testing", "secret": "testing"}
+    flags = [f"--storage-option={k}={v}" for k, v in options.items()]
+    on_cluster = ["--scheduler", cluster_without_credentials]
+    for args in (
+        ["standardize", url, "-o", "s3://cubes/cl/z.zarr"],
+        ["filter", url, "-k", "gaussian:1", "-o", "s3://cubes/cl/f.zarr"],
+        ["compress", "s3://cubes/cl/z.zarr", "-k", "3", "-o", "s3://cubes/cl/c.zarr"],
+    ):
+        res = cli("-q", *flags, *on_cluster, *args, cwd=tmp_path)
+        assert res.returncode == 0, (args, res.stderr)
+    for args in (
+        ["standardize", str(local), "-o", "z.zarr"],
+        ["filter", str(local), "-k", "gaussian:1", "-o", "f.zarr"],
+        ["compress", "z.zarr", "-k", "3", "-o", "c.zarr"],
+    ):
+        res = cli("-q", *args, cwd=tmp_path)
+        assert res.returncode == 0, (args, res.stderr)
+    for name, var in (("z", "cube"), ("f", "cube"), ("c", "scores")):
+        plain = xr.open_zarr(f"s3://cubes/cl/{name}.zarr", storage_options=options)[var].values
+        assert np.isfinite(plain).any()
+        np.testing.assert_array_equal(plain, open_cube(tmp_path / f"{name}.zarr")[var].values)
