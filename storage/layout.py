@@ -33,6 +33,9 @@ MAX_CHUNK_BYTES = 128 * 2**20
 MAX_SHARD_BYTES = 1024 * 2**20
 #: ``--shards auto``: about this much per shard (uncompressed), along image/frame.
 SHARD_TARGET_BYTES = 256 * 2**20
+#: Without ``--shards``, an image/frame variable of at least this many chunks is sharded
+#: as ``auto`` would (a data set of 100,000 images should not be 100,000 files).
+AUTO_SHARD_MIN_CHUNKS = 4096
 
 #: A dim name: ``str`` for cubepipe's own dims, any hashable in an xarray ``sizes`` mapping.
 _Dim = TypeVar("_Dim", bound=Hashable)
@@ -104,7 +107,9 @@ def shard_shape(
 ) -> dict[Any, int] | None:
     """The shard shape (per dim, a whole number of chunks) for ``shards``, or None.
 
-    ``None``/``{}``: no sharding (one file per chunk). A mapping (``--shards y=4096``):
+    ``None`` (the default): ``"auto"`` for a variable with a leading ``image``/``frame``
+    dim of at least :data:`AUTO_SHARD_MIN_CHUNKS` chunks, else no sharding. ``{}`` or
+    ``"none"`` (``--shards none``): no sharding, one file per chunk. A mapping (``--shards y=4096``):
     each named dim gets that size rounded up to whole chunks (and at most the dim, in
     whole chunks); other dims one chunk. ``"auto"``: along a leading ``image``/``frame``
     dim as many chunks as fit in :data:`SHARD_TARGET_BYTES` (a video of small frames
@@ -116,7 +121,12 @@ def shard_shape(
         An unknown dim, a size below 1, or a shard above :data:`MAX_SHARD_BYTES` (a shard
         is encoded in memory whole).
     """
-    if not shards:
+    if shards is None:
+        n_chunks = math.prod(-(-int(sizes[d]) // int(c)) for d, c in chunks.items())
+        if not any(d in LEADING_DIMS for d in sizes) or n_chunks < AUTO_SHARD_MIN_CHUNKS:
+            return None
+        shards = "auto"
+    if not shards or shards == "none":
         return None
     out = {d: int(c) for d, c in chunks.items()}
     if shards == "auto":
@@ -129,7 +139,7 @@ def shard_shape(
         out[d] = min(out[d] * per, -(-sizes[d] // out[d]) * out[d])
     elif isinstance(shards, str):
         raise InputError(
-            f"--shards: expected 'auto' or sizes such as y=4096,x=4096; got {shards!r}"
+            f"--shards: expected 'auto', 'none' or sizes such as y=4096,x=4096; got {shards!r}"
         )
     else:
         for d, n in shards.items():
@@ -152,12 +162,13 @@ def shard_shape(
 
 
 def parse_shards(spec: str | None) -> dict[str, int] | str | None:
-    """A ``--shards`` value: ``auto``, or sizes like ``--chunks`` (``y=4096,x=4096``)."""
+    """A ``--shards`` value: ``auto``, ``none``, or sizes like ``--chunks``
+    (``y=4096,x=4096``); None (not given) for the default."""
     if spec is None or not spec.strip():
         return None
-    if spec.strip().lower() == "auto":
-        return "auto"
+    if spec.strip().lower() in ("auto", "none"):
+        return spec.strip().lower()
     try:
         return parse_chunks(spec)
     except InputError as exc:
-        raise InputError(f"--shards: {exc} (or 'auto')") from None
+        raise InputError(f"--shards: {exc} (or 'auto', 'none')") from None

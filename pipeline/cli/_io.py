@@ -86,8 +86,9 @@ def write_options(f: Any) -> Any:
     f = click.option(
         "--shards",
         callback=check_shards,
-        help="zarr v3 shards: many chunks per file, e.g. y=4096,x=4096 (whole chunks), or "
-        "auto (image/frame stores: ~256 MiB of images per file). Default: a file per chunk.",
+        help="zarr v3 shards: many chunks per file, e.g. y=4096,x=4096 (whole chunks); auto "
+        "(image/frame stores: ~256 MiB of images per file); none (a file per chunk). "
+        "Default: auto for image/frame stores of 4096 chunks or more, else none.",
     )(f)
     f = click.option("--chunks", help="Output chunks, e.g. y=512,x=512 (default: store's).")(f)
     f = click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")(f)

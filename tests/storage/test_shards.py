@@ -38,7 +38,13 @@ def test_shard_shape_rounds_to_whole_chunks_and_refuses_what_it_cannot_do() -> N
     chunks = {"frame": 1, "band": 3, "y": 512, "x": 512}
     assert shard_shape(sizes, chunks, 4, {"y": 1500}) == {**chunks, "y": 1024}  # 2 chunks
     assert shard_shape(sizes, chunks, 4, {"y": 5000})["y"] == 1024  # at most the dim
-    assert shard_shape(sizes, chunks, 4, None) is None
+    assert shard_shape(sizes, chunks, 4, None) is None  # 4000 chunks: under the default's
+    assert shard_shape(sizes, chunks, 4, "none") is None
+    assert shard_shape(sizes, chunks, 4, {}) is None
+    many = {**sizes, "frame": 1024}  # 4096 chunks: the default shards as auto does
+    assert shard_shape(many, chunks, 4, None) == shard_shape(many, chunks, 4, "auto")
+    cube = {"band": 3, "y": 100_000, "x": 100_000}  # 38k chunks, but no image/frame dim
+    assert shard_shape(cube, {"band": 3, "y": 512, "x": 512}, 4, None) is None
     assert shard_shape(sizes, chunks, 4, {"y": 100}) is None  # one chunk a shard
     auto = shard_shape(sizes, chunks, 4, "auto")
     assert auto is not None and auto["frame"] == 256 * 2**20 // (3 * 512 * 512 * 4)
@@ -47,6 +53,7 @@ def test_shard_shape_rounds_to_whole_chunks_and_refuses_what_it_cannot_do() -> N
         shard_shape(sizes, chunks, 4, {"z": 2})
     with pytest.raises(InputError, match=r"holds \d+ MiB; a shard is encoded in memory whole"):
         shard_shape(sizes, chunks, 4, {"frame": 1000})
+    assert parse_shards("none") == "none" and parse_shards(None) is None
     assert parse_shards("auto") == "auto" and parse_shards("y=4096,x=4096") == {
         "y": 4096,
         "x": 4096,
@@ -143,3 +150,20 @@ def test_the_cli_writes_shards(cli, tmp_path: Path) -> None:
     res = cli("standardize", "s.zarr", "-o", "y.zarr", "--shards", "y=lots", cwd=tmp_path)
     assert res.returncode == 2 and "--shards" in res.stderr
     assert store_state(tmp_path / "y.zarr") == "missing"
+
+
+def test_a_store_of_many_small_frames_is_sharded_by_default(tmp_path: Path) -> None:
+    """5000 frames of one chunk each: a handful of files by default, 5000 with
+    ``--shards none``; both read back exactly by cubepipe and plain xarray."""
+    rng = np.random.default_rng(4)
+    data = rng.normal(-2, 1, size=(5000, 1, 8, 8)).astype(np.float32)
+    ds = xr.Dataset(
+        {"cube": (("frame", "band", "y", "x"), da.from_array(data, chunks=(1000, 1, 8, 8)))}
+    )
+    default = write_cube(ds, tmp_path / "d.zarr", chunks={"frame": 1})
+    plain = write_cube(ds, tmp_path / "p.zarr", chunks={"frame": 1}, shards="none")
+    assert _files(plain / "cube") == 5000 + 1  # a file per chunk, and zarr.json
+    assert _files(default / "cube") <= 2
+    for store in (default, plain):
+        np.testing.assert_array_equal(open_cube(store)["cube"].values, data)
+        np.testing.assert_array_equal(xr.open_zarr(str(store))["cube"].values, data)
