@@ -12,7 +12,10 @@ The files are the same bytes zarr-python writes and reads (both use numcodecs' z
 a store stays a plain zarr v3 store: tests/storage/test_chunkio.py round-trips chunks
 through both. Any other layout (other codecs, sharding, another key encoding, a
 big-endian chunk on this machine, a non-local store) gets ``None`` from
-:func:`direct_layout` and is read and written through zarr-python as before.
+:func:`direct_layout` and is read and written through zarr-python as before; so does
+every store when the environment says ``CUBEPIPE_DIRECT_IO=0`` (the off switch, for a
+zarr release this module was not verified against: see the upper bound on zarr in
+pyproject.toml).
 
 Writes go to a temporary file that is renamed over the chunk, so a killed writer never
 leaves a half-written chunk behind.
@@ -157,10 +160,36 @@ def frame_content_size(encoded: bytes) -> int | None:
     return value + 256 if size == 2 else value
 
 
+def direct_io_enabled() -> bool:
+    """Whether direct chunk I/O is on: the environment variable ``CUBEPIPE_DIRECT_IO``
+    (``0``/``false``/``no``/``off`` turns it off, and every chunk goes through
+    zarr-python; unset, ``1``/``true``/``yes``/``on``: on).
+
+    Raises
+    ------
+    InputError
+        Any other value.
+    """
+    value = os.environ.get("CUBEPIPE_DIRECT_IO", "").strip().lower()
+    if value in ("", "1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    from .errors import InputError  # noqa: PLC0415
+
+    raise InputError(
+        f"CUBEPIPE_DIRECT_IO={value!r}: expected 0 (off: all chunk I/O through zarr-python) "
+        "or 1 (on, the default)"
+    )
+
+
 def direct_layout(array_dir: str | Path, *, strict: bool = False) -> ChunkLayout | None:
     """The :class:`ChunkLayout` of the zarr v3 array in ``array_dir`` if its chunks can be
-    read and written directly (see the module docs), else ``None``. ``strict``: reading a
+    read and written directly (see the module docs), else ``None`` (also when
+    ``CUBEPIPE_DIRECT_IO=0``, see :func:`direct_io_enabled`). ``strict``: reading a
     missing chunk is an error (for a store marked complete)."""
+    if not direct_io_enabled():
+        return None
     try:
         meta = json.loads((Path(array_dir) / "zarr.json").read_text())
     except (OSError, ValueError):

@@ -243,3 +243,31 @@ def test_kept_chunks_are_read_only_and_released_when_taken(tmp_path: Path) -> No
     import pickle  # noqa: PLC0415
 
     assert pickle.loads(pickle.dumps(kept)).budget == 0  # other processes keep nothing
+
+
+def test_the_off_switch_sends_every_chunk_through_zarr(
+    tmp_path: Path, direct_reads: Counter, monkeypatch: pytest.MonkeyPatch, cli
+) -> None:
+    """``CUBEPIPE_DIRECT_IO=0``: no chunk file is read or written by chunkio, and the
+    store's bytes and values are what the direct path gives."""
+    from cubepipe.storage.errors import InputError  # noqa: PLC0415
+
+    data = _data()
+    direct = _store(tmp_path / "on", data)
+    written: list[tuple] = []
+    monkeypatch.setattr(ChunkLayout, "write_chunk", lambda self, idx, block: written.append(idx))
+    monkeypatch.setenv("CUBEPIPE_DIRECT_IO", "0")
+    assert direct_layout(direct / "cube") is None
+    via_zarr = _store(tmp_path / "off", data)
+    got = open_cube(via_zarr)
+    np.testing.assert_array_equal(got["cube"].values, open_cube(direct)["cube"].values)
+    np.testing.assert_array_equal(got["cube"].values, data)
+    assert not written and not direct_reads
+    for f in sorted((direct / "cube" / "c").rglob("*")):  # the same chunk files, byte for byte
+        if f.is_file():
+            assert (via_zarr / f.relative_to(direct)).read_bytes() == f.read_bytes()
+    monkeypatch.setenv("CUBEPIPE_DIRECT_IO", "maybe")
+    with pytest.raises(InputError, match="CUBEPIPE_DIRECT_IO='maybe'"):
+        open_cube(direct)
+    res = cli("info", str(direct))
+    assert res.returncode == 2 and "CUBEPIPE_DIRECT_IO" in res.stderr
