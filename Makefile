@@ -17,7 +17,7 @@ $(VENV)/.installed-core: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints/torch-cpu.txt | $(BIN)/python
-	$(PIP) install -c constraints/torch-cpu.txt -e ".[dev,distributed,video,ae,cloud]"
+	$(PIP) install -c constraints/torch-cpu.txt -e ".[dev,distributed,video,ae,cloud,geo,netcdf]"
 	touch $@ $(VENV)/.installed-core
 
 demo: $(VENV)/.installed-core
@@ -45,7 +45,7 @@ test-slow: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 -m slow
 
 $(VENV)/.installed-bench: pyproject.toml constraints/torch-cpu.txt | $(BIN)/python
-	$(PIP) install -c constraints/torch-cpu.txt -e ".[dev,distributed,video,ae,cloud,bench]"
+	$(PIP) install -c constraints/torch-cpu.txt -e ".[dev,distributed,video,ae,cloud,geo,netcdf,bench]"
 	touch $@ $(VENV)/.installed-dev $(VENV)/.installed-core
 
 bench: $(VENV)/.installed-bench

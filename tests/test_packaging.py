@@ -23,7 +23,7 @@ CONDA_NAME = {
     "build": "python-build",
 }
 # Extras that conda users install by hand (CUDA- and framework-specific builds).
-NOT_IN_CONDA_ENV = {"gpu", "gpu13", "ae"}
+NOT_IN_CONDA_ENV = {"gpu", "gpu13", "ae", "torch"}
 
 
 def _name(req: str) -> str:
@@ -42,7 +42,9 @@ def test_environment_yml_matches_pyproject() -> None:
             wanted |= {_name(r) for r in reqs}
     wanted = {CONDA_NAME.get(n, n) for n in wanted}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    listed = {_name(d) for d in env["dependencies"] if isinstance(d, str)} - {"python"}
+    deps = env["dependencies"]
+    from_pip = [r for d in deps if isinstance(d, dict) for r in d.get("pip", [])]
+    listed = {_name(d) for d in [*deps, *from_pip] if isinstance(d, str)} - {"python", "pip"}
     assert "conda-forge" in env["channels"]
     assert wanted - listed == set(), "in pyproject.toml but not environment.yml"
     assert listed - wanted == set(), "in environment.yml but not pyproject.toml"
