@@ -6,6 +6,7 @@ imports :mod:`cubepipe.pipeline`.
 """
 
 from ._version import __version__
+from .dataset import open_images
 from .errors import (
     CubepipeError,
     CubepipeWarning,
@@ -51,6 +52,7 @@ __all__ = [
     "history",
     "is_complete",
     "open_cube",
+    "open_images",
     "parse_chunks",
     "read_attrs",
     "set_storage_options",

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .dataset import describe_images
 from .location import is_remote, local_path, remote_store
 from .store import ATTR, _open_group, history, store_state
 
@@ -54,7 +55,9 @@ def describe(path: str | Path) -> dict[str, Any]:
     ``variables`` (name -> dims, shape, dtype, chunks, codecs, bytes_in_memory,
     bytes_on_disk, encoding attrs such as a recorded error bound), ``fitted`` (names of
     model/statistics variables), ``bytes_on_disk``, ``bytes_in_memory``, ``version``,
-    ``history``. Only metadata is read; this is cheap on any size of store.
+    ``history``, ``images`` (image data sets: count, height/width ranges, padding; see
+    :func:`~cubepipe.storage.dataset.describe_images`; None otherwise). Only metadata
+    (and the small per-image size arrays) is read; this is cheap on any size of store.
     """
     remote = is_remote(path)
     p: Path | str = remote_store(str(path)) if remote else local_path(path, "a store")
@@ -103,6 +106,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "bytes_on_disk": size(str(p)),
         "version": meta.get("version"),
         "history": history(attrs),
+        "images": describe_images(group),
     }
 
 

@@ -19,7 +19,7 @@ import xarray as xr
 from .encodings import encode
 from .errors import CubepipeError, FormatError, InputError
 from .readers import check_input, detect_format, open_source
-from .readers.image import check_same, expand_sources, stack_images
+from .readers.image import check_same, expand_sources, open_colored, stack_images
 from .readers.npy import open_npy
 from .sidecar import read_sidecar, sidecar_path
 from .store import write_cube
@@ -253,10 +253,17 @@ def _decode(path: Path, ds: xr.Dataset, dtype: np.dtype | None) -> xr.Dataset:
 
 
 def _open_raw(
-    path: Path, *, format: str, chunks: Mapping[str, int], layout: str | None
+    path: Path,
+    *,
+    format: str,
+    chunks: Mapping[str, int],
+    layout: str | None,
+    color: str | None = None,
 ) -> xr.Dataset:
     check_input(path)
     try:
+        if color is not None:
+            return open_colored(path, color=color, format=format)
         if layout is None:
             return open_source(path, format=format, chunks=chunks)
         name = detect_format(path).name if format in ("auto", None) else format
@@ -272,12 +279,17 @@ def _open_raw(
 
 
 def _open(
-    sources: Sources, format: str, chunks: Any, dtype: Any, layout: str | None
+    sources: Sources,
+    format: str,
+    chunks: Any,
+    dtype: Any,
+    layout: str | None,
+    color: str | None = None,
 ) -> tuple[xr.Dataset, list[Path]]:
     dtype = _requested(dtype)
     paths, collection = expand_sources(sources)
     chunks = dict(chunks or {})
-    raws = [_open_raw(p, format=format, chunks=chunks, layout=layout) for p in paths]
+    raws = [_open_raw(p, format=format, chunks=chunks, layout=layout, color=color) for p in paths]
     if not collection:
         return _decode(paths[0], raws[0], dtype), paths
     check_same(raws, paths)
@@ -295,6 +307,7 @@ def open_input(
     chunks: Mapping[str, int] | None = None,
     dtype: Any = None,
     layout: str | None = None,
+    color: str | None = None,
 ) -> xr.Dataset:
     """Open input files lazily as the float cube :func:`ingest` would write.
 
@@ -302,8 +315,9 @@ def open_input(
     ----------
     sources
         A file, a directory, a glob pattern or a sequence of these. Several files, a
-        directory or a glob form a collection: same-shaped images stacked along a
-        leading ``image`` dim (see :func:`~cubepipe.storage.readers.image.expand_sources`).
+        directory or a glob form a collection: images stacked along a leading ``image``
+        dim, padded when their sizes differ (see
+        :func:`~cubepipe.storage.readers.image.expand_sources`, :mod:`.dataset`).
     format
         ``auto`` (by content, then suffix) or a reader name: ``npy``, ``tiff``, ``png``,
         ``jpeg``, ``envi``, ``video``.
@@ -314,6 +328,10 @@ def open_input(
     layout
         Axis order of ``.npy`` files (``"byx"``, ``"yxb"``, ...; see
         :mod:`~cubepipe.storage.readers.npy`).
+    color
+        ``"rgb"`` or ``"grey"``: give every PNG/JPEG image three bands or one (see
+        :mod:`~cubepipe.storage.readers.image`); images of different sizes are padded
+        into one cube (:mod:`~cubepipe.storage.dataset`).
 
     Returns
     -------
@@ -349,7 +367,7 @@ def open_input(
     for float64), NaN where ``q == nan_value``; attrs ``max_abs_error`` (from the
     sidecar) and ``cubepipe_encoding = "sidecar"`` record it.
     """
-    return _open(sources, format, chunks, dtype, layout)[0]
+    return _open(sources, format, chunks, dtype, layout, color)[0]
 
 
 def write_input(
@@ -431,6 +449,7 @@ def ingest(
     resume: bool = False,
     overwrite: bool = False,
     device: str = "cpu",
+    color: str | None = None,
 ) -> Path:
     """Read input files into a new cube store, chunk by chunk.
 
@@ -439,7 +458,7 @@ def ingest(
 
     Parameters
     ----------
-    sources, format, chunks, dtype, layout
+    sources, format, chunks, dtype, layout, color
         As for :func:`open_input`.
     out, encoding, resume, overwrite, device
         As for :func:`write_input`.
@@ -449,7 +468,7 @@ def ingest(
     pathlib.Path
         ``out``, marked complete.
     """
-    ds, paths = _open(sources, format, chunks, dtype, layout)
+    ds, paths = _open(sources, format, chunks, dtype, layout, color)
     return write_input(
         ds,
         out,
@@ -459,14 +478,18 @@ def ingest(
         resume=resume,
         overwrite=overwrite,
         device=device,
-        params=ingest_params(format=format, dtype=dtype, layout=layout),
+        params=ingest_params(format=format, dtype=dtype, layout=layout, color=color),
     )
 
 
-def ingest_params(*, format: str, dtype: Any, layout: str | None) -> dict[str, Any]:
-    """The reading options as recorded in an ingest's provenance entry."""
+def ingest_params(
+    *, format: str, dtype: Any, layout: str | None, color: str | None = None
+) -> dict[str, Any]:
+    """The reading options as recorded in an ingest's provenance entry (``color`` only
+    when given, so stores started before it existed still resume)."""
     return {
         "format": format,
         "dtype": None if dtype is None else str(_requested(dtype)),
         "layout": layout,
+        **({"color": color} if color is not None else {}),
     }

@@ -20,6 +20,22 @@ def _shape(values: list[int]) -> str:
     return "x".join(str(v) for v in values) if values else "scalar"
 
 
+def _images_line(im: dict[str, Any] | None) -> list[str]:
+    """The ``images`` line of ``cubepipe info`` for an image data set (else none)."""
+    if not im:
+        return []
+    (h0, h1), (w0, w1) = im["height"], im["width"]
+    sizes = f"height {h0}..{h1}, width {w0}..{w1}" if im["padded"] else f"all {h1}x{w1}"
+    pad = (
+        f"; padded to {h1}x{w1} (NaN, mask False), {im['filled']:.0%} of pixels are image"
+        if im["padded"]
+        else ""
+    )
+    more = ", ..." if im["count"] > len(im["names"]) else ""
+    names = f": {', '.join(im['names'])}{more}" if im["names"] else ""
+    return [f"images     {im['count']} ({sizes}{pad}){names}"]
+
+
 def render_info(d: dict[str, Any]) -> str:
     """Human-readable form of :func:`cubepipe.storage.describe`'s dict."""
     state = d["state"]
@@ -34,6 +50,7 @@ def render_info(d: dict[str, Any]) -> str:
         f"state      {state}" + (f" (cubepipe {d['version']})" if d.get("version") else ""),
         "dims       " + " ".join(f"{k}={v}" for k, v in d["dims"].items()),
         f"size       {human_bytes(mem)} in memory, {human_bytes(disk)} on disk{ratio}",
+        *_images_line(d.get("images")),
         "variables",
     ]
     width = max((len(n) for n in d["variables"]), default=4)

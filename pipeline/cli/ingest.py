@@ -13,7 +13,7 @@ from cubepipe.storage import describe, parse_chunks
 from cubepipe.storage.ingest import ingest_params, open_input, write_input
 from cubepipe.storage.layout import parse_shards
 from cubepipe.storage.location import is_remote
-from cubepipe.storage.readers.image import expand_sources
+from cubepipe.storage.readers.image import expand_sources, skipped_files
 from cubepipe.storage.remote import download_inputs
 from cubepipe.storage.store import claim_output
 
@@ -67,6 +67,13 @@ ENCODINGS = ["float32", "float16", "int16-quantized"]
     help="zarr v3 shards: many chunks per file, e.g. frame=256 or y=4096,x=4096, or auto "
     "(image stacks and videos: ~256 MiB of images per file). Default: a file per chunk.",
 )
+@click.option(
+    "--color",
+    type=click.Choice(["rgb", "grey"], case_sensitive=False),
+    default=None,
+    help="PNG/JPEG channels: rgb replicates grey into R,G,B; grey is Pillow's ITU-R 601-2 "
+    "luma; alpha is dropped (default: each file's own channels).",
+)
 @click.option("--resume", is_flag=True, help="Finish an interrupted ingest into OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def ingest(
@@ -79,14 +86,16 @@ def ingest(
     dtype: str | None,
     layout: str | None,
     shards: str | None,
+    color: str | None,
     resume: bool,
     overwrite: bool,
 ) -> None:
     """Read SRC (files, a directory of images or a quoted glob) into the store OUT.
 
     One file becomes a (band, y, x) cube; several files, a directory or a glob become a
-    stack of same-shaped images (image, band, y, x). Data are read and written chunk by
-    chunk, so inputs larger than memory are fine.
+    stack of images (image, band, y, x); images of different sizes are padded with NaN
+    (mask and height/width per image; see cubepipe.storage.dataset). Data are read and
+    written chunk by chunk, so inputs larger than memory are fine.
     """
     sizes = parse_chunks(chunks)
     # Refuse an output that overlaps the input or exists (without --resume/--overwrite)
@@ -102,8 +111,12 @@ def ingest(
         # Open (and so validate) every input before the compute status line: a bad file
         # is then reported on stderr as a single line.
         files, _ = expand_sources(local)
+        skipped = skipped_files(local)
         recorded = list(sources) if local != list(sources) else [str(f) for f in files]
-        ds = open_input(local, format=fmt.lower(), chunks=sizes, dtype=dtype, layout=layout)
+        color = color.lower() if color else None
+        ds = open_input(
+            local, format=fmt.lower(), chunks=sizes, dtype=dtype, layout=layout, color=color
+        )
         with state.compute():
             t0 = time.perf_counter()
             store = write_input(
@@ -115,7 +128,7 @@ def ingest(
                 resume=resume,
                 overwrite=overwrite,
                 device="cpu",  # reading and encoding run on the host
-                params=ingest_params(format=fmt.lower(), dtype=dtype, layout=layout),
+                params=ingest_params(format=fmt.lower(), dtype=dtype, layout=layout, color=color),
                 provenance=provenance(),
                 durable=state.durable,
                 shards=parse_shards(shards),
@@ -129,3 +142,14 @@ def ingest(
         f"{human_bytes(d['bytes_in_memory'])} in memory, {human_bytes(d['bytes_on_disk'])} "
         f"on disk, {elapsed:.1f} s"
     )
+    if skipped:
+        names = ", ".join(f.name for f in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        click.echo(f"skipped {len(skipped)} file(s) no reader recognises: {names}")
+    images = d.get("images")
+    if images and images["padded"]:
+        (h0, h1), (w0, w1) = images["height"], images["width"]
+        click.echo(
+            f"images of different sizes (height {h0}..{h1}, width {w0}..{w1}) padded to "
+            f"{h1}x{w1} with NaN (mask False); {images['filled']:.0%} of the stored pixels "
+            "are image; cubepipe.storage.open_images(STORE) reads each back at its size"
+        )

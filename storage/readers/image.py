@@ -10,10 +10,20 @@ Bands: grey images have one band (``band_name`` ``grey``), grey+alpha two (``gre
 images read as 0/1. 8-bit images are ``uint8``, 16-bit PNGs ``uint16`` (16-bit colour
 PNGs need the ``imagecodecs`` package, since Pillow would drop their low byte).
 
+Forced channels (``color=``, CLI ``--color``): ``"rgb"`` gives every image three bands
+``R, G, B``: grey is replicated into the three (what Pillow's ``convert("RGB")`` does for
+8-bit grey; 16-bit grey stays 16-bit and bilevel stays 0/1), colour images go through
+Pillow's ``convert("RGB")`` (CMYK by Pillow's formula). ``"grey"`` gives one band
+``grey``: colour is converted by ITU-R 601-2 luma exactly as Pillow's ``convert("L")``,
+``L = (19595 R + 38470 G + 7471 B + 32768) >> 16`` (i.e. ``0.299 R + 0.587 G + 0.114 B``
+rounded), on the image's RGB values (16-bit colour: the same formula in 16 bits). Alpha
+is dropped in both, never composited: a transparent pixel keeps its colour.
+
 Collections (:func:`expand_sources`, :func:`stack_images`): a directory, a glob or several
 paths become one Dataset with a leading ``image`` dim (one chunk per image), in sorted
 path order, and a ``source`` coordinate holding each file's path relative to their
-common folder. All images must share shape and dtype.
+common folder. All images must share their band count and dtype; images of different
+heights/widths are padded into one cube (:mod:`cubepipe.storage.dataset`).
 """
 
 from __future__ import annotations
@@ -33,13 +43,22 @@ import numpy as np
 import xarray as xr
 from PIL import Image
 
+from ..dataset import pad_images
 from ..errors import FormatError, InputError, MissingDependencyError
 from ..location import local_path
 from ..sidecar import SIDECAR_SUFFIX
-from .base import READERS, SNIFF_BYTES, ReaderSpec, check_input, register
+from .base import READERS, SNIFF_BYTES, ReaderSpec, check_input, detect_format, register
 from .npy import block_array
 
-__all__ = ["check_same", "expand_sources", "open_image", "stack_images"]
+__all__ = [
+    "COLORS",
+    "check_same",
+    "expand_sources",
+    "open_colored",
+    "open_image",
+    "skipped_files",
+    "stack_images",
+]
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
@@ -63,6 +82,9 @@ _MODES: dict[str, tuple[str | None, tuple[str, ...]]] = {
 #: Pillow format names each reader accepts (phone cameras write JPEGs as MPO).
 _PIL_FORMATS = {"png": ["PNG"], "jpeg": ["JPEG", "MPO"]}
 _COLOUR16 = {2: ("R", "G", "B"), 4: ("grey", "A"), 6: ("R", "G", "B", "A")}
+#: ``color=`` values (see the module docstring).
+COLORS = ("rgb", "grey")
+_RGB, _GREY = ("R", "G", "B"), ("grey",)
 
 
 def _png_ihdr(path: Path) -> tuple[int, int]:
@@ -149,6 +171,28 @@ def _too_big(path: Path, fmt: str, exc: BaseException) -> FormatError:
     )
 
 
+def _check_jpeg_end(path: Path) -> None:
+    """Raise FormatError for a JPEG cut short (a download or copy that stopped).
+
+    A whole JPEG ends with the EOI marker ``FF D9``, possibly followed by a trailer some
+    cameras append; only a file without EOI in its last 4 KiB is decoded here (once) to
+    tell a cut file from a long trailer, so a damaged file in a data set stops the ingest
+    before anything is written.
+    """
+    with path.open("rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 4096))
+        if b"\xff\xd9" in fh.read():
+            return
+    try:
+        with Image.open(path, formats=_PIL_FORMATS["jpeg"]) as im:
+            im.load()
+    except Exception as exc:
+        raise FormatError(
+            f"{path}: truncated or damaged JPEG (no end-of-image marker; {exc}); copy or "
+            "export it again, or leave it out"
+        ) from exc
+
+
 def _inspect(path: Path, fmt: str) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
@@ -164,6 +208,8 @@ def _inspect(path: Path, fmt: str) -> dict[str, Any]:
             "the file is damaged or its suffix is wrong (pass --format to choose a reader)"
         ) from exc
     decoder = "pillow"
+    if fmt == "jpeg":
+        _check_jpeg_end(path)
     if fmt == "png":
         with path.open("rb") as fh:
             fh.seek(max(0, path.stat().st_size - 4096))
@@ -194,17 +240,63 @@ def _inspect(path: Path, fmt: str) -> dict[str, Any]:
     return {"decoder": decoder, "mode": mode, "names": names, "shape": (ny, nx), "dtype": dtype}
 
 
+def _color_plan(info: dict[str, Any], color: str | None) -> dict[str, Any]:
+    """``info`` for forced channels: the Pillow ``mode`` to decode to, the NumPy step
+    ``post`` after decoding (``""``, ``replicate``, ``first``, ``rgb`` or ``luma``) and
+    the band ``names`` (see the module docstring)."""
+    info = {**info, "post": ""}
+    if color is None:
+        return info
+    if color not in COLORS:
+        raise InputError(f"unknown color {color!r}; expected one of {', '.join(COLORS)}")
+    names = info["names"]
+    target = _RGB if color == "rgb" else _GREY
+    if names == target:
+        return info
+    if names[0] == "grey":  # grey or grey+alpha: replicate the grey band, or drop alpha
+        info["post"] = "replicate" if color == "rgb" else "first"
+    elif info["decoder"] == "pillow":  # Pillow converts (alpha dropped, CMYK by formula)
+        info["mode"] = "RGB" if color == "rgb" else "L"
+    else:  # 16-bit colour PNG (imagecodecs): RGB(A)
+        info["post"] = "rgb" if color == "rgb" else "luma"
+    info["names"] = target
+    return info
+
+
+def _post(pixels: np.ndarray, post: str) -> np.ndarray:
+    """The NumPy step of :func:`_color_plan` on ``(band, y, x)`` pixels."""
+    if post == "replicate":
+        return np.repeat(pixels[:1], 3, axis=0)
+    if post == "first":
+        return pixels[:1]
+    if post == "rgb":
+        return pixels[:3]
+    if post == "luma":  # Pillow's ITU-R 601-2 integer luma, in 16 bits
+        r, g, b = (pixels[i].astype(np.uint64) for i in range(3))
+        return ((19595 * r + 38470 * g + 7471 * b + 0x8000) >> 16).astype(pixels.dtype)[None]
+    return pixels
+
+
 def _decode(path: str, fmt: str, decoder: str, mode: str) -> np.ndarray:
     if decoder == "imagecodecs":
         import imagecodecs  # noqa: PLC0415 (its presence was checked at open)
 
         return imagecodecs.png_decode(Path(path).read_bytes())
     with Image.open(path, formats=_PIL_FORMATS[fmt]) as im:
+        if mode == "L" and im.mode not in ("L", "RGB"):
+            # luma of the image's RGB values (YCbCr, CMYK, palette, alpha: as RGB first)
+            return np.asarray(im.convert("RGB").convert("L"))
         return np.asarray(im.convert(mode) if im.mode != mode else im)
 
 
 def _read_image(
-    path: str, fmt: str, decoder: str, mode: str, dtype: str, block_info: Any = None
+    path: str,
+    fmt: str,
+    decoder: str,
+    mode: str,
+    dtype: str,
+    post: str = "",
+    block_info: Any = None,
 ) -> np.ndarray:
     """The whole image as one ``(band, y, x)`` block."""
     try:
@@ -220,11 +312,15 @@ def _read_image(
     except Exception as exc:
         raise FormatError(f"{path}: decoding the {fmt.upper()} image failed ({exc})") from exc
     pixels = pixels[np.newaxis] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
-    return np.ascontiguousarray(pixels, dtype=np.dtype(dtype))
+    return np.ascontiguousarray(_post(pixels, post), dtype=np.dtype(dtype))
 
 
 def open_image(
-    path: str | Path, *, chunks: Mapping[str, int] | None = None, fmt: str | None = None
+    path: str | Path,
+    *,
+    chunks: Mapping[str, int] | None = None,
+    fmt: str | None = None,
+    color: str | None = None,
 ) -> xr.Dataset:
     """Open a PNG or JPEG image lazily as a cube Dataset (one block, decoded on compute).
 
@@ -236,6 +332,9 @@ def open_image(
         Ignored: an image is always one block (see the module docstring).
     fmt
         ``"png"`` or ``"jpeg"``; default: from the file's first bytes.
+    color
+        ``"rgb"`` or ``"grey"``: force three bands or one (see the module docstring for
+        the conversions); None keeps the file's own channels.
 
     Returns
     -------
@@ -252,7 +351,7 @@ def open_image(
     if fmt is None:
         with p.open("rb") as fh:
             fmt = "png" if fh.read(len(_PNG)) == _PNG else "jpeg"
-    info = _inspect(p, fmt)
+    info = _color_plan(_inspect(p, fmt), color)
     ny, nx = info["shape"]
     nb = len(info["names"])
     data = block_array(
@@ -262,6 +361,7 @@ def open_image(
         info["decoder"],
         info["mode"],
         info["dtype"].str,
+        info["post"],
         shape=(nb, ny, nx),
         dtype=info["dtype"],
         dims=("band", "y", "x"),
@@ -296,6 +396,19 @@ register(ReaderSpec("png", (".png",), _sniff_png, _open_png))
 register(ReaderSpec("jpeg", (".jpg", ".jpeg", ".jpe", ".jfif"), _sniff_jpeg, _open_jpeg, ("jpg",)))
 
 
+def open_colored(path: str | Path, *, color: str, format: str = "auto") -> xr.Dataset:
+    """:func:`open_image` with forced channels (``color``: ``"rgb"`` or ``"grey"``);
+    :class:`InputError` for a file that is not a PNG or JPEG image."""
+    name = detect_format(path).name if format in ("auto", None) else format.lower()
+    name = {"jpg": "jpeg"}.get(name, name)
+    if name not in _PIL_FORMATS:
+        raise InputError(
+            f"{path}: --color (color=) applies to PNG and JPEG images; this file is read as "
+            f"{name}: leave --color out, or ingest the images without it"
+        )
+    return open_image(path, fmt=name, color=color)
+
+
 # -- collections ---------------------------------------------------------------------------
 
 
@@ -321,6 +434,25 @@ def _listing(folder: Path) -> list[Path]:
     if not files:
         raise InputError(f"{folder}: the directory holds no file any reader recognises")
     return files
+
+
+def skipped_files(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The files of the directories among ``sources`` that :func:`expand_sources` leaves
+    out because no reader recognises them (``notes.txt``, a ``.webp``), to be reported."""
+    items = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
+    skipped: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            skipped += [
+                f
+                for f in sorted(p.iterdir())
+                if f.is_file()
+                and not f.name.startswith(".")
+                and not f.name.endswith(SIDECAR_SUFFIX)
+                and not _readable(f)
+            ]
+    return skipped
 
 
 def expand_sources(
@@ -385,7 +517,8 @@ def _describe(ds: xr.Dataset) -> str:
 def check_same(datasets: Sequence[xr.Dataset], paths: Sequence[Path]) -> None:
     """Raise :class:`FormatError` naming the first file unlike the first one.
 
-    Every ``cube`` must have dims ``(band, y, x)`` and the first file's shape and dtype.
+    Every ``cube`` must have dims ``(band, y, x)`` and the first file's band count and
+    dtype; heights and widths may differ (:func:`stack_images` pads them).
     """
     first = datasets[0]["cube"]
     for ds, path in zip(datasets, paths, strict=True):
@@ -395,22 +528,29 @@ def check_same(datasets: Sequence[xr.Dataset], paths: Sequence[Path]) -> None:
                 f"{path}: is a {_describe(ds)} cube; a directory or glob stacks (band, y, x) "
                 "images only: ingest this file on its own"
             )
-        if cube.shape != first.shape or cube.dtype != first.dtype:
+        if cube.sizes["band"] != first.sizes["band"] or cube.dtype != first.dtype:
+            colour = ds.attrs.get("format") in _PIL_FORMATS and cube.dtype == first.dtype
             raise FormatError(
                 f"{path}: image is {_describe(ds)} but the first file {paths[0]} is "
                 f"{_describe(datasets[0])}; a directory or glob ingests as one stack of "
-                "same-shaped images: resize/convert them or ingest them separately"
+                "images with the same bands and dtype (their sizes may differ): "
+                + (
+                    "pass --color rgb (or --color grey) to give every image the same channels"
+                    if colour
+                    else "convert them or ingest them separately"
+                )
             )
 
 
 def stack_images(datasets: Sequence[xr.Dataset], paths: Sequence[Path]) -> xr.Dataset:
-    """Stack same-shaped ``(band, y, x)`` Datasets along a new leading ``image`` dim.
+    """Stack ``(band, y, x)`` Datasets along a new leading ``image`` dim.
 
     Parameters
     ----------
     datasets
         One Dataset per file, as checked by :func:`check_same`; a ``mask`` variable in
-        any of them is stacked too (all-valid for those without one).
+        any of them is stacked too (all-valid for those without one). Float cubes of
+        different heights/widths are padded (:func:`~cubepipe.storage.dataset.pad_images`).
     paths
         The files, giving coordinate ``source`` (paths relative to their common folder).
 
@@ -418,10 +558,15 @@ def stack_images(datasets: Sequence[xr.Dataset], paths: Sequence[Path]) -> xr.Da
     -------
     xarray.Dataset
         ``cube`` ``(image, band, y, x)``, one chunk per image; band coordinates and cube
-        attrs from the first file (``max_abs_error``: the largest of all files).
+        attrs from the first file (``max_abs_error``: the largest of all files). Padded:
+        also ``mask (image, y, x)`` and coordinates ``height``, ``width``.
     """
     first = datasets[0]
-    cube = da.stack([ds["cube"].data for ds in datasets], axis=0)
+    if len({ds["cube"].shape for ds in datasets}) > 1:
+        out = pad_images(datasets)
+        cube, padded = out["cube"].data, out
+    else:
+        cube, padded = da.stack([ds["cube"].data for ds in datasets], axis=0), None
     attrs = dict(first["cube"].attrs)
     errors = [
         ds["cube"].attrs["max_abs_error"] for ds in datasets if "max_abs_error" in ds["cube"].attrs
@@ -440,6 +585,10 @@ def stack_images(datasets: Sequence[xr.Dataset], paths: Sequence[Path]) -> xr.Da
         },
         attrs=dict(first.attrs),
     )
+    if padded is not None:
+        return out.assign(mask=padded["mask"]).assign_coords(
+            {k: padded[k] for k in ("height", "width")}
+        )
     if any("mask" in ds for ds in datasets):
         ny, nx = first["cube"].sizes["y"], first["cube"].sizes["x"]
         masks = [

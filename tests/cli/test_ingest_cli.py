@@ -86,7 +86,13 @@ def _pickled_npy(d: Path) -> Path:
 
 def _mixed_dir(d: Path) -> Path:
     (d / "imgs").mkdir()
-    for name, shape in [("a.png", (8, 8)), ("b.png", (8, 8)), ("c.png", (9, 8)), ("d.png", (9, 8))]:
+    # sizes may differ (padded); grey beside RGB needs --color
+    for name, shape in [
+        ("a.png", (8, 8)),
+        ("b.png", (8, 8)),
+        ("c.png", (9, 8, 3)),
+        ("d.png", (9, 8)),
+    ]:
         Image.fromarray(np.zeros(shape, "uint8")).save(d / "imgs" / name)
     return d / "imgs"
 
@@ -106,7 +112,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str, str]] = {
     "garbage-tif": (_garbage_tif, "junk.tif", "not a TIFF file"),
     "empty-file": (_empty, "empty.npy", "empty"),
     "pickled-npy": (_pickled_npy, "objects.npy", "never unpickles"),
-    "mixed-shapes": (_mixed_dir, "c.png", "same-shaped images"),
+    "mixed-shapes": (_mixed_dir, "c.png", "--color rgb"),
     "unknown-format": (_unknown, "data.xyz", "unknown format"),
     "missing-path": (_missing, "no-such-file.tif", "not found"),
 }
