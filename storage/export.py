@@ -7,6 +7,9 @@ The writer is chosen by the suffix of the output:
     dim), bit for bit: negatives, NaN, -0.0, subnormals, +-3.4e38. Streamed: the cube is
     read once, chunk by chunk, and never held in memory. BigTIFF above 4 GiB. Read by
     tifffile, Pillow (mode ``F``) and OpenCV (``IMREAD_UNCHANGED``, ``imreadmulti``).
+    A georeferenced store (:mod:`~cubepipe.storage.geo`) exports as a GeoTIFF instead:
+    the bands are the samples of one page (per image/frame), as GDAL reads bands, with
+    the store's CRS and transform written by GDAL (rasterio, the ``geo`` extra).
 ``.npy``
     The same values as a NumPy array with the store's dims (``(..., band, y, x)``).
 ``.png``, ``.jpg``/``.jpeg``
@@ -40,6 +43,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import FileSystemError, InputError
+from .geo import GeoRef, crs_name, georef_of, rasterio_module
 from .guard import check_disjoint
 from .layout import CORE_DIMS, LEADING_DIMS
 from .location import is_remote
@@ -53,6 +57,8 @@ from .writers.scaling import ScaleSpec, parse_scale
 
 __all__ = ["SUFFIXES", "ExportJob", "ExportResult", "check_room", "export", "prepare_export"]
 
+#: Dims that may stand where ``band`` does: PCA/autoencoder scores are ``(component, y, x)``.
+_SPECTRAL = ("band", "component")
 #: Output suffix -> format.
 SUFFIXES = {
     ".tif": "tiff",
@@ -149,14 +155,15 @@ def _select(
     var = ds[variable]
     dims = tuple(map(str, var.dims))
     lead_ok = var.ndim == 3 or (var.ndim == 4 and dims[0] in LEADING_DIMS)
-    if dims[-3:] != CORE_DIMS or not lead_ok:
+    core = ("band", *dims[-2:]) if len(dims) >= 3 and dims[-3] in _SPECTRAL else dims
+    if core != CORE_DIMS or not lead_ok:
         raise InputError(
-            f"{store}:{variable} has dims {dims}; export needs (band, y, x), optionally with "
-            f"a leading {' or '.join(LEADING_DIMS)} dim"
+            f"{store}:{variable} has dims {dims}; export needs (band, y, x) or (component, "
+            f"y, x), optionally with a leading {' or '.join(LEADING_DIMS)} dim"
         )
     if var.dtype.kind not in "fiu":
         raise InputError(f"{store}:{variable} has dtype {var.dtype}; only real values export")
-    n = var.sizes["band"]
+    n = var.sizes[dims[-3]]
     idx = list(range(n)) if bands is None else [int(b) for b in bands]
     if not idx or any(not 0 <= b < n for b in idx):
         raise InputError(
@@ -165,7 +172,7 @@ def _select(
         )
     if len(set(idx)) != len(idx) and len(idx) != 3:
         raise InputError(f"--bands lists a band twice ({','.join(map(str, idx))}); list each once")
-    return (var if bands is None else var.isel(band=idx)), idx
+    return (var if bands is None else var.isel({dims[-3]: idx})), idx
 
 
 @dataclass
@@ -180,6 +187,7 @@ class ExportJob:
     bits: int | None
     spec: ScaleSpec | None
     plans: list[ImagePlan]
+    georef: GeoRef | None = None
 
     def run(self) -> ExportResult:
         """Read the store and write the file(s).
@@ -192,6 +200,7 @@ class ExportJob:
             return self._floats() if self.spec is None else self._images()
 
     def _floats(self) -> ExportResult:
+        georef = self.georef if self.fmt == "tiff" else None
         r = export_floats(
             self.var,
             self.out,
@@ -199,6 +208,7 @@ class ExportJob:
             bits=self.bits,
             bands=self.bands,
             source=self.source,
+            georef=georef,
         )
         src, dtype, err = self.var.dtype, r["dtype"], r["max_abs_error"]
         if not r["exact"]:
@@ -213,6 +223,12 @@ class ExportJob:
             how += f"; the store itself is within {stored:.3g} of its source ({enc})"
         n_pages = int(np.prod(self.var.shape[:-2]))
         pages = f", {n_pages} page(s)" if self.fmt == "tiff" else ""
+        if georef is not None:
+            n_pages = int(np.prod(self.var.shape[:-3]))
+            pages = f", GeoTIFF {crs_name(georef)}, {self.var.shape[-3]} band(s) per page"
+            pages += f", {n_pages} page(s)" if n_pages > 1 else ""
+        elif self.georef is not None:
+            pages = " (no georeferencing: .npy has no place for it; export .tif for that)"
         shape = "x".join(map(str, self.var.shape))
         summary = f"wrote {self.out} ({self.fmt}, {dtype} {shape}{pages}; {how})"
         return ExportResult(
@@ -240,6 +256,8 @@ class ExportJob:
             f"q*scale+offset restores floats within {r['max_abs_error']:.3g}; "
             f"{r['clipped']} value(s) clipped"
         )
+        if self.georef is not None:
+            summary += f"; no georeferencing ({self.fmt.upper()}): export .tif for a GeoTIFF"
         return ExportResult(
             files,
             dtype=f"uint{self.bits}",
@@ -331,7 +349,10 @@ def prepare_export(
         outputs = [p for pl in plans for p in (pl.path, sidecar_path(pl.path))]
         check_free(outputs, overwrite=overwrite)
         check_room(out, n_values * (bits // 8))  # the codes, written before the images
-    return ExportJob(var, out, fmt, idx, str(store), bits, spec, plans)
+    georef = georef_of(var)
+    if georef is not None and fmt == "tiff":
+        rasterio_module(f"exporting the georeferenced {store}:{variable} as a GeoTIFF")
+    return ExportJob(var, out, fmt, idx, str(store), bits, spec, plans, georef)
 
 
 def export(

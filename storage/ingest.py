@@ -19,6 +19,7 @@ import xarray as xr
 from .encodings import encode
 from .errors import CubepipeError, FormatError, InputError
 from .readers import check_input, detect_format, open_source
+from .readers.bands import band_files, check_bands, stack_bands
 from .readers.image import check_same, expand_sources, open_colored, stack_images
 from .readers.npy import open_npy
 from .sidecar import read_sidecar, sidecar_path
@@ -27,6 +28,8 @@ from .store import write_cube
 __all__ = ["ingest", "ingest_params", "open_input", "write_input"]
 
 Sources = str | os.PathLike | Sequence[str | os.PathLike]
+#: How several files combine: ``images`` (a leading ``image`` dim) or ``bands``.
+STACKS = ("images", "bands")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -259,13 +262,14 @@ def _open_raw(
     chunks: Mapping[str, int],
     layout: str | None,
     color: str | None = None,
+    **options: Any,
 ) -> xr.Dataset:
     check_input(path)
     try:
         if color is not None:
             return open_colored(path, color=color, format=format)
         if layout is None:
-            return open_source(path, format=format, chunks=chunks)
+            return open_source(path, format=format, chunks=chunks, **options)
         name = detect_format(path).name if format in ("auto", None) else format
         if name != "npy":
             raise InputError(
@@ -285,11 +289,33 @@ def _open(
     dtype: Any,
     layout: str | None,
     color: str | None = None,
+    *,
+    stack: str = "images",
+    wavelengths: Sequence[float] | None = None,
+    **options: Any,
 ) -> tuple[xr.Dataset, list[Path]]:
     dtype = _requested(dtype)
+    if stack not in STACKS:
+        raise InputError(f"unknown stack {stack!r}; expected one of: {', '.join(STACKS)}")
+    if stack == "bands":
+        paths = band_files(sources)
+        raws = [
+            _open_raw(
+                p, format=format, chunks=dict(chunks or {}), layout=layout, color=color, **options
+            )
+            for p in paths
+        ]
+        check_bands(raws, paths)
+        decoded = [_decode(p, ds, dtype) for p, ds in zip(paths, raws, strict=True)]
+        return stack_bands(decoded, paths, wavelengths=wavelengths), paths
+    if wavelengths is not None:
+        raise InputError("wavelengths (--wavelengths) apply to band stacks (--stack bands) only")
     paths, collection = expand_sources(sources)
     chunks = dict(chunks or {})
-    raws = [_open_raw(p, format=format, chunks=chunks, layout=layout, color=color) for p in paths]
+    raws = [
+        _open_raw(p, format=format, chunks=chunks, layout=layout, color=color, **options)
+        for p in paths
+    ]
     if not collection:
         return _decode(paths[0], raws[0], dtype), paths
     check_same(raws, paths)
@@ -308,6 +334,11 @@ def open_input(
     dtype: Any = None,
     layout: str | None = None,
     color: str | None = None,
+    stack: str = "images",
+    wavelengths: Sequence[float] | None = None,
+    variable: str | None = None,
+    dims: str | Sequence[str] | None = None,
+    georef: bool = True,
 ) -> xr.Dataset:
     """Open input files lazily as the float cube :func:`ingest` would write.
 
@@ -332,6 +363,20 @@ def open_input(
         ``"rgb"`` or ``"grey"``: give every PNG/JPEG image three bands or one (see
         :mod:`~cubepipe.storage.readers.image`); images of different sizes are padded
         into one cube (:mod:`~cubepipe.storage.dataset`).
+    stack
+        ``"images"`` (the default; see ``sources``) or ``"bands"``: single-band files of
+        one size, dtype and grid become the bands of one ``(band, y, x)`` cube (see
+        :mod:`~cubepipe.storage.readers.bands`; Landsat 8/9 band files get their
+        wavelengths from a built-in table).
+    wavelengths
+        With ``stack="bands"``: one wavelength (nm) per file, in band order.
+    variable, dims
+        NetCDF/HDF5 inputs: the variable to read and the names of its dims that become
+        ``(band, y, x)`` (see :mod:`~cubepipe.storage.readers.netcdf`).
+    georef
+        Read georeferencing (CRS and transform) into ``spatial_ref`` and ``y``/``x``
+        coordinates (:mod:`~cubepipe.storage.geo`; needs rasterio, the ``geo`` extra,
+        for files that have any); False skips it.
 
     Returns
     -------
@@ -367,7 +412,22 @@ def open_input(
     for float64), NaN where ``q == nan_value``; attrs ``max_abs_error`` (from the
     sidecar) and ``cubepipe_encoding = "sidecar"`` record it.
     """
-    return _open(sources, format, chunks, dtype, layout, color)[0]
+    return _open(
+        sources,
+        format,
+        chunks,
+        dtype,
+        layout,
+        color,
+        stack=stack,
+        wavelengths=wavelengths,
+        **_reader_options(variable, dims, georef),
+    )[0]
+
+
+def _reader_options(variable: str | None, dims: Any, georef: bool) -> dict[str, Any]:
+    """Reader options for :func:`~cubepipe.storage.readers.open_source` (None: not given)."""
+    return {"variable": variable, "dims": dims, "georef": None if georef else False}
 
 
 def write_input(
@@ -450,6 +510,11 @@ def ingest(
     overwrite: bool = False,
     device: str = "cpu",
     color: str | None = None,
+    stack: str = "images",
+    wavelengths: Sequence[float] | None = None,
+    variable: str | None = None,
+    dims: str | Sequence[str] | None = None,
+    georef: bool = True,
 ) -> Path:
     """Read input files into a new cube store, chunk by chunk.
 
@@ -458,7 +523,7 @@ def ingest(
 
     Parameters
     ----------
-    sources, format, chunks, dtype, layout, color
+    sources, format, chunks, dtype, layout, color, stack, wavelengths, variable, dims, georef
         As for :func:`open_input`.
     out, encoding, resume, overwrite, device
         As for :func:`write_input`.
@@ -468,7 +533,17 @@ def ingest(
     pathlib.Path
         ``out``, marked complete.
     """
-    ds, paths = _open(sources, format, chunks, dtype, layout, color)
+    ds, paths = _open(
+        sources,
+        format,
+        chunks,
+        dtype,
+        layout,
+        color,
+        stack=stack,
+        wavelengths=wavelengths,
+        **_reader_options(variable, dims, georef),
+    )
     return write_input(
         ds,
         out,
@@ -478,18 +553,45 @@ def ingest(
         resume=resume,
         overwrite=overwrite,
         device=device,
-        params=ingest_params(format=format, dtype=dtype, layout=layout, color=color),
+        params=ingest_params(
+            format=format,
+            dtype=dtype,
+            layout=layout,
+            color=color,
+            stack=stack,
+            wavelengths=wavelengths,
+            variable=variable,
+            dims=dims,
+            georef=georef,
+        ),
     )
 
 
 def ingest_params(
-    *, format: str, dtype: Any, layout: str | None, color: str | None = None
+    *,
+    format: str,
+    dtype: Any,
+    layout: str | None,
+    color: str | None = None,
+    stack: str = "images",
+    wavelengths: Sequence[float] | None = None,
+    variable: str | None = None,
+    dims: str | Sequence[str] | None = None,
+    georef: bool = True,
 ) -> dict[str, Any]:
-    """The reading options as recorded in an ingest's provenance entry (``color`` only
-    when given, so stores started before it existed still resume)."""
+    """The reading options as recorded in an ingest's provenance entry (``color``,
+    ``stack``... only when given, so stores started before they existed still resume)."""
+    later = {
+        "color": color,
+        "stack": None if stack == "images" else stack,
+        "wavelengths": None if wavelengths is None else [float(w) for w in wavelengths],
+        "variable": variable,
+        "dims": dims if dims is None or isinstance(dims, str) else ",".join(dims),
+        "georef": None if georef else False,
+    }
     return {
         "format": format,
         "dtype": None if dtype is None else str(_requested(dtype)),
         "layout": layout,
-        **({"color": color} if color is not None else {}),
+        **{k: v for k, v in later.items() if v is not None},
     }

@@ -10,6 +10,7 @@ import xarray as xr
 
 from cubepipe.storage import open_cube, parse_chunks, store_state, write_cube
 from cubepipe.storage.errors import InputError
+from cubepipe.storage.geo import carry_georef
 from cubepipe.storage.layout import parse_shards
 from cubepipe.storage.location import is_remote, is_url, local_path
 
@@ -121,7 +122,11 @@ def write_output(
     """:func:`~cubepipe.storage.write_cube` with what :func:`write_options` collected
     (``--chunks`` on top of ``base_chunks``, ``--resume``, ``--overwrite``); the command's
     device and invocation are recorded in the provenance. Chunks computed on the GPU come
-    to the host here, one copy per chunk as it is written."""
+    to the host here, one copy per chunk as it is written. An output of a georeferenced
+    input (``inputs[0]``) is georeferenced like it (PCA scores and reconstructions are
+    built without coordinates; see :func:`~cubepipe.storage.geo.carry_georef`)."""
+    if inputs:
+        ds = carry_georef(ds, inputs[0])
     return write_cube(
         to_host(ds),
         output,

@@ -8,11 +8,13 @@ import time
 from pathlib import Path
 
 import click
+import xarray as xr
 
 from cubepipe.storage import describe, parse_chunks
 from cubepipe.storage.ingest import ingest_params, open_input, write_input
 from cubepipe.storage.layout import parse_shards
 from cubepipe.storage.location import is_remote
+from cubepipe.storage.readers.bands import band_files
 from cubepipe.storage.readers.image import expand_sources, skipped_files
 from cubepipe.storage.remote import download_inputs
 from cubepipe.storage.store import claim_output
@@ -22,8 +24,30 @@ from ._format import human_bytes
 from ._io import LocalPath, check_shards
 from ._jobs import provenance
 
-FORMATS = ["auto", "npy", "tiff", "png", "jpeg", "envi", "video"]
+FORMATS = ["auto", "npy", "tiff", "png", "jpeg", "envi", "video", "netcdf"]
 ENCODINGS = ["float32", "float16", "int16-quantized"]
+
+
+def _wavelengths(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(w) for w in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected wavelengths in nm separated by commas, e.g. 443,482,561; got {value!r}"
+        ) from None
+
+
+def _band_summary(ds: xr.Dataset) -> str | None:
+    """``B1 443 nm, B2 482.5 nm, ...`` for a band stack with wavelengths."""
+    if "wavelength" not in ds.coords:
+        return None
+    wl = ds.coords["wavelength"].values
+    names = ds.coords["band_name"].values if "band_name" in ds.coords else range(len(wl))
+    return ", ".join(f"{n} {w:g} nm" for n, w in zip(names, wl, strict=True))
 
 
 @command("ingest")
@@ -74,6 +98,37 @@ ENCODINGS = ["float32", "float16", "int16-quantized"]
     help="PNG/JPEG channels: rgb replicates grey into R,G,B; grey is Pillow's ITU-R 601-2 "
     "luma; alpha is dropped (default: each file's own channels).",
 )
+@click.option(
+    "--stack",
+    "stack_by",
+    type=click.Choice(["images", "bands"], case_sensitive=False),
+    default="images",
+    show_default=True,
+    help="How several files combine: images (a leading image dim) or bands (single-band "
+    "files of one size and grid -> one (band, y, x) cube; Landsat 8/9 band files get "
+    "their wavelengths).",
+)
+@click.option(
+    "--wavelengths",
+    callback=_wavelengths,
+    help="With --stack bands: one wavelength in nm per file, in band order, e.g. 443,482,561.",
+)
+@click.option(
+    "--variable",
+    help="NetCDF/HDF5: the variable to read (GROUP/NAME inside a group); default: the only "
+    "3-D numeric one.",
+)
+@click.option(
+    "--dims",
+    help="NetCDF/HDF5: the variable's dims that become band,y,x, in that order, e.g. "
+    "wavelength,lat,lon (default: recognised by name).",
+)
+@click.option(
+    "--no-georef",
+    is_flag=True,
+    help="Do not read the CRS and transform (GeoTIFF keys, ENVI map info, NetCDF grid "
+    "mapping; reading them needs the geo extra).",
+)
 @click.option("--resume", is_flag=True, help="Finish an interrupted ingest into OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def ingest(
@@ -87,6 +142,11 @@ def ingest(
     layout: str | None,
     shards: str | None,
     color: str | None,
+    stack_by: str,
+    wavelengths: list[float] | None,
+    variable: str | None,
+    dims: str | None,
+    no_georef: bool,
     resume: bool,
     overwrite: bool,
 ) -> None:
@@ -94,8 +154,11 @@ def ingest(
 
     One file becomes a (band, y, x) cube; several files, a directory or a glob become a
     stack of images (image, band, y, x); images of different sizes are padded with NaN
-    (mask and height/width per image; see cubepipe.storage.dataset). Data are read and
-    written chunk by chunk, so inputs larger than memory are fine.
+    (mask and height/width per image; see cubepipe.storage.dataset). With --stack bands,
+    single-band files of one size and grid (Landsat's B1..B11) become the bands of one
+    (band, y, x) cube. Georeferencing (CRS, transform) is kept as a spatial_ref variable
+    with x/y coordinates. Data are read and written chunk by chunk, so inputs larger than
+    memory are fine.
     """
     sizes = parse_chunks(chunks)
     # Refuse an output that overlaps the input or exists (without --resume/--overwrite)
@@ -110,12 +173,22 @@ def ingest(
             local = download_inputs(list(sources), tmp)
         # Open (and so validate) every input before the compute status line: a bad file
         # is then reported on stderr as a single line.
-        files, _ = expand_sources(local)
+        stack_by = stack_by.lower()
+        files = band_files(local) if stack_by == "bands" else expand_sources(local)[0]
         skipped = skipped_files(local)
         recorded = list(sources) if local != list(sources) else [str(f) for f in files]
         color = color.lower() if color else None
+        options = {"variable": variable, "dims": dims, "georef": not no_georef}
         ds = open_input(
-            local, format=fmt.lower(), chunks=sizes, dtype=dtype, layout=layout, color=color
+            local,
+            format=fmt.lower(),
+            chunks=sizes,
+            dtype=dtype,
+            layout=layout,
+            color=color,
+            stack=stack_by,
+            wavelengths=wavelengths,
+            **options,
         )
         with state.compute():
             t0 = time.perf_counter()
@@ -128,7 +201,15 @@ def ingest(
                 resume=resume,
                 overwrite=overwrite,
                 device="cpu",  # reading and encoding run on the host
-                params=ingest_params(format=fmt.lower(), dtype=dtype, layout=layout, color=color),
+                params=ingest_params(
+                    format=fmt.lower(),
+                    dtype=dtype,
+                    layout=layout,
+                    color=color,
+                    stack=stack_by,
+                    wavelengths=wavelengths,
+                    **options,
+                ),
                 provenance=provenance(),
                 durable=state.durable,
                 shards=parse_shards(shards),
@@ -142,6 +223,9 @@ def ingest(
         f"{human_bytes(d['bytes_in_memory'])} in memory, {human_bytes(d['bytes_on_disk'])} "
         f"on disk, {elapsed:.1f} s"
     )
+    bands = _band_summary(ds) if stack_by == "bands" else None
+    if bands:
+        click.echo(f"bands: {bands}")
     if skipped:
         names = ", ".join(f.name for f in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         click.echo(f"skipped {len(skipped)} file(s) no reader recognises: {names}")

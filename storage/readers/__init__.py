@@ -3,7 +3,7 @@
 Importing this package registers every reader in :data:`READERS`.
 """
 
-from . import envi, image, npy, tiff, video  # noqa: F401  (each registers its reader)
+from . import envi, image, netcdf, npy, tiff, video  # noqa: F401  (each registers its reader)
 from .base import READERS, ReaderSpec, check_input, detect_format, open_source, register
 
 __all__ = ["READERS", "ReaderSpec", "check_input", "detect_format", "open_source", "register"]

@@ -15,12 +15,21 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import xarray as xr
 
 from ..errors import FormatError, InputError, StoreNotFoundError
 
-__all__ = ["READERS", "ReaderSpec", "check_input", "detect_format", "open_source", "register"]
+__all__ = [
+    "OPTIONS",
+    "READERS",
+    "ReaderSpec",
+    "check_input",
+    "detect_format",
+    "open_source",
+    "register",
+]
 
 #: How many leading bytes a sniffer sees.
 SNIFF_BYTES = 64
@@ -39,8 +48,10 @@ class ReaderSpec:
     sniff
         ``sniff(first_bytes, path) -> bool``: does this file look like the format?
     open
-        ``open(path, *, chunks) -> xarray.Dataset``: lazy, as the module docstring says.
-        ``chunks`` maps dim names to the chunk sizes the store will use.
+        ``open(path, *, chunks, **options) -> xarray.Dataset``: lazy, as the module
+        docstring says. ``chunks`` maps dim names to the chunk sizes the store will use.
+    options
+        The keyword options ``open`` takes besides ``chunks`` (:data:`OPTIONS`).
     """
 
     name: str
@@ -48,6 +59,13 @@ class ReaderSpec:
     sniff: Callable[[bytes, Path], bool]
     open: Callable[..., xr.Dataset]
     aliases: tuple[str, ...] = field(default=())
+    options: tuple[str, ...] = field(default=())
+
+
+#: Reader options :func:`open_source` passes on: the command-line option that sets each,
+#: and whether a reader without it may ignore it (``georef``: a PNG has none to skip).
+OPTIONS = {"georef": ("--no-georef", True), "variable": ("--variable", False)}
+OPTIONS["dims"] = ("--dims", False)
 
 
 READERS: dict[str, ReaderSpec] = {}
@@ -135,9 +153,21 @@ def open_source(
     *,
     format: str = "auto",
     chunks: Mapping[str, int] | None = None,
+    **options: Any,
 ) -> xr.Dataset:
-    """Open one input file lazily with the reader for it (see module docstring)."""
+    """Open one input file lazily with the reader for it (see module docstring).
+
+    ``options`` (:data:`OPTIONS`; None means not given) go to readers that take them; a
+    reader-specific one (``variable``) given for another format is an InputError.
+    """
     check_input(path)
     spec = detect_format(path) if format in ("auto", None) else _by_name(format)
     p = Path(path)
-    return spec.open(p, chunks=dict(chunks or {}))
+    given = {k: v for k, v in options.items() if v is not None}
+    for key in given:
+        flag, ignorable = OPTIONS[key]
+        if key not in spec.options and not ignorable:
+            takes = ", ".join(sorted(s.name for s in READERS.values() if key in s.options))
+            raise InputError(f"{p}: {flag} applies to {takes} inputs only; this is {spec.name}")
+    passed = {k: v for k, v in given.items() if k in spec.options}
+    return spec.open(p, chunks=dict(chunks or {}), **passed)

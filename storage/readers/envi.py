@@ -19,10 +19,11 @@ import xarray as xr
 from dask.base import tokenize
 
 from ..errors import CubepipeWarning, FormatError
+from ..geo import assign_georef, read_georef
 from ..layout import default_chunks
 from .base import ReaderSpec, register
 
-__all__ = ["find_pair", "open_envi", "parse_header", "read_header"]
+__all__ = ["find_pair", "nm_factor", "open_envi", "parse_header", "read_header"]
 
 #: Largest header read: headers are text, a few KiB even with thousands of wavelengths.
 MAX_HEADER_BYTES = 16 * 2**20
@@ -37,6 +38,12 @@ _TO_BYX = {"bsq": (0, 1, 2), "bil": (1, 0, 2), "bip": (2, 0, 1)}
 #: and their factor to nanometres.
 _TO_NM = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "μm": 1e3, "micron": 1e3}
 _TO_NM |= {"micrometer": 1e3, "mm": 1e6, "millimeter": 1e6}
+
+
+def nm_factor(unit: str) -> float | None:
+    """The factor from a length ``unit`` (``nm``, ``micrometers``, ``µm``...) to
+    nanometres; None for anything else (``unknown``, ``index``, wavenumbers)."""
+    return _TO_NM.get(unit.strip().lower().removesuffix("s").replace("metre", "meter"))
 
 
 def parse_header(text: str, *, source: str | Path = "<header>") -> dict[str, str]:
@@ -174,7 +181,7 @@ def _ignore(hdr: Path, key: str, why: str) -> None:
 def _band_coords(fields: Mapping[str, str], bands: int, hdr: Path) -> dict[str, tuple]:
     coords: dict[str, tuple] = {}
     unit = fields.get("wavelength units", "").strip()
-    factor = _TO_NM.get(unit.lower().removesuffix("s").replace("metre", "meter"))
+    factor = nm_factor(unit)
     attrs = {} if not unit or unit.lower() == "unknown" else {"units": unit}
     if factor is not None:
         attrs = {"units": "nm"} | ({"converted_from": unit} if factor != 1.0 else {})
@@ -224,7 +231,22 @@ def _read_block(
     return out
 
 
-def open_envi(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> xr.Dataset:
+#: ``map info`` projection names that place pixels on no map (lab and pushbroom scans).
+_NO_MAP = ("arbitrary", "pixel")
+
+
+def _georeferenced(fields: Mapping[str, str]) -> bool:
+    """Does the header place the image on the Earth (a real ``map info`` projection or a
+    ``coordinate system string``)?"""
+    if fields.get("coordinate system string", "").strip():
+        return True
+    projection = fields.get("map info", "").split(",")[0].strip().lower()
+    return bool(projection) and not projection.startswith(_NO_MAP)
+
+
+def open_envi(
+    path: str | Path, *, chunks: Mapping[str, int] | None = None, georef: bool = True
+) -> xr.Dataset:
     """Open an ENVI data set lazily as a cube Dataset.
 
     Parameters
@@ -233,6 +255,11 @@ def open_envi(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> x
         The ``.hdr`` header or the binary file; the partner is found by :func:`find_pair`.
     chunks
         Chunk size per dim; dims not given follow :func:`~cubepipe.storage.layout.default_chunks`.
+    georef
+        Read ``map info`` / ``coordinate system string`` (with GDAL's ENVI driver through
+        rasterio, the ``geo`` extra) into ``spatial_ref`` and ``y``/``x`` coordinates
+        (:mod:`~cubepipe.storage.geo`); False skips them. ``map info`` of an
+        ``Arbitrary`` (pixel) projection is no georeferencing and needs no rasterio.
 
     Returns
     -------
@@ -241,7 +268,7 @@ def open_envi(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> x
         (native byte order), backed by dask; coordinates ``wavelength`` (nm when the
         header's ``wavelength units`` is a length; micrometres are converted and
         ``converted_from`` recorded), ``fwhm`` and ``band_name`` when present;
-        ``cube.attrs["nodata"]`` from ``data ignore value``.
+        ``cube.attrs["nodata"]`` from ``data ignore value``; the georeferencing.
 
     Raises
     ------
@@ -309,7 +336,10 @@ def open_envi(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> x
     attrs = {"source": str(path), "format": "envi"}
     if fields.get("description"):
         attrs["description"] = fields["description"]
-    return xr.Dataset({"cube": cube}, coords=_band_coords(fields, bands, hdr), attrs=attrs)
+    ds = xr.Dataset({"cube": cube}, coords=_band_coords(fields, bands, hdr), attrs=attrs)
+    if georef and _georeferenced(fields):
+        ds = assign_georef(ds, read_georef(data, what="ENVI map info", source=hdr))
+    return ds
 
 
 def _sniff(head: bytes, path: Path) -> bool:
@@ -326,4 +356,6 @@ def _sniff(head: bytes, path: Path) -> bool:
         return False
 
 
-SPEC = register(ReaderSpec(name="envi", suffixes=(".hdr",), sniff=_sniff, open=open_envi))
+SPEC = register(
+    ReaderSpec(name="envi", suffixes=(".hdr",), sniff=_sniff, open=open_envi, options=("georef",))
+)

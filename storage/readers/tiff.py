@@ -41,6 +41,7 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.typing import Key
 
 from ..errors import CubepipeWarning, FormatError, MissingDependencyError
+from ..geo import assign_georef, read_georef
 from ..layout import MAX_CHUNK_BYTES, default_chunks
 from .base import ReaderSpec, register
 from .npy import block_array
@@ -49,6 +50,8 @@ __all__ = ["open_tiff"]
 
 _MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _GDAL_NODATA = "GDAL_NODATA"
+#: GeoTIFF tags: ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory.
+_GEO_TAGS = (33550, 33922, 34264, 34735)
 #: The most one strip or tile may decode to (bytes); larger ones are refused at open.
 DECODE_BUDGET = 512 * 2**20
 
@@ -151,6 +154,7 @@ def _inspect(path: Path) -> dict[str, Any]:
                     "page_offsets": _contiguous_pages(path, series),
                     "rgb": keyframe.photometric == tifffile.PHOTOMETRIC.RGB,
                     "nodata": nodata,
+                    "geo": any(code in keyframe.tags for code in _GEO_TAGS),
                     "n_series": len(tif.series),
                     **_chunking(keyframe),
                 }
@@ -378,7 +382,9 @@ def _read_tiff(
         raise FormatError(f"{path}: reading a block of the TIFF file failed ({exc})") from exc
 
 
-def open_tiff(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> xr.Dataset:
+def open_tiff(
+    path: str | Path, *, chunks: Mapping[str, int] | None = None, georef: bool = True
+) -> xr.Dataset:
     """Open a TIFF or BigTIFF file lazily as a cube Dataset.
 
     Parameters
@@ -388,19 +394,24 @@ def open_tiff(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> x
         uncompressed or compressed (LZW, JPEG... need the ``imagecodecs`` package).
     chunks
         ``{dim: size}`` chunk sizes; missing dims use the store defaults.
+    georef
+        Read a GeoTIFF's CRS and transform (with rasterio, the ``geo`` extra) into
+        ``spatial_ref`` and ``y``/``x`` coordinates (see :mod:`~cubepipe.storage.geo`);
+        False skips them. Plain TIFFs never need rasterio.
 
     Returns
     -------
     xarray.Dataset
         Variable ``cube`` with dims ``(band, y, x)`` in the file's dtype (native byte
         order), backed by dask; coordinate ``band_name`` (``R``, ``G``, ``B``, ``A``) for
-        RGB(A) images; attr ``nodata`` from a GDAL_NODATA tag.
+        RGB(A) images; attr ``nodata`` from a GDAL_NODATA tag; the georeferencing.
 
     Raises
     ------
     FormatError
-        Not a TIFF file, truncated or damaged. MissingDependencyError: the compression
-        needs ``imagecodecs``.
+        Not a TIFF file, truncated or damaged; a GeoTIFF with no or an unknown
+        coordinate system. MissingDependencyError: the compression needs
+        ``imagecodecs``, or the GeoTIFF keys need ``rasterio``.
     """
     p = Path(path)
     info = _inspect(p)
@@ -450,11 +461,18 @@ def open_tiff(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> x
         # object strings are zarr v3's "string" type (fixed-width numpy strings are not)
         names = np.array(["R", "G", "B", "A"][:nbands], dtype=object)
         ds = ds.assign_coords(band_name=("band", names))
+    if info["geo"] and georef:
+        ds = assign_georef(ds, read_georef(p, what="GeoTIFF georeferencing"))
     return ds
 
 
 register(
     ReaderSpec(
-        name="tiff", suffixes=(".tif", ".tiff"), sniff=_sniff, open=open_tiff, aliases=("tif",)
+        name="tiff",
+        suffixes=(".tif", ".tiff"),
+        sniff=_sniff,
+        open=open_tiff,
+        aliases=("tif",),
+        options=("georef",),
     )
 )

@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InputError
+from ..geo import GeoRef, write_georef
 from ._staging import staging
 from ._stream import FloatCast
 from .npy import write_npy
@@ -39,10 +40,18 @@ def float_dtype(var: xr.DataArray, bits: int | None) -> np.dtype:
 
 
 def export_floats(
-    var: xr.DataArray, out: Path, *, fmt: str, bits: int | None, bands: list[int], source: str
+    var: xr.DataArray,
+    out: Path,
+    *,
+    fmt: str,
+    bits: int | None,
+    bands: list[int],
+    source: str,
+    georef: GeoRef | None = None,
 ) -> dict[str, Any]:
     """Write ``var`` (``(..., band, y, x)``, bands selected) to ``out`` as ``fmt``
-    (``"tiff"`` or ``"npy"``). Returns ``dtype``, ``max_abs_error``, ``exact``."""
+    (``"tiff"`` or ``"npy"``); a TIFF with ``georef`` is a GeoTIFF (bands as samples,
+    CRS and transform written by GDAL). Returns ``dtype``, ``max_abs_error``, ``exact``."""
     dtype = float_dtype(var, bits)
     exact = bool(np.can_cast(var.dtype, dtype, casting="safe"))
     convert = FloatCast(dtype.str, measure=not exact)
@@ -50,7 +59,15 @@ def export_floats(
         tmp = st.temp(out)
         if fmt == "tiff":
             meta = {"source": source, "variable": str(var.name), "bands": bands}
-            stats = write_tiff(var.data, tmp, dtype=dtype, convert=convert, k=2, metadata=meta)
+            stats = write_tiff(
+                var.data,
+                tmp,
+                dtype=dtype,
+                convert=convert,
+                k=2,
+                metadata=meta,
+                separate=georef is not None,
+            )
         else:
             stats = write_npy(var.data, tmp, dtype=dtype, convert=convert, k=2)
         overflow = int(stats[..., 0].sum())
@@ -59,5 +76,7 @@ def export_floats(
                 f"exporting {source}:{var.name} as {dtype} would overflow {overflow} value(s) "
                 "beyond its range; export with --bits 64"
             )
+        if fmt == "tiff" and georef is not None:
+            write_georef(tmp, georef)
     error = float(stats[..., 1].max(initial=0.0))
     return {"dtype": dtype, "max_abs_error": error, "exact": exact}

@@ -8,6 +8,11 @@ never held in memory. Files above :data:`BIGTIFF_BYTES` are BigTIFF. tifffile's 
 the full shape (e.g. ``(frame, band, y, x)``) and ``metadata`` (source, variable, bands). tifffile, Pillow (mode ``F``,
 float32 pages) and OpenCV (``cv2.imread``/``cv2.imreadmulti`` with
 ``cv2.IMREAD_UNCHANGED``) read the result bit for bit.
+
+``separate=True`` lays the bands out as the samples of one page instead (planar
+configuration 2, one page per leading index): GDAL/rasterio read that as one raster of
+that many bands (they see only the first page of a multi-page file), so georeferenced
+exports use it. The pixels lie in the file in the same order either way.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ def write_tiff(
     convert: Converter,
     k: int,
     metadata: dict[str, Any] | None = None,
+    separate: bool = False,
 ) -> np.ndarray:
-    """Write ``convert(data)`` (``(..., band, y, x)``) to a new TIFF at ``path``.
+    """Write ``convert(data)`` (``(..., band, y, x)``) to a new TIFF at ``path``: a page
+    per band, or with ``separate`` the bands as planar samples of one page.
 
     Returns the converter's statistics (see :func:`~._stream.stream_into`).
     """
@@ -55,6 +62,7 @@ def write_tiff(
         shape=shape,
         dtype=dtype,
         photometric="minisblack",
+        planarconfig="separate" if separate and shape[-3] > 1 else None,
         rowsperstrip=rows,
         bigtiff=nbytes > BIGTIFF_BYTES,
         metadata=metadata,
