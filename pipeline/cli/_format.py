@@ -27,7 +27,7 @@ def _images_line(im: dict[str, Any] | None) -> list[str]:
     (h0, h1), (w0, w1) = im["height"], im["width"]
     sizes = f"height {h0}..{h1}, width {w0}..{w1}" if im["padded"] else f"all {h1}x{w1}"
     pad = (
-        f"; padded to {h1}x{w1} (NaN, mask False), {im['filled']:.0%} of pixels are image"
+        f"; padded to {h1}x{w1} with NaN, {im['filled']:.0%} of pixels are image"
         if im["padded"]
         else ""
     )

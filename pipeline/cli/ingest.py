@@ -154,7 +154,7 @@ def ingest(
 
     One file becomes a (band, y, x) cube; several files, a directory or a glob become a
     stack of images (image, band, y, x); images of different sizes are padded with NaN
-    (mask and height/width per image; see cubepipe.storage.dataset). With --stack bands,
+    (height/width per image; see cubepipe.storage.dataset). With --stack bands,
     single-band files of one size and grid (Landsat's B1..B11) become the bands of one
     (band, y, x) cube. Georeferencing (CRS, transform) is kept as a spatial_ref variable
     with x/y coordinates. Data are read and written chunk by chunk, so inputs larger than
@@ -234,6 +234,6 @@ def ingest(
         (h0, h1), (w0, w1) = images["height"], images["width"]
         click.echo(
             f"images of different sizes (height {h0}..{h1}, width {w0}..{w1}) padded to "
-            f"{h1}x{w1} with NaN (mask False); {images['filled']:.0%} of the stored pixels "
-            "are image; cubepipe.storage.open_images(STORE) reads each back at its size"
+            f"{h1}x{w1} with NaN; {images['filled']:.0%} of the stored pixels are image; "
+            "cubepipe.storage.open_images(STORE) reads each back at its size"
         )

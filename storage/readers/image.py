@@ -559,7 +559,7 @@ def stack_images(datasets: Sequence[xr.Dataset], paths: Sequence[Path]) -> xr.Da
     xarray.Dataset
         ``cube`` ``(image, band, y, x)``, one chunk per image; band coordinates and cube
         attrs from the first file (``max_abs_error``: the largest of all files). Padded:
-        also ``mask (image, y, x)`` and coordinates ``height``, ``width``.
+        NaN outside each image, and coordinates ``height``, ``width``.
     """
     first = datasets[0]
     if len({ds["cube"].shape for ds in datasets}) > 1:
@@ -586,9 +586,8 @@ def stack_images(datasets: Sequence[xr.Dataset], paths: Sequence[Path]) -> xr.Da
         attrs=dict(first.attrs),
     )
     if padded is not None:
-        return out.assign(mask=padded["mask"]).assign_coords(
-            {k: padded[k] for k in ("height", "width")}
-        )
+        out = out.assign_coords({k: padded[k] for k in ("height", "width")})
+        return out.assign(mask=padded["mask"]) if "mask" in padded else out
     if any("mask" in ds for ds in datasets):
         ny, nx = first["cube"].sizes["y"], first["cube"].sizes["x"]
         masks = [

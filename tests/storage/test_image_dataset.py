@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
@@ -15,7 +16,7 @@ import zarr
 from PIL import Image
 
 from cubepipe.storage import FormatError, InputError, describe, open_cube, open_images
-from cubepipe.storage.dataset import iter_images
+from cubepipe.storage.dataset import iter_images, pad_images
 from cubepipe.storage.ingest import ingest, open_input
 from cubepipe.storage.readers.image import open_image
 
@@ -63,7 +64,7 @@ def test_mixed_sizes_become_one_padded_cube_plain_xarray_reads(mixed: Path, tmp_
     cube = plain["cube"]
     assert cube.dims == ("image", "band", "y", "x")
     assert cube.shape == (len(files), 3, ny, nx) and cube.dtype == np.float32
-    assert plain["mask"].dims == ("image", "y", "x") and plain["mask"].dtype == bool
+    assert "mask" not in plain  # NaN and height/width say where the padding is
     for i, f in enumerate(files):
         h, w = int(plain["height"][i]), int(plain["width"][i])
         ref = refs[f.name]
@@ -71,8 +72,6 @@ def test_mixed_sizes_become_one_padded_cube_plain_xarray_reads(mixed: Path, tmp_
         img = cube[i].values
         np.testing.assert_array_equal(img[:, :h, :w], ref.astype(np.float32))
         assert np.isnan(img[:, h:, :]).all() and np.isnan(img[:, :, w:]).all()
-        mask = plain["mask"][i].values
-        assert mask[:h, :w].all() and not mask[h:, :].any() and not mask[:, w:].any()
     # plain zarr reads the arrays too
     group = zarr.open_group(str(out), mode="r")
     assert group["cube"].shape == cube.shape
@@ -98,7 +97,24 @@ def test_padding_chunks_follow_the_store_grid(mixed: Path, no_compute) -> None:
     cube = ds["cube"].data
     assert cube.chunks[0] == (1,) * cube.shape[0]
     assert set(cube.chunks[2][:-1]) <= {512} and set(cube.chunks[3][:-1]) <= {512}
-    assert ds["mask"].data.chunks[1:] == cube.chunks[2:]
+    assert "mask" not in ds
+
+
+def test_inputs_own_masks_are_padded_with_false() -> None:
+    a = xr.Dataset({"cube": (("band", "y", "x"), da.ones((1, 2, 3), dtype=np.float32))})
+    b = xr.Dataset(
+        {
+            "cube": (("band", "y", "x"), da.ones((1, 3, 2), dtype=np.float32)),
+            "mask": (("y", "x"), da.from_array(np.array([[1, 0], [1, 1], [0, 1]], bool))),
+        }
+    )
+    out = pad_images([a, b])
+    expected = np.zeros((2, 3, 3), bool)
+    expected[0, :2, :3] = True
+    expected[1, :3, :2] = [[1, 0], [1, 1], [0, 1]]
+    np.testing.assert_array_equal(out["mask"].values, expected)
+    np.testing.assert_array_equal(out["height"].values, [2, 3])
+    np.testing.assert_array_equal(out["width"].values, [3, 2])
 
 
 def test_same_sized_stack_and_single_image_read_back(tmp_path: Path) -> None:
