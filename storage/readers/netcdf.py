@@ -263,17 +263,17 @@ def open_netcdf(
     order = _roles(var, p, dims)
     sizes = {r: var.sizes[d] for r, d in zip(("band", "y", "x"), order, strict=True)}
     want = default_chunks(sizes, max(var.dtype.itemsize, 4), overrides=dict(chunks or {}))
-    lazy = var.chunk(
+    lazy = ds[[name]].chunk(
         _file_chunks(var, order, want),
         name_prefix="cubepipe-ingest-read-netcdf-",
         from_array_kwargs={"getitem": functools.partial(_checked_getter, str(p))},
     )
-    data = lazy.transpose(*order).data
+    data = lazy[name].transpose(*order).data
     band, ydim, xdim = order
     attrs = {k: v for k, v in var.attrs.items() if k not in ("grid_mapping", "coordinates")}
     coords: dict[str, Any] = _spectral(ds, band, p)
     for role, dim in (("y", ydim), ("x", xdim)):
-        c = var.coords.get(dim)
+        c = var.coords[dim] if dim in var.coords else None  # not xarray's virtual range
         if c is not None and c.ndim == 1 and c.dtype.kind in "fiu":
             coords[role] = (role, np.asarray(c.values), dict(c.attrs))
     out = xr.Dataset(
