@@ -15,7 +15,12 @@ The operations, each one function with the Dataset first and options keyword-onl
 
 Importing this package registers the ``ds.cubepipe`` Dataset accessor
 (:class:`~cubepipe.pipeline.accessor.CubepipeAccessor`) with the same operations.
+
+:class:`CubeDataset` (a PyTorch Dataset over a store, :mod:`cubepipe.pipeline.torch`,
+the ``torch`` extra) is imported on first use: importing this package never imports torch.
 """
+
+from typing import Any
 
 from cubepipe.pipeline.compression.api import (
     Compressed,
@@ -52,3 +57,12 @@ __all__ = [
     "to_device",
     "to_host",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazily, so that `import cubepipe.pipeline` never imports torch (nor needs it).
+    if name == "CubeDataset":
+        from .torch import CubeDataset  # noqa: PLC0415  (optional dependency, on use)
+
+        return CubeDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
