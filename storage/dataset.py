@@ -15,7 +15,9 @@ each image in its top-left corner and NaN in the rest, with
   (it made ``stats`` ~40% slower on the photos below) for nothing.
 
 Same-sized images are stacked exactly as before (no padding, no ``mask``, no
-``height``/``width``); :func:`iter_images` reads both kinds back per file.
+``height``/``width``). Both kinds are read back per file, at each file's own size, by
+:func:`open_images` (lazy ``(name, DataArray)`` pairs) and :func:`save_images` (one
+``.npy`` per file).
 
 Why one padded array and not one array (subgroup) per image: the padded cube *is* the
 image-data-set cube of the store contract (DESIGN.md), so every operation and promise
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import dask.array as da
@@ -51,11 +54,19 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from .errors import InputError
+from .errors import InputError, StoreExistsError
 from .layout import default_chunks
 from .store import open_cube
 
-__all__ = ["HEIGHT", "WIDTH", "describe_images", "iter_images", "open_images", "pad_images"]
+__all__ = [
+    "HEIGHT",
+    "WIDTH",
+    "describe_images",
+    "iter_images",
+    "open_images",
+    "pad_images",
+    "save_images",
+]
 
 #: Coordinates (over ``image``) holding each image's own size.
 HEIGHT, WIDTH = "height", "width"
@@ -174,6 +185,50 @@ def open_images(
     """
     ds = open_cube(os.fspath(store), allow_incomplete=allow_incomplete)
     yield from iter_images(ds, variable=variable)
+
+
+def save_images(
+    store: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+    *,
+    variable: str = "cube",
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write each image of ``store`` to its own ``.npy`` file, at its own size.
+
+    Parameters
+    ----------
+    store
+        A cube store (see :func:`open_images`), e.g. the output of ``cubepipe
+        standardize``.
+    folder
+        Where to write: ``FOLDER/<file name>.npy`` (``rocket.jpg`` -> ``rocket.jpg.npy``,
+        so ``a.png`` and ``a.jpg`` stay apart; subfolders of the names are kept).
+    overwrite
+        Replace existing files (else :class:`StoreExistsError` before anything is written).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files, in image order; each holds ``(band, y, x)`` in the variable's dtype
+        (float32 for ingested or standardized stores), read one image at a time.
+    """
+    root = Path(folder).resolve()
+    plan = []
+    for name, image in open_images(store, variable=variable):
+        target = (root / f"{name}.npy").resolve()
+        if not target.is_relative_to(root):
+            raise InputError(f"{store}: image name {name!r} would be written outside {root}")
+        if target.exists() and not overwrite:
+            raise StoreExistsError(f"{target} already exists: pass overwrite=True to replace it")
+        plan.append((target, image))
+    for target, image in plan:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".partial")
+        with part.open("wb") as fh:
+            np.save(fh, image.values)
+        os.replace(part, target)  # never a half-written .npy under the final name
+    return [t for t, _ in plan]
 
 
 def describe_images(group: zarr.Group) -> dict[str, Any] | None:

@@ -33,7 +33,7 @@ def sidecar_path(image: str | Path) -> Path:
     return p.with_name(p.name + SIDECAR_SUFFIX)
 
 
-def write_sidecar(image: str | Path, **fields: Any) -> Path:
+def write_sidecar(image: str | Path, /, **fields: Any) -> Path:
     """Write the sidecar of ``image``; ``fields`` must include scale, offset,
     max_abs_error and bits (also: bands, nan_value, source, method)."""
     missing = [k for k in _REQUIRED if k not in fields]

@@ -171,3 +171,23 @@ def test_grey_images_forced_to_rgb_equal_pillow(cli, tmp_path: Path) -> None:
     for name, image in open_images(out):
         assert list(image["band_name"].values) == ["R", "G", "B"]
         np.testing.assert_array_equal(image.values, pillow_rgb(d / name))
+
+
+def test_export_of_an_image_data_set_writes_one_file_per_image(cli, tmp_path: Path) -> None:
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for i, shape in enumerate([(12, 9, 3), (7, 15, 3)]):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(d / f"{i}.png")
+    assert cli("ingest", str(d), "-o", str(tmp_path / "ds.zarr")).returncode == 0
+    (tmp_path / "ex").mkdir()
+    r = cli(
+        "export",
+        str(tmp_path / "ds.zarr"),
+        "-o",
+        str(tmp_path / "ex" / "a.png"),
+        "--scale",
+        "minmax",
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "ex").glob("*.png"))) == 2

@@ -15,8 +15,15 @@ import xarray as xr
 import zarr
 from PIL import Image
 
-from cubepipe.storage import FormatError, InputError, describe, open_cube, open_images
-from cubepipe.storage.dataset import iter_images, pad_images
+from cubepipe.storage import (
+    FormatError,
+    InputError,
+    StoreExistsError,
+    describe,
+    open_cube,
+    open_images,
+)
+from cubepipe.storage.dataset import iter_images, pad_images, save_images
 from cubepipe.storage.ingest import ingest, open_input
 from cubepipe.storage.readers.image import open_image
 
@@ -206,6 +213,18 @@ def test_cut_jpeg_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     # a whole JPEG followed by a long trailer (some cameras append one) is not "cut"
     (d / "rgb.jpg").write_bytes(whole + b"\x00" * 10_000)
     assert open_image(d / "rgb.jpg")["cube"].shape == (3, 64, 48)
+
+
+def test_save_images_writes_each_file_at_its_size(mixed: Path, tmp_path: Path) -> None:
+    out = ingest(mixed, tmp_path / "ds.zarr", color="rgb")
+    written = save_images(out, tmp_path / "npy")
+    files = sorted(mixed.iterdir())
+    assert [p.name for p in written] == [f"{f.name}.npy" for f in files]
+    for f, p in zip(files, written, strict=True):
+        np.testing.assert_array_equal(np.load(p), pillow_rgb(f).astype(np.float32))
+    with pytest.raises(StoreExistsError, match="already exists"):
+        save_images(out, tmp_path / "npy")
+    assert save_images(out, tmp_path / "npy", overwrite=True) == written
 
 
 def test_iter_images_refuses_other_dims() -> None:
