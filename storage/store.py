@@ -61,6 +61,56 @@ __all__ = [
 
 #: Name of the root attribute holding cubepipe's provenance and completion flag.
 ATTR = "cubepipe"
+#: Root attribute holding the text coordinates (``band_name``, ``source``): ``{name:
+#: {"dims": [...], "values": nested lists of str}}``. zarr v3's text data types
+#: (``string``, ``fixed_length_utf32``, ``null_terminated_bytes``) are not read by every
+#: v3 reader (tensorstore refuses all three), so text never becomes an array; open_cube
+#: turns these back into coordinates, and plain xarray shows them in ``ds.attrs``.
+TEXT_ATTR = "cubepipe_text_coords"
+
+
+def _text_to_attrs(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, Any]]:
+    """``ds`` without its text variables, and those variables as :data:`TEXT_ATTR`."""
+    text = {
+        str(name): {"dims": [str(d) for d in var.dims], "values": var.values.astype(str).tolist()}
+        for name, var in ds.variables.items()
+        if var.dtype.kind in "OUS"
+    }
+    if not text:
+        return ds, {}
+    bad = [n for n in text if n in ds.data_vars]
+    if bad:
+        raise InputError(
+            f"data variable(s) {bad} hold text; cube stores hold numbers (text belongs in "
+            "coordinates or attributes)"
+        )
+    return ds.drop_vars(list(text)), text
+
+
+def _text_from_attrs(ds: xr.Dataset) -> xr.Dataset:
+    """Text coordinates back from :data:`TEXT_ATTR` (stores written before it kept them
+    as zarr string arrays, which xarray reads as they are)."""
+    text = ds.attrs.get(TEXT_ATTR)
+    if not isinstance(text, Mapping):
+        return ds
+    coords = {}
+    for name, spec in text.items():
+        try:
+            values = np.array(spec["values"], dtype=object)
+            dims = tuple(spec["dims"])
+            if values.ndim != len(dims) or any(
+                d in ds.sizes and ds.sizes[d] != n for d, n in zip(dims, values.shape, strict=True)
+            ):
+                raise ValueError("shape")
+        except (KeyError, TypeError, ValueError):
+            raise InvalidStoreError(
+                f"the store's {TEXT_ATTR} attribute is damaged at {name!r}; restore the "
+                "store's zarr.json or write the store again"
+            ) from None
+        coords[name] = (dims, values)
+    out = ds.assign_coords(coords)
+    out.attrs = {k: v for k, v in ds.attrs.items() if k != TEXT_ATTR}
+    return out
 
 
 def default_compressors() -> list[Any]:
@@ -306,8 +356,9 @@ def _stored_chunks(ds: xr.Dataset) -> dict[Hashable, int]:
 def _chunked_as_stored(ds: xr.Dataset, store: str, chunks: dict[Hashable, int]) -> xr.Dataset:
     """``ds`` chunked exactly as on disk, with task names that say what they are on a
     dashboard (``cubepipe-read-cube-<token>`` rather than ``open_dataset-<token>cube``)
-    and the chunk getter that reports undecodable chunks in one line."""
-    return ds.chunk(
+    and the chunk getter that reports undecodable chunks in one line; text coordinates
+    back from the attributes (:data:`TEXT_ATTR`)."""
+    return _text_from_attrs(ds).chunk(
         chunks,
         name_prefix="cubepipe-read-",
         inline_array=True,
@@ -457,7 +508,15 @@ def _prepare(
     (a shard is written by one task: two tasks writing chunks of one shard would race)."""
     if not ds.data_vars:
         raise InputError("nothing to write: the dataset has no data variables")
-    out = ds.drop_encoding()
+    if TEXT_ATTR in ds.attrs:  # opened with plain xarray: its text coordinates, if they fit
+        try:
+            ds = _text_from_attrs(ds)
+        except InvalidStoreError:
+            ds = ds.copy()
+            ds.attrs = {k: v for k, v in ds.attrs.items() if k != TEXT_ATTR}  # stale: dropped
+    out, text = _text_to_attrs(ds.drop_encoding())
+    if text:
+        out.attrs = {**out.attrs, TEXT_ATTR: text}
     encoding: dict[str, dict[str, Any]] = {}
     for name, var in out.variables.items():
         if name in out.dims and name not in out.data_vars:
@@ -1049,7 +1108,11 @@ def _write(
         meta["history"][-1].setdefault("resumed", []).append(_now())
     else:
         meta = {"version": __version__, "complete": False, "history": [*history(ds), entry]}
-        prepared.attrs = {**{k: v for k, v in ds.attrs.items() if k != ATTR}, ATTR: meta}
+        prepared.attrs = {
+            **{k: v for k, v in ds.attrs.items() if k not in (ATTR, TEXT_ATTR)},
+            **{k: v for k, v in prepared.attrs.items() if k == TEXT_ATTR},
+            ATTR: meta,
+        }
         with zarr.config.set({"array.write_empty_chunks": True}):
             prepared.to_zarr(
                 _target(p, read_only=False),

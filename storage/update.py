@@ -66,7 +66,10 @@ def add_variables(
         entry = _history_entry(op, params, inputs, device, provenance)
         new = new.drop_encoding().compute()
         new.attrs = {}
-        to_write = new.drop_vars([c for c in new.coords if str(c) in group])
+        # Coordinates already in the store stay as they are (text ones live in its attrs).
+        to_write = new.drop_vars(
+            [c for c in new.coords if str(c) in group or new[c].dtype.kind in "OUS"]
+        )
         token = secrets.token_hex(4)
         stage = real.with_name(f".{real.name}.add-{token}")
         moved: list[tuple[Path, Path | None]] = []  # (moved in, what it replaced)
