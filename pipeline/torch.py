@@ -50,10 +50,10 @@ from cubepipe.pipeline.stats.standardize import (
     _affine,  # the exact kernel `standardize` maps over chunks: identical results
     transform_params,
 )
-from cubepipe.storage import open_cube
+from cubepipe.storage import open_cube, storage_options
 from cubepipe.storage.errors import InputError, InvalidStoreError, MissingDependencyError
 from cubepipe.storage.layout import CORE_DIMS, LEADING_DIMS, MAX_CHUNK_BYTES
-from cubepipe.storage.location import is_remote, local_path
+from cubepipe.storage.location import is_remote, local_path, options_for
 
 try:
     import torch
@@ -215,6 +215,8 @@ class CubeDataset(Dataset["torch.Tensor"]):
         # Absolute: a spawned worker may not share this process's working directory.
         local = None if is_remote(store) else local_path(store, "a store")
         self.store = str(store) if local is None else os.path.abspath(local)
+        # Object storage: the options in force now go with the Dataset to spawned workers.
+        self._storage_options = options_for(self.store) if local is None else {}
         self.variable = variable
         self.allow_incomplete = allow_incomplete
         self.fill = None if fill is None else float(fill)
@@ -276,7 +278,8 @@ class CubeDataset(Dataset["torch.Tensor"]):
     def _open(self) -> xr.Dataset:
         """The store opened in this process (reopened after a fork: never the parent's)."""
         if self._ds is None or self._pid != os.getpid():
-            ds = open_cube(self.store, allow_incomplete=self.allow_incomplete)
+            with storage_options(**self._storage_options):
+                ds = open_cube(self.store, allow_incomplete=self.allow_incomplete)
             shape = getattr(self, "shape", None)  # None while __init__ first opens it
             if shape is not None and tuple(ds[self.variable].shape) != shape:
                 raise InvalidStoreError(

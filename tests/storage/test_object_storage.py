@@ -423,3 +423,29 @@ def test_object_storage_with_a_cluster_started_elsewhere(
         plain = xr.open_zarr(f"s3://cubes/cl/{name}.zarr", storage_options=options)[var].values
         assert np.isfinite(plain).any()
         np.testing.assert_array_equal(plain, open_cube(tmp_path / f"{name}.zarr")[var].values)
+
+
+def test_a_torch_dataset_on_s3_carries_its_storage_options(
+    s3: str, remote_scene: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made inside ``storage_options(...)``, pickled (as for a spawned DataLoader worker)
+    and read outside it: the options travel with the Dataset."""
+    pytest.importorskip("torch")
+    import pickle  # noqa: PLC0415
+
+    from cubepipe.pipeline.torch import CubeDataset  # noqa: PLC0415
+    from cubepipe.storage import storage_options  # noqa: PLC0415
+
+    url, local = remote_scene
+    for key in [*ENV, "AWS_ENDPOINT_URL"]:
+        monkeypatch.delenv(key, raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()
+    with storage_options(endpoint_url=s3, key="testing", secret="testing"):
+        dataset = CubeDataset(url, patch=(64, 96))
+    copy = pickle.loads(pickle.dumps(dataset))
+    cube = open_cube(local)["cube"].values
+    for i in (0, len(copy) - 1):
+        w = copy.window(i)
+        want = cube[:, w.y, w.x]
+        got = copy.sample(i)[:, : want.shape[1], : want.shape[2]]  # a padded edge patch
+        np.testing.assert_array_equal(got, want)
