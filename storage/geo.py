@@ -240,13 +240,30 @@ def georef_of(obj: xr.Dataset | xr.DataArray) -> GeoRef | None:
     return GeoRef(str(wkt), (dx, 0.0, x[0] - dx / 2, 0.0, dy, y[0] - dy / 2))
 
 
-def _source_dataset(source: str | os.PathLike[str]) -> xr.Dataset:
+def _source_dataset(source: str | os.PathLike[str]) -> xr.Dataset | None:
+    """The coordinates of a store or input file, reading metadata only; None for inputs
+    that cannot be georeferenced (a video, a PNG) and stores without ``spatial_ref``."""
     from .ingest import open_input  # noqa: PLC0415 (ingest imports the readers, which import this)
-    from .store import open_cube, store_state  # noqa: PLC0415
+    from .location import is_remote  # noqa: PLC0415
+    from .readers import READERS, detect_format  # noqa: PLC0415
+    from .store import store_state  # noqa: PLC0415
 
-    if store_state(str(source)) in ("complete", "incomplete", "foreign"):
-        return open_cube(str(source), allow_incomplete=True)
-    return open_input(str(source))
+    text = str(source)
+    if store_state(text) in ("complete", "incomplete", "foreign"):
+        if is_remote(text):
+            from .remote import zarr_store  # noqa: PLC0415
+
+            target: Any = zarr_store(text, read_only=True)
+        elif not (Path(text) / GRID_MAPPING).is_dir():
+            return None
+        else:
+            target = text
+        with warnings.catch_warnings():  # an unfinished store has no consolidated metadata
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return xr.open_zarr(target, chunks=None, zarr_format=None)
+    if not Path(text).is_file() or "georef" not in READERS[detect_format(text).name].options:
+        return None  # a folder or glob of images, a video...: never georeferenced
+    return open_input(text)
 
 
 def carry_georef(out: xr.Dataset, source: xr.Dataset | str | os.PathLike[str]) -> xr.Dataset:
@@ -261,7 +278,7 @@ def carry_georef(out: xr.Dataset, source: xr.Dataset | str | os.PathLike[str]) -
     if GRID_MAPPING in out.coords or not pixels:
         return out
     src = source if isinstance(source, xr.Dataset) else _source_dataset(source)
-    if GRID_MAPPING not in src.coords:
+    if src is None or GRID_MAPPING not in src.coords:
         return out
     if any(src.sizes.get(d) != out.sizes[d] for d in ("y", "x")):
         return out  # another grid: the source's transform would place it wrongly

@@ -67,7 +67,9 @@ def export_cmd(
     """Export STORE to a file other tools read.
 
     .tif/.npy hold the exact floats (TIFF: one page per band; read by tifffile, Pillow,
-    OpenCV). .png/.jpg are scaled integer previews: they need --scale and get a
+    OpenCV). A georeferenced store (from a GeoTIFF, ENVI map info or a NetCDF grid
+    mapping) exports to .tif as a GeoTIFF: its bands (or --variable scores) as one
+    raster with the store's CRS and transform, read by GDAL/rasterio (the geo extra). .png/.jpg are scaled integer previews: they need --scale and get a
     FILE.cubepipe.json sidecar from which q*scale+offset restores floats within its
     max_abs_error (code 0 = NaN). One band -> grey, three -> RGB, others -> one file per
     band (FILE_bNN.png); image/frame stores -> numbered files per image/frame.
