@@ -156,6 +156,11 @@ def read_georef(path: str | Path, *, what: str, source: str | Path | None = None
                 f"{source}: GDAL could not read its {what} ({exc}); {SKIP_HINT}"
             ) from None
         wkt = _checked_wkt(crs, source, what, said)
+    if transform.is_identity:  # GDAL's stand-in when the file places no pixel
+        raise FormatError(
+            f"{source}: the {what} has a coordinate system but no transform (no tie point "
+            f"or pixel size); set one, e.g. with `gdal_edit.py -a_ullr`, {SKIP_HINT}"
+        )
     return GeoRef(wkt, tuple(float(v) for v in transform[:6]))  # type: ignore[arg-type]
 
 

@@ -236,10 +236,8 @@ _NO_MAP = ("arbitrary", "pixel")
 
 
 def _georeferenced(fields: Mapping[str, str]) -> bool:
-    """Does the header place the image on the Earth (a real ``map info`` projection or a
-    ``coordinate system string``)?"""
-    if fields.get("coordinate system string", "").strip():
-        return True
+    """Does the header place the image on the Earth? Its ``map info`` does, unless its
+    projection is a pixel grid (a ``coordinate system string`` alone places nothing)."""
     projection = fields.get("map info", "").split(",")[0].strip().lower()
     return bool(projection) and not projection.startswith(_NO_MAP)
 
@@ -256,7 +254,7 @@ def open_envi(
     chunks
         Chunk size per dim; dims not given follow :func:`~cubepipe.storage.layout.default_chunks`.
     georef
-        Read ``map info`` / ``coordinate system string`` (with GDAL's ENVI driver through
+        Read ``map info`` and ``coordinate system string`` (with GDAL's ENVI driver through
         rasterio, the ``geo`` extra) into ``spatial_ref`` and ``y``/``x`` coordinates
         (:mod:`~cubepipe.storage.geo`); False skips them. ``map info`` of an
         ``Arbitrary`` (pixel) projection is no georeferencing and needs no rasterio.

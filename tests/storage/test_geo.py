@@ -243,6 +243,22 @@ def test_geotiff_with_broken_crs_is_one_line_exit_2(
     assert "spatial_ref" not in xr.open_zarr(tmp_path / "ok.zarr").coords
 
 
+def test_geotiff_with_a_crs_but_no_transform_is_one_line_exit_2(cli, tmp_path: Path) -> None:
+    keys = [1, 1, 0, 2, 1024, 0, 1, 1, 3072, 0, 1, 32633]
+    src = tmp_path / "nowhere.tif"
+    tifffile.imwrite(src, np.ones((4, 5), np.float32), extratags=[(34735, "H", len(keys), keys)])
+    r = cli("ingest", str(src), "-o", str(tmp_path / "n.zarr"))
+    assert r.returncode == 2 and "no transform" in r.stderr and "--no-georef" in r.stderr
+    assert not (tmp_path / "n.zarr").exists()
+
+
+def test_envi_coordinate_system_without_map_info_places_nothing(tmp_path: Path) -> None:
+    hdr = write_envi(tmp_path, _scene((2, 5, 6)), None)
+    wkt = UTM33.to_wkt()
+    hdr.write_text(hdr.read_text() + f"coordinate system string = {{{wkt}}}\n")
+    assert "spatial_ref" not in open_input(hdr).coords
+
+
 def test_without_rasterio_only_georeferencing_needs_the_geo_extra(
     cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
