@@ -138,11 +138,14 @@ def crs_from_wkt(text: str, *, source: str | Path, what: str) -> str:
         return _checked_wkt(crs, source, what, said)
 
 
-def read_georef(path: str | Path, *, what: str, source: str | Path | None = None) -> GeoRef:
+def read_georef(
+    path: str | Path, *, what: str, source: str | Path | None = None, placed: bool = True
+) -> GeoRef:
     """CRS and transform of the raster ``path`` (GeoTIFF, ENVI binary...) read by GDAL.
 
     Raises :class:`MissingDependencyError` without rasterio, :class:`FormatError` when
-    GDAL cannot open the file or finds no (or an unknown) coordinate system.
+    GDAL cannot open the file or finds no (or an unknown) coordinate system, or (with
+    ``placed``) no transform. ``placed=False``: the caller wants the CRS only.
     """
     source = source or path
     rasterio = rasterio_module(f"{source}: reading its {what}")
@@ -156,7 +159,7 @@ def read_georef(path: str | Path, *, what: str, source: str | Path | None = None
                 f"{source}: GDAL could not read its {what} ({exc}); {SKIP_HINT}"
             ) from None
         wkt = _checked_wkt(crs, source, what, said)
-    if transform.is_identity:  # GDAL's stand-in when the file places no pixel
+    if placed and transform.is_identity:  # GDAL's stand-in when the file places no pixel
         raise FormatError(
             f"{source}: the {what} has a coordinate system but no transform (no tie point "
             f"or pixel size); set one, e.g. with `gdal_edit.py -a_ullr`, {SKIP_HINT}"

@@ -190,7 +190,8 @@ def _grid_mapping(ds: xr.Dataset, var: xr.DataArray, path: Path) -> str | None:
         text = attrs.get("crs_wkt") or attrs.get("spatial_ref")
         if text:
             return crs_from_wkt(str(text), source=path, what=what)
-        return read_georef(f'NETCDF:"{path}":{var.name}', what=what, source=path).crs_wkt
+        where = f'NETCDF:"{path}":{var.name}'  # the transform comes from x/y, not GDAL
+        return read_georef(where, what=what, source=path, placed=False).crs_wkt
     lat = [c for c in var.coords.values() if c.attrs.get("units") == "degrees_north"]
     lon = [c for c in var.coords.values() if c.attrs.get("units") == "degrees_east"]
     if len(lat) == 1 and len(lon) == 1 and lat[0].ndim == 1 and lon[0].ndim == 1:
