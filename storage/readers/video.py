@@ -2,20 +2,27 @@
 
 Opening a video makes one demux pass over its packets (no decoding) to learn every
 frame's presentation timestamp (pts) and where the keyframes are. Each dask block then
-opens the container, seeks to the keyframe at or before its first frame and decodes
-forward only as far as its last frame, so a block costs O(GOP + block) decoding, never
-O(video). PyAV is imported only here, and only when a video is opened.
+decodes forward only as far as its last frame, with a decoder that is already there when
+blocks are read in order: open decoders are kept per process (see :class:`_Decoder`), each
+positioned after the last frame it gave, and a block continues the one that gets to its
+first frame soonest, waiting for a busy one if that is sooner than seeking. Only a block
+asked for earlier than every decoder (or beyond the next keyframe) opens a new one at the
+keyframe at or before its first frame, so reading a video in order costs one sequential
+decode, and any block at most O(GOP + block), never O(video). PyAV is imported only here,
+and only when a video is opened.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
+import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import dask.array as da
 import numpy as np
@@ -27,15 +34,19 @@ from ..layout import MAX_CHUNK_BYTES, default_chunks
 from .base import ReaderSpec, register
 
 if TYPE_CHECKING:  # PyAV is optional and imported only when a video is opened
+    from av.container import InputContainer
     from av.video.format import VideoFormat
     from av.video.frame import VideoFrame
 
-__all__ = ["FRAMES_PER_BLOCK", "open_video"]
+__all__ = ["FRAMES_PER_BLOCK", "MAX_IDLE_DECODERS", "close_decoders", "open_video"]
 
 #: Frames decoded per dask block unless ``chunks["frame"]`` says otherwise.
 FRAMES_PER_BLOCK = 8
 #: In the per-frame seek plan: "no keyframe at or before this frame, decode from the start".
 _FROM_START = np.iinfo(np.int64).min
+#: Idle decoders kept open per process (all videos together); the least recently used is
+#: closed first.
+MAX_IDLE_DECODERS = 8
 #: ISO base-media brands that are still images, not videos (HEIF, AVIF).
 _IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
 
@@ -143,37 +154,192 @@ def _scan(av: ModuleType, path: Path) -> dict:
     return facts
 
 
-def _decode_into(
-    out: np.ndarray, av: ModuleType, path: str, index: int, want: dict, seek: int, pixels: _Pixels
-) -> None:
-    """Decode the frames whose pts are keys of ``want`` into ``out``, popping them."""
-    last = max(want)
-    with av.open(path) as container:
-        stream = container.streams[index]
-        if seek != _FROM_START:
-            container.seek(int(seek), stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
+class _Decoder:
+    """One open container of one video stream, positioned after the last frame it gave.
+
+    ``pos`` is that frame's pts (before the first frame: the seek point it started from);
+    while a thread uses it, ``until`` is the last pts that thread wants. Only the thread
+    that took it from the pool touches its container.
+    """
+
+    def __init__(self, key: tuple, start: int) -> None:
+        self.key = key
+        self.pos = start
+        self.until = start
+        self.busy = True
+        self.exhausted = False
+        self._container: InputContainer | None = None
+        self._frames: Iterator[VideoFrame] = iter(())
+
+    def open(self, av: ModuleType, path: str, index: int) -> None:
+        """Open the file and seek to ``pos`` (a keyframe's dts, or :data:`_FROM_START`)."""
+        self._container = av.open(path)
+        stream = self._container.streams[index]
+        if self.pos != _FROM_START:
+            self._container.seek(self.pos, stream=stream, backward=True, any_frame=False)
+        self._frames = cast("Iterator[VideoFrame]", self._container.decode(stream))
+
+    def read_into(self, out: np.ndarray, want: dict, pixels: _Pixels) -> None:
+        """Decode forward, putting the frames whose pts are keys of ``want`` into ``out``
+        (popping them); stop after the last one, or past it when one never came."""
+        last = max(want)
+        for frame in self._frames:
             ts = frame.pts if frame.pts is not None else frame.dts
+            if ts is None:
+                continue
+            self.pos = ts
             if ts in want:
                 out[want.pop(ts)] = pixels.array(frame, *out.shape[-2:])
-            if not want or (ts is not None and ts > last):
-                break
+                if not want:
+                    return
+            if ts > last:
+                return
+        self.exhausted = True
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+
+
+#: Every open decoder of this process, idle ones in least-recently-used order; guarded by
+#: ``_CHANGED``, which is notified whenever one is given back.
+_DECODERS: list[_Decoder] = []
+_CHANGED = threading.Condition()
+#: Decoders inherited by a forked child: never used nor closed there (their FFmpeg
+#: threads stayed in the parent), only kept from being freed.
+_INHERITED: list[_Decoder] = []
+
+
+def _forget_decoders_after_fork() -> None:
+    global _CHANGED
+    _INHERITED.extend(_DECODERS)
+    _DECODERS.clear()
+    _CHANGED = threading.Condition()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_decoders_after_fork)
+
+
+def close_decoders() -> None:
+    """Close the idle decoders this process keeps open (busy ones close when given back)."""
+    with _CHANGED:
+        idle = [d for d in _DECODERS if not d.busy]
+        for d in idle:
+            _DECODERS.remove(d)
+    for d in idle:
+        d.close()
+
+
+def _take_decoder(
+    key: tuple, first: int, last: int, seek: int, *, new: bool
+) -> tuple[_Decoder, bool]:
+    """The cheapest decoder to reach pts ``first`` (marked busy until ``last``), and
+    whether it must be opened.
+
+    Costs count the pts this thread decodes, plus half those it waits for: an idle
+    decoder before ``first`` continues (``first - pos``); a busy one that will stop before
+    ``first`` is waited for (``first - until + (until - pos) / 2``); a new one starts at
+    ``seek``, the keyframe at or before ``first`` (``first - seek``). Ties keep a decoder
+    already open, so reading in order, even from several threads, decodes each frame
+    about once. ``new``: always a new one.
+    """
+    with _CHANGED:
+        while True:
+            best, cost = None, float(first - seek)
+            for d in _DECODERS if not new else ():
+                if d.key != key or (d.until if d.busy else d.pos) >= first:
+                    continue
+                c = first - d.until + (d.until - d.pos) / 2 if d.busy else float(first - d.pos)
+                if c < cost or (c == cost and (best is None or (best.busy and not d.busy))):
+                    best, cost = d, c
+            if best is not None and best.busy:
+                _CHANGED.wait()
+                continue
+            opening = best is None
+            if best is None:
+                best = _Decoder(key, seek)
+            else:
+                best.busy = True
+                _DECODERS.remove(best)
+            _DECODERS.append(best)
+            best.until = last
+            return best, opening
+
+
+def _give_back(decoder: _Decoder, *, keep: bool) -> None:
+    closing = []
+    with _CHANGED:
+        decoder.busy = False
+        if not keep or decoder.exhausted:
+            _DECODERS.remove(decoder)
+            closing.append(decoder)
+        idle = [d for d in _DECODERS if not d.busy]
+        for d in idle[: max(0, len(idle) - MAX_IDLE_DECODERS)]:
+            _DECODERS.remove(d)
+            closing.append(d)
+        _CHANGED.notify_all()
+    for d in closing:
+        d.close()
+
+
+def _read_block(
+    out: np.ndarray,
+    want: dict,
+    av: ModuleType,
+    path: str,
+    index: int,
+    pixels: _Pixels,
+    stamp: tuple | None,
+    *,
+    seek: int,
+    new: bool,
+) -> bool:
+    """Read ``want`` into ``out`` with a decoder from the pool (``new``: a new one at
+    ``seek``), held by this thread meanwhile and given back unless reading failed.
+    Returns whether that decoder was a new one started at ``seek``."""
+    decoder, opening = _take_decoder((path, index, stamp), min(want), max(want), seek, new=new)
+    keep = False
+    try:
+        if opening:
+            decoder.open(av, path, index)
+        decoder.read_into(out, want, pixels)
+        keep = True
+    finally:
+        _give_back(decoder, keep=keep)
+    return opening
 
 
 def _read_frames(
-    plan: np.ndarray, *, path: str, index: int, pixels: _Pixels, shape: tuple
+    plan: np.ndarray,
+    *,
+    path: str,
+    index: int,
+    pixels: _Pixels,
+    shape: tuple,
+    stamp: tuple | None = None,
 ) -> np.ndarray:
-    """Decode one block of frames (a dask block); ``plan`` rows are ``(pts, seek point)``."""
+    """Decode one block of frames (a dask block); ``plan`` rows are ``(pts, seek point)``.
+
+    ``stamp`` identifies the file's version (e.g. inode, mtime, size): decoders kept open
+    for one version are never used for another.
+    """
     av = _import_av()
     out = np.empty((len(plan), *shape), dtype=np.dtype(pixels.dtype))
+    want = {int(ts): i for i, ts in enumerate(plan[:, 0])}
     seek = int(plan[:, 1].min())
-    for start in (seek, _FROM_START) if seek != _FROM_START else (seek,):
-        # Decoding from the start is the fallback for a seek that lands after a wanted
-        # frame (a demuxer with an inexact index); it costs O(video), not O(GOP).
-        want = {int(ts): i for i, ts in enumerate(plan[:, 0])}
-        _decode_into(out, av, path, index, want, start, pixels)
-        if not want:
-            return out
+    args = (out, want, av, path, index, pixels, stamp)
+    fresh = _read_block(*args, seek=seek, new=False)
+    # A wanted frame never came: a decoder went past it. Retry with a new decoder at the
+    # keyframe (unless that was the one), then from the start of the file: the fallback
+    # for a seek that lands after a wanted frame (a demuxer with an inexact index), which
+    # costs O(video), not O(GOP).
+    if want and not fresh:
+        _read_block(*args, seek=seek, new=True)
+    if want and seek != _FROM_START:
+        _read_block(*args, seek=_FROM_START, new=True)
+    if not want:
+        return out
     raise FormatError(
         f"{path}: expected frames with pts {sorted(want)[:5]} but decoding did not "
         "produce them; the file may be damaged: re-encode it, e.g. "
@@ -254,6 +420,7 @@ def open_video(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> 
         index=facts["index"],
         pixels=pixels,
         shape=shape,
+        stamp=(st.st_ino, st.st_mtime_ns, st.st_size),
     )
     frames = frames.rechunk(tuple(want[d] for d in sizes))
     time = facts["plan"][:, 0].astype(np.float64) * float(facts["time_base"])
