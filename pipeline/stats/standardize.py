@@ -237,9 +237,20 @@ def iter_standardized(
         An iterable of arrays of dims ``(band, y, x)`` (NumPy or CuPy), or a Dataset whose
         ``variable`` has one leading dim (``frame`` or ``image``) before ``band``, e.g. a
         video opened with ``cubepipe.storage.ingest.open_input``; frames are then read
-        one at a time, so memory stays at one frame.
+        in order, one chunk along that dim at a time (a video's decoder runs forward, see
+        :mod:`cubepipe.storage.readers.video`), so memory stays at one chunk of frames.
     stats
         Saved statistics (``stats_*`` variables).
+    method
+        ``zscore`` or ``minmax``.
+    variable
+        The Dataset's variable to read.
+
+    Yields
+    ------
+    array
+        ``(band, y, x)`` float32, where the frame lives (NumPy or CuPy); per-band
+        arithmetic in float64, as :func:`standardize`.
     """
     center, scale = transform_params(stats, method)
     if isinstance(frames, xr.Dataset):
@@ -247,10 +258,7 @@ def iter_standardized(
         lead = [d for d in cube.dims if d not in ("band", "y", "x")]
         if len(lead) != 1:
             raise InputError(f"expected one leading dim before band, got dims {cube.dims}")
-        source: Iterable[Any] = (
-            _frame(cube.isel({lead[0]: i}).transpose("band", "y", "x"))
-            for i in range(cube.sizes[lead[0]])
-        )
+        source: Iterable[Any] = _frames_in_order(cube.transpose(lead[0], "band", "y", "x"))
     else:
         source = frames
     for i, frame in enumerate(source):
@@ -263,8 +271,18 @@ def iter_standardized(
         )
 
 
-def _frame(frame: xr.DataArray) -> Any:
-    """One frame's array where its chunks live (NumPy or CuPy; never ``.values``, which
-    would copy device data to the host)."""
-    data = frame.data
-    return data.compute() if isinstance(data, da.Array) else data
+def _frames_in_order(cube: xr.DataArray) -> Iterator[Any]:
+    """The frames of ``cube`` (dims ``(lead, band, y, x)``) in order, computed one chunk
+    along ``lead`` at a time (a frame at a time would decode a video's block once per
+    frame), where the chunks live (NumPy or CuPy; never ``.values``, which would copy
+    device data to the host)."""
+    data = cube.data
+    if not isinstance(data, da.Array):
+        yield from (data[i] for i in range(data.shape[0]))
+        return
+    start = 0
+    for n in data.chunks[0]:
+        block = data[start : start + n].compute()
+        start += n
+        yield from (block[i] for i in range(n))
+        del block  # before the next chunk is computed
