@@ -17,10 +17,13 @@ from cubepipe.pipeline.stats.fit import (
 )
 from cubepipe.pipeline.stats.standardize import METHOD_ATTR, METHODS, destandardize, standardize
 from cubepipe.storage import InputError, open_cube, store_state
+from cubepipe.storage.encodings import ENCODINGS, encode
 from cubepipe.storage.location import is_remote
 from cubepipe.storage.update import add_variables
 
+from ..backend import to_host
 from ._app import CliState, command
+from ._format import human_bytes
 from ._io import in_argument, open_in, provenance, write_options, write_output
 
 
@@ -93,6 +96,25 @@ def _load_stats(spec: str):
     return take_stats(open_cube(spec))
 
 
+#: ``standardize`` names the lossy encodings in a note when its float32 output would be at
+#: least this many times its input file and this large: a compressed video or JPEG.
+_NOTE_RATIO, _NOTE_MIN_BYTES = 20, 64 * 2**20
+
+
+def _size_note(source: str, out_bytes: int) -> str | None:
+    path = Path(source)
+    if is_remote(source) or not path.is_file():
+        return None
+    in_bytes = path.stat().st_size
+    if out_bytes < max(_NOTE_MIN_BYTES, _NOTE_RATIO * in_bytes):
+        return None
+    return (
+        f"cubepipe standardize: note: the float32 output holds {human_bytes(out_bytes)} "
+        f"(before compression) for a {human_bytes(in_bytes)} input; --encoding float16 "
+        "or int16-quantized stores half the bytes and records its max error"
+    )
+
+
 @command("standardize")
 @in_argument
 @write_options
@@ -101,6 +123,14 @@ def _load_stats(spec: str):
     "--stats",
     "stats_from",
     help="Use statistics from this store (stats_* variables) or JSON (`cubepipe stats --json`).",
+)
+@click.option(
+    "--encoding",
+    type=click.Choice(ENCODINGS),
+    default="float32",
+    show_default=True,
+    help="float32 is lossless; float16 and int16-quantized (lossy, half the bytes) record "
+    "their max error in the output's attrs.",
 )
 def standardize_cmd(
     state: CliState,
@@ -112,8 +142,10 @@ def standardize_cmd(
     shards: str | None,
     method: str,
     stats_from: str | None,
+    encoding: str,
 ) -> None:
-    """Standardize IN per band (zscore: mean 0, std 1; minmax: [0, 1]) into OUT (float32).
+    """Standardize IN per band (zscore: mean 0, std 1; minmax: [0, 1]) into OUT (float32,
+    or the lossy --encoding asked for).
 
     Without --stats, statistics saved in IN are used if present, else fitted first (one
     extra read of IN). OUT carries the statistics, so `destandardize` inverts it.
@@ -130,6 +162,10 @@ def standardize_cmd(
             st = None  # fitted first: the input is read twice
             ds = open_in(source, two_pass_on=state.scheduler_spec)
         out = standardize(ds, st, method=method, device=state.device)
+        if encoding != "float32":  # float16 and int16-quantized scan OUT once first
+            out = encode(to_host(out), encoding)
+        elif note := _size_note(source, out["cube"].nbytes):
+            state.say(note)
         write_output(
             state,
             out,
@@ -138,6 +174,7 @@ def standardize_cmd(
             params={
                 "method": method,
                 "stats": stats_from or ("saved" if st is not None else "fit"),
+                **({"encoding": encoding} if encoding != "float32" else {}),
             },
             inputs=[source] + ([stats_from] if stats_from else []),
             chunks=chunks,
