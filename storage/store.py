@@ -348,7 +348,9 @@ def _open_remote(url: str, allow_incomplete: bool) -> xr.Dataset:
 
 def _stored_chunks(ds: xr.Dataset) -> dict[Hashable, int]:
     chunks: dict[Hashable, int] = {}
-    for var in ds.variables.values():
+    # Data variables last, so their chunks win: a 1-D coordinate along ``image`` (e.g.
+    # ``height``) is stored in one chunk, which must not make every image one chunk.
+    for var in [*ds.coords.values(), *ds.data_vars.values()]:
         chunks.update(var.encoding.get("preferred_chunks") or {})
     return chunks
 

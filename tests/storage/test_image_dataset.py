@@ -84,6 +84,10 @@ def test_mixed_sizes_become_one_padded_cube_plain_xarray_reads(mixed: Path, tmp_
     assert group["cube"].shape == cube.shape
     np.testing.assert_array_equal(group["height"][...], [r.shape[1] for r in refs.values()])
 
+    # opened as stored: one image a chunk (the one-chunk height/width coordinates along
+    # image must not make the whole data set one chunk)
+    assert open_cube(out)["cube"].data.chunks[0] == (1,) * len(files)
+
     # the library reads each file back at its own size, names kept
     got = dict(open_images(out))
     assert list(got) == [f.name for f in files]
