@@ -13,9 +13,11 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.array.core import concatenate3
 
 from cubepipe.pipeline.backend import (
     Device,
@@ -272,17 +274,26 @@ def iter_standardized(
 
 
 def _frames_in_order(cube: xr.DataArray) -> Iterator[Any]:
-    """The frames of ``cube`` (dims ``(lead, band, y, x)``) in order, computed one chunk
-    along ``lead`` at a time (a frame at a time would decode a video's block once per
-    frame), where the chunks live (NumPy or CuPy; never ``.values``, which would copy
-    device data to the host)."""
+    """The frames of ``cube`` (dims ``(lead, band, y, x)``) in order, where the chunks
+    live (NumPy or CuPy; never ``.values``, which would copy device data to the host).
+
+    The chunks of one chunk-row along ``lead`` are computed together (a frame at a time
+    would decode a video's block once per frame), then each frame is put together from
+    its pieces, so the row is never concatenated whole."""
     data = cube.data
     if not isinstance(data, da.Array):
         yield from (data[i] for i in range(data.shape[0]))
         return
     start = 0
     for n in data.chunks[0]:
-        block = data[start : start + n].compute()
+        (pieces,) = dask.compute(data[start : start + n].to_delayed()[0].tolist())
         start += n
-        yield from (block[i] for i in range(n))
-        del block  # before the next chunk is computed
+        whole = len(pieces) == len(pieces[0]) == len(pieces[0][0]) == 1
+        for i in range(n):
+            yield pieces[0][0][0][i] if whole else concatenate3(_at(pieces, i))
+        del pieces  # before the next row is computed
+
+
+def _at(pieces: list, i: int) -> list:
+    """Frame ``i`` of every piece of a nested ``[band][y][x]`` list of chunks."""
+    return [[[p[i] for p in row] for row in band] for band in pieces]
