@@ -8,8 +8,9 @@ positioned after the last frame it gave, and a block continues the one that gets
 first frame soonest, waiting for a busy one if that is sooner than seeking. Only a block
 asked for earlier than every decoder (or beyond the next keyframe) opens a new one at the
 keyframe at or before its first frame, so reading a video in order costs one sequential
-decode, and any block at most O(GOP + block), never O(video). PyAV is imported only here,
-and only when a video is opened.
+decode, and any block at most O(GOP + block), never O(video). A chain of empty "tickets"
+makes dask run a whole-video job's blocks in frame order (see :func:`open_video`). PyAV
+is imported only here, and only when a video is opened.
 """
 
 from __future__ import annotations
@@ -312,6 +313,7 @@ def _read_block(
 
 def _read_frames(
     plan: np.ndarray,
+    _order: np.ndarray | None = None,
     *,
     path: str,
     index: int,
@@ -319,7 +321,8 @@ def _read_frames(
     shape: tuple,
     stamp: tuple | None = None,
 ) -> np.ndarray:
-    """Decode one block of frames (a dask block); ``plan`` rows are ``(pts, seek point)``.
+    """Decode one block of frames (a dask block); ``plan`` rows are ``(pts, seek point)``;
+    ``_order`` (the block's tickets, see :func:`open_video`) only orders the blocks.
 
     ``stamp`` identifies the file's version (e.g. inode, mtime, size): decoders kept open
     for one version are never used for another.
@@ -408,9 +411,16 @@ def open_video(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> 
     name = "cubepipe-ingest-read-video-" + tokenize(
         str(p.resolve()), st.st_mtime_ns, st.st_size, want
     )
+    # dask orders the blocks of a whole-video job (a write, a reduction) by their keys as
+    # strings ("10" before "2", often backwards), and each block read out of order decodes
+    # from its keyframe again: O(video) per block for a one-keyframe video. Tickets, a
+    # cumulative sum of zeros (ticket k depends on ticket k - 1, and costs nothing), rank
+    # block k after block k - 1 so that such jobs decode forward, each frame once.
+    tickets = da.zeros(plan.shape, chunks=plan.chunks, dtype=np.int8).cumsum(axis=0)
     frames = da.map_blocks(
         _read_frames,
         plan,
+        tickets,
         name=name,
         chunks=(frame_chunks, *((n,) for n in shape)),
         new_axis=[2, 3],

@@ -264,3 +264,22 @@ def _by_hand(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray
     """``(band, y, x)`` uint8 -> float32 z-scores, float64 arithmetic (the reference)."""
     x = image.astype(np.float32).astype(np.float64)
     return ((x - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+
+
+def _written(block: np.ndarray) -> np.ndarray:
+    """Stands for a chunk write: one int per chunk."""
+    return np.ones((1,) * block.ndim, dtype=np.int64)
+
+
+def test_a_whole_video_job_decodes_forward(tmp_path, decoding):
+    """dask orders a graph's independent blocks by their keys as strings ("10" before "2",
+    and here backwards), which would decode a one-keyframe video from the start for
+    nearly every block; the reader's ticket chain makes the job decode forward."""
+    path = one_gop(tmp_path / "one.mp4", n=96)
+    cube = open_video(path, chunks={"frame": 4, "y": 16, "x": 32})["cube"]  # 24 x 3 x 2
+    scaled = (cube.data.astype(np.float32) - 128) / 64
+    one_per_chunk = tuple((1,) * len(c) for c in scaled.chunks)
+    done = scaled.map_blocks(_written, chunks=one_per_chunk, dtype=np.int64)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        assert int(done.sum().compute()) == 24 * 3 * 2
+    assert decoding["frames"] <= 96 + 8 and decoding["opens"] <= 2
