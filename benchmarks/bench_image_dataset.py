@@ -141,5 +141,6 @@ if __name__ == "__main__":
         summary=summary,
         notes="Issue 17: 24 files ingested one process each took 2 min 40 s for a user. "
         "The CLI cases include each command's start-up (Python, NumPy, dask, xarray, zarr "
-        "imports), which is most of a separate ingest's time.",
+        "imports), which is most of a separate ingest's time. The memory columns of the "
+        "*_cli cases are the benchmark process's, not the commands' (they run as children).",
     )
