@@ -20,7 +20,8 @@ from .encodings import encode
 from .errors import CubepipeError, FormatError, InputError
 from .readers import check_input, detect_format, open_source
 from .readers.bands import band_files, check_bands, stack_bands
-from .readers.image import check_same, expand_sources, open_colored, stack_images
+from .readers.collection import check_same, expand_sources, stack_images
+from .readers.image import open_colored
 from .readers.npy import open_npy
 from .sidecar import read_sidecar, sidecar_path
 from .store import write_cube
@@ -348,7 +349,7 @@ def open_input(
         A file, a directory, a glob pattern or a sequence of these. Several files, a
         directory or a glob form a collection: images stacked along a leading ``image``
         dim, padded when their sizes differ (see
-        :func:`~cubepipe.storage.readers.image.expand_sources`, :mod:`.dataset`).
+        :func:`~cubepipe.storage.readers.collection.expand_sources`, :mod:`.dataset`).
     format
         ``auto`` (by content, then suffix) or a reader name: ``npy``, ``tiff``, ``png``,
         ``jpeg``, ``envi``, ``video``.

@@ -15,7 +15,7 @@ from cubepipe.storage.ingest import ingest_params, open_input, write_input
 from cubepipe.storage.layout import parse_shards
 from cubepipe.storage.location import is_remote
 from cubepipe.storage.readers.bands import band_files
-from cubepipe.storage.readers.image import expand_sources, skipped_files
+from cubepipe.storage.readers.collection import expand_sources, skipped_files
 from cubepipe.storage.remote import download_inputs
 from cubepipe.storage.store import claim_output
 

@@ -22,7 +22,7 @@ import xarray as xr
 
 from ..errors import FormatError, InputError
 from ..geo import georef_of
-from .image import expand_sources
+from .collection import expand_sources
 
 __all__ = ["LANDSAT_OLI_TIRS", "band_files", "check_bands", "landsat_band", "stack_bands"]
 
@@ -56,7 +56,7 @@ def _natural(path: Path) -> list[object]:
 
 def band_files(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """The files of a band stack: each directory or glob in natural order, single paths
-    in the order given (see :func:`~cubepipe.storage.readers.image.expand_sources`)."""
+    in the order given (see :func:`~cubepipe.storage.readers.collection.expand_sources`)."""
     items = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
     files: list[Path] = []
     for item in items:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from cubepipe.storage import FormatError, InputError
 from cubepipe.storage.readers import detect_format, open_source
-from cubepipe.storage.readers.image import check_same, expand_sources, stack_images
+from cubepipe.storage.readers.collection import check_same, expand_sources, stack_images
 from cubepipe.storage.readers.npy import default_layout, open_npy
 from cubepipe.storage.sidecar import write_sidecar
 
