@@ -55,7 +55,8 @@ def describe(path: str | Path) -> dict[str, Any]:
     ``variables`` (name -> dims, shape, dtype, chunks, codecs, bytes_in_memory,
     bytes_on_disk, encoding attrs such as a recorded error bound), ``fitted`` (names of
     model/statistics variables), ``bytes_on_disk``, ``bytes_in_memory``, ``version``,
-    ``history``, ``images`` (image data sets: count, height/width ranges, padding; see
+    ``history``, ``georef`` (``crs`` name, ``crs_wkt``, GDAL ``transform``; None if not
+    georeferenced), ``images`` (image data sets: count, height/width ranges, padding; see
     :func:`~cubepipe.storage.dataset.describe_images`; None otherwise). Only metadata
     (and the small per-image size arrays) is read; this is cheap on any size of store.
     """
@@ -107,6 +108,35 @@ def describe(path: str | Path) -> dict[str, Any]:
         "version": meta.get("version"),
         "history": history(attrs),
         "images": describe_images(group),
+        "georef": _georef(group),
+    }
+
+
+def _georef(group: Any) -> dict[str, Any] | None:
+    """The store's coordinate system and affine transform (its ``spatial_ref``
+    variable, CF/GDAL conventions), or None if it is not georeferenced."""
+    if "spatial_ref" not in group:
+        return None
+    attrs = dict(group["spatial_ref"].attrs)
+    wkt = attrs.get("crs_wkt") or attrs.get("spatial_ref")
+    if not isinstance(wkt, str):
+        return None
+    name = None
+    try:
+        import rasterio.crs  # noqa: PLC0415  (optional: the `geo` extra)
+
+        code = rasterio.crs.CRS.from_wkt(wkt).to_epsg()
+        name = f"EPSG:{code}" if code else None
+    except Exception:  # no rasterio, or a CRS it cannot name: the WKT's own name
+        name = None
+    if name is None:
+        parts = wkt.split('"')
+        name = parts[1] if len(parts) > 1 else wkt[:60]
+    transform = attrs.get("GeoTransform")
+    return {
+        "crs": name,
+        "crs_wkt": wkt,
+        "transform": transform if isinstance(transform, str) else None,
     }
 
 

@@ -36,6 +36,14 @@ def _images_line(im: dict[str, Any] | None) -> list[str]:
     return [f"images     {im['count']} ({sizes}{pad}){names}"]
 
 
+def _georef_line(g: dict[str, Any] | None) -> list[str]:
+    """The ``georef`` line of ``cubepipe info`` (none if not georeferenced)."""
+    if not g:
+        return []
+    where = f", transform {g['transform']}" if g.get("transform") else ""
+    return [f"georef     {g['crs']}{where}"]
+
+
 def render_info(d: dict[str, Any]) -> str:
     """Human-readable form of :func:`cubepipe.storage.describe`'s dict."""
     state = d["state"]
@@ -51,6 +59,7 @@ def render_info(d: dict[str, Any]) -> str:
         "dims       " + " ".join(f"{k}={v}" for k, v in d["dims"].items()),
         f"size       {human_bytes(mem)} in memory, {human_bytes(disk)} on disk{ratio}",
         *_images_line(d.get("images")),
+        *_georef_line(d.get("georef")),
         "variables",
     ]
     width = max((len(n) for n in d["variables"]), default=4)

@@ -7,6 +7,7 @@ readers.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -97,6 +98,12 @@ def test_geotiff_survives_ingest_standardize_compress_export(cli, tmp_path: Path
         _assert_georeferenced(tmp_path / f"{name}.zarr")
     assert cli("-q", "stats", str(tmp_path / "in.zarr")).returncode == 0
     _assert_georeferenced(tmp_path / "in.zarr")
+    info = cli("info", str(tmp_path / "pca.zarr"))
+    assert info.returncode == 0 and "georef     EPSG:32633, transform " in info.stdout
+    gdal = " ".join(str(v) for v in TRANSFORM.to_gdal())
+    assert json.loads(cli("info", "--json", str(tmp_path / "rec.zarr")).stdout)["georef"][
+        "transform"
+    ].split() == gdal.split()
 
     exports = {
         "in.tif": ("in.zarr", "cube"),
