@@ -31,6 +31,7 @@ from cubepipe.pipeline.compression.pca import (
 from cubepipe.pipeline.compression.result import Compressed
 from cubepipe.storage import open_cube
 from cubepipe.storage.errors import InputError
+from cubepipe.storage.geo import carry_georef
 
 __all__ = ["METHODS", "Compressed", "compress", "load_model", "prepare_compress", "reconstruct"]
 
@@ -222,7 +223,7 @@ def reconstruct(ds: xr.Dataset | str | Path, *, device: Device | str | None = No
     out = xr.Dataset({"cube": cube}, attrs=data.attrs)
     if "mask" in data:
         out["mask"] = data["mask"]
-    return out
+    return carry_georef(out, data)  # a georeferenced input gives a georeferenced output
 
 
 def _open(source: xr.Dataset | str | Path, name: str) -> tuple[xr.Dataset, str]:
@@ -322,7 +323,7 @@ def _prepare(
         out = out.assign({k: ("band", stats[k].values) for k in stats.data_vars})
     if "mask" in ds:
         out["mask"] = ds["mask"]
-    return Compressed(out, partials, method, params, training)
+    return Compressed(carry_georef(out, ds), partials, method, params, training)
 
 
 def _check(

@@ -286,3 +286,19 @@ def test_without_rasterio_only_georeferencing_needs_the_geo_extra(
         cli("-q", "export", str(tmp_path / "plain.zarr"), "-o", str(tmp_path / "p.tif")).returncode
         == 0
     )
+
+
+def test_the_library_carries_georeferencing_through_compress_and_reconstruct(
+    tmp_path: Path,
+) -> None:
+    from cubepipe.pipeline import compress, reconstruct  # noqa: PLC0415
+
+    src = write_geotiff(tmp_path / "s.tif", _scene((4, 20, 30)))
+    ds = open_input(src)
+    scores = compress(ds, components=2)
+    rebuilt = reconstruct(scores)
+    for out, var in ((scores, "scores"), (rebuilt, "cube")):
+        got = georef_of(out)
+        assert got is not None, var
+        assert Affine(*got.transform).almost_equals(TRANSFORM, precision=1e-9)
+        assert out[var].attrs.get("grid_mapping") == "spatial_ref"
