@@ -392,6 +392,11 @@ def open_video(path: str | Path, *, chunks: Mapping[str, int] | None = None) -> 
     reads the file once but decodes nothing), less any before the first keyframe; the
     container's own ``frames`` field is not trusted since many containers (mkv, webm)
     leave it 0.
+
+    Blocks read in frame order (by one thread or several) decode the video once, as
+    plain PyAV does, and give the same frames bit for bit: decoders stay open between
+    blocks, at most :data:`MAX_IDLE_DECODERS` idle ones per process (the file stays open
+    meanwhile; :func:`close_decoders` closes them).
     """
     av = _import_av()
     p = Path(path)
