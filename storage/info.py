@@ -82,7 +82,7 @@ def describe(path: str | Path) -> dict[str, Any]:
             "bytes_in_memory": int(np.prod(arr.shape, dtype=np.int64)) * arr.dtype.itemsize,
             "bytes_on_disk": size(f"{p}/{name}"),
             "encoding": {
-                k: arr_attrs[k]
+                k: _number(arr_attrs[k]) if k == "_FillValue" else arr_attrs[k]
                 for k in (
                     "cubepipe_encoding",
                     "cubepipe_source_dtype",
@@ -110,6 +110,26 @@ def describe(path: str | Path) -> dict[str, Any]:
         "images": describe_images(group),
         "georef": _georef(group),
     }
+
+
+def _number(value: Any) -> Any:
+    """A ``_FillValue`` as a number: xarray stores a float one in zarr v3 attrs as the
+    base64 of its bytes (``AAAAAAAA+H8=`` is NaN); NaN and infinities as zarr v3 spells
+    them in JSON (``"NaN"``, ``"Infinity"``, ``"-Infinity"``)."""
+    if isinstance(value, str):
+        import base64  # noqa: PLC0415
+        import binascii  # noqa: PLC0415
+
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return value
+        if len(raw) not in (2, 4, 8):
+            return value
+        value = float(np.frombuffer(raw, dtype={2: "<f2", 4: "<f4", 8: "<f8"}[len(raw)])[0])
+    if isinstance(value, float) and not np.isfinite(value):
+        return "NaN" if np.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
 
 
 def _georef(group: Any) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ import contextlib
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -41,6 +41,7 @@ class CliState:
     quiet: bool = False
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     durable: bool | None = None
+    _device_said: bool = field(default=False, repr=False)
 
     def say(self, message: str) -> None:
         """Print a progress/status line to stderr unless ``--quiet``."""
@@ -51,7 +52,9 @@ class CliState:
     def compute(self) -> Iterator[Any]:
         """Context for a command that computes: announces the device, starts the scheduler
         and reports progress (bar on a terminal, plain lines otherwise; none if quiet)."""
-        self.say(f"cubepipe: device {self.device.reason}")
+        if not self._device_said:  # once per command (a pipeline or the demo: once)
+            self.say(f"cubepipe: device {self.device.reason}")
+            self._device_said = True
         label = current_op() or "cubepipe"
         with contextlib.ExitStack() as stack:
             client = stack.enter_context(
