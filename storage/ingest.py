@@ -18,6 +18,7 @@ import xarray as xr
 
 from .encodings import encode
 from .errors import CubepipeError, FormatError, InputError
+from .invalid import InvalidRule, mask_invalid
 from .readers import check_input, detect_format, open_source
 from .readers.bands import band_files, check_bands, stack_bands
 from .readers.collection import check_same, expand_sources, stack_images
@@ -516,6 +517,7 @@ def ingest(
     variable: str | None = None,
     dims: str | Sequence[str] | None = None,
     georef: bool = True,
+    invalid: InvalidRule | None = None,
 ) -> Path:
     """Read input files into a new cube store, chunk by chunk.
 
@@ -528,6 +530,9 @@ def ingest(
         As for :func:`open_input`.
     out, encoding, resume, overwrite, device
         As for :func:`write_input`.
+    invalid
+        Pixels to store as invalid in ``mask`` (``InvalidRule(values=(0.0,))``: any band
+        equal to 0; see :mod:`~cubepipe.storage.invalid`), recorded in the history.
 
     Returns
     -------
@@ -546,7 +551,7 @@ def ingest(
         **_reader_options(variable, dims, georef),
     )
     return write_input(
-        ds,
+        mask_invalid(ds, invalid),
         out,
         inputs=paths,
         encoding=encoding,
@@ -564,6 +569,7 @@ def ingest(
             variable=variable,
             dims=dims,
             georef=georef,
+            invalid=invalid,
         ),
     )
 
@@ -579,9 +585,11 @@ def ingest_params(
     variable: str | None = None,
     dims: str | Sequence[str] | None = None,
     georef: bool = True,
+    invalid: InvalidRule | None = None,
 ) -> dict[str, Any]:
     """The reading options as recorded in an ingest's provenance entry (``color``,
-    ``stack``... only when given, so stores started before they existed still resume)."""
+    ``stack``, ``invalid``... only when given, so stores started before they existed
+    still resume)."""
     later = {
         "color": color,
         "stack": None if stack == "images" else stack,
@@ -589,6 +597,7 @@ def ingest_params(
         "variable": variable,
         "dims": dims if dims is None or isinstance(dims, str) else ",".join(dims),
         "georef": None if georef else False,
+        "invalid": None if invalid is None else invalid.to_json(),
     }
     return {
         "format": format,
