@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import xarray as xr
 from cubepipe.storage import open_cube, parse_chunks, store_state, write_cube
 from cubepipe.storage.errors import InputError
 from cubepipe.storage.geo import carry_georef
+from cubepipe.storage.invalid import InvalidRule, invalid_rule, mask_invalid, require_valid
 from cubepipe.storage.layout import parse_shards
 from cubepipe.storage.location import is_remote, is_url, local_path
 
@@ -18,14 +22,25 @@ from ..backend import to_host
 from ..scheduling import keep_between_passes
 from ._jobs import allow_nonfinite, claims_output, provenance
 
-__all__ = ["LocalPath", "in_argument", "open_in", "write_options", "write_output"]
+__all__ = [
+    "LocalPath",
+    "apply_invalid",
+    "in_argument",
+    "invalid_params",
+    "mask_options",
+    "open_in",
+    "write_options",
+    "write_output",
+]
 
 
 def open_in(
     path: str | Path, *, allow_incomplete: bool = False, two_pass_on: str | None = None
 ) -> xr.Dataset:
     """A store opens as a store; a file, directory of images or glob is streamed through
-    the readers of :mod:`cubepipe.storage` (nothing is loaded whole).
+    the readers of :mod:`cubepipe.storage` (nothing is loaded whole). In a job with
+    :func:`mask_options`, pixels its ``--invalid-*`` rule names are masked
+    (:func:`apply_invalid`).
 
     ``two_pass_on``: the scheduler of a command that will read a store twice (fit, then
     apply); chunks of the first read are kept for the second within
@@ -34,10 +49,11 @@ def open_in(
     state = store_state(path)
     if state in ("complete", "incomplete", "foreign"):
         keep = keep_between_passes(two_pass_on, path) if two_pass_on is not None else 0
-        return open_cube(path, allow_incomplete=allow_incomplete, keep_bytes=keep)
+        ds = open_cube(path, allow_incomplete=allow_incomplete, keep_bytes=keep)
+        return apply_invalid(ds, source=str(path))
     from cubepipe.storage.ingest import open_input  # noqa: PLC0415
 
-    return open_input(str(path))
+    return apply_invalid(open_input(str(path)), source=str(path))
 
 
 class LocalPath(click.Path):
@@ -127,6 +143,8 @@ def write_output(
     built without coordinates; see :func:`~cubepipe.storage.geo.carry_georef`)."""
     if inputs:
         ds = carry_georef(ds, inputs[0])
+    if _rule.get() is not None:  # the rule in the history entry's params, beside the options
+        kwargs["params"] = {**(kwargs.get("params") or {}), **invalid_params()}
     return write_cube(
         to_host(ds),
         output,
@@ -142,3 +160,88 @@ def write_output(
         allow_nonfinite=allow_nonfinite(),
         **kwargs,
     )
+
+
+#: The ``--invalid-*`` rule of the job running now (set by :func:`mask_options`).
+_rule: contextvars.ContextVar[InvalidRule | None] = contextvars.ContextVar(
+    "cubepipe_invalid_rule", default=None
+)
+
+
+def mask_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--invalid-value V`` (repeatable), ``--invalid-below X``, ``--invalid-above X``
+    for a job that computes on its input.
+
+    The job itself does not take them: the rule is checked (a contradiction or NaN is one
+    line, exit 2) before the job runs, and held while it runs, for :func:`open_in` (and
+    :func:`apply_invalid`) to mask the pixels it names and for :func:`write_output` to
+    record it in the history entry's params (the options are recorded as every option
+    is). A pixel is invalid where any band matches (see :mod:`cubepipe.storage.invalid`).
+    """
+
+    @functools.wraps(fn)
+    def job(state: Any, **params: Any) -> Any:
+        rule = invalid_rule(
+            params.pop("invalid_value", ()) or (),
+            params.pop("invalid_below", None),
+            params.pop("invalid_above", None),
+        )
+        token = _rule.set(rule)
+        try:
+            return fn(state, **params)
+        finally:
+            _rule.reset(token)
+
+    for option in (
+        click.option(
+            "--invalid-above",
+            type=float,
+            metavar="X",
+            help="Mark a pixel invalid where any band is > X.",
+        ),
+        click.option(
+            "--invalid-below",
+            type=float,
+            metavar="X",
+            help="Mark a pixel invalid where any band is < X.",
+        ),
+        click.option(
+            "--invalid-value",
+            type=float,
+            multiple=True,
+            metavar="V",
+            help="Mark a pixel invalid where any band equals V (repeatable; e.g. 0 for a "
+            "black outside), in the output's mask. Not for NaN: NaN is invalid already "
+            "(filter: with --mask-nan).",
+        ),
+    ):
+        job = option(job)
+    return job
+
+
+def apply_invalid(
+    ds: xr.Dataset, *, source: str = "the input", variable: str = "cube"
+) -> xr.Dataset:
+    """``ds`` with the running job's ``--invalid-*`` rule in its ``mask`` (unchanged outside
+    a job with :func:`mask_options`, or without a rule).
+
+    Reads the first chunk(s) of ``ds`` to make sure some pixel is still valid: a rule that
+    masks every pixel is an :class:`~cubepipe.storage.errors.InputError`, before any work.
+    """
+    rule = _rule.get()
+    if rule is None:
+        return ds
+    if variable not in ds:
+        raise InputError(
+            f"--invalid-* compare the values of variable {variable!r}, which {source} lacks "
+            f"(it has {', '.join(map(str, ds.data_vars))})"
+        )
+    out = mask_invalid(ds, rule, variable=variable)
+    require_valid(out, rule, source=source)
+    return out
+
+
+def invalid_params() -> dict[str, Any]:
+    """``{"invalid": rule}`` for a history entry's params; empty without a rule."""
+    rule = _rule.get()
+    return {} if rule is None else {"invalid": rule.to_json()}

@@ -7,9 +7,21 @@ from pathlib import Path
 
 import click
 
-from ..filters import AXES, FILTER_ATTR, FORMS, METHODS, MODES, filter_cube, parse_kernel
+from cubepipe.storage import history, read_attrs
+
+from ..filters import (
+    AXES,
+    FILTER_ATTR,
+    FORMS,
+    METHODS,
+    MODES,
+    filter_cube,
+    nan_spread,
+    nan_spread_summary,
+    parse_kernel,
+)
 from ._app import CliState, command
-from ._io import in_argument, open_in, write_options, write_output
+from ._io import in_argument, mask_options, open_in, write_options, write_output
 
 
 @command("filter")
@@ -29,6 +41,7 @@ from ._io import in_argument, open_in, write_options, write_output
 )
 @click.option("--fill", is_flag=True, help="Masked: also estimate invalid values where supported.")
 @click.option("--variable", default="cube", show_default=True, help="Variable to filter.")
+@mask_options
 def filter_cmd(
     state: CliState,
     source: str,
@@ -55,6 +68,8 @@ def filter_cmd(
     --mask-nan or a store mask, NaN/masked values are left out by normalized
     convolution: conv(x*w, k) / conv(w, k), valid where the kernel sees at least
     --min-support of its weight on valid values. Boundary --mode as scipy.ndimage.
+    --invalid-value/-below/-above mark pixels invalid (any band matching) in the mask
+    first; without --mask-nan, NaN in IN spreads and a warning counts the pixels hit.
     """
     spec = parse_kernel(kernel)  # a bad spec fails before IN is opened
     ds = open_in(source)
@@ -79,6 +94,9 @@ def filter_cmd(
             f"{report['method']} ({report['method_reason']}); halo {report['halo']}; "
             f"mode {mode}{'; normalized (masked)' if report['masked'] else ''}"
         )
+        # Without --mask-nan, count where NaN spread, in the write's pass (not on resume:
+        # that would recompute every chunk).
+        counted = not mask_nan and not resume
         write_output(
             state,
             out,
@@ -90,5 +108,17 @@ def filter_cmd(
             shards=shards,
             resume=resume,
             overwrite=overwrite,
+            results={"nan_spread": nan_spread(ds, out, variable=variable)} if counted else None,
+            summarize=nan_spread_summary if counted else None,
         )
+    if counted:
+        spread = history(read_attrs(output))[-1].get("results", {})
+        if spread.get("nonfinite_inputs"):
+            click.echo(
+                f"cubepipe filter: warning: {source} holds {spread['nonfinite_inputs']} "
+                f"NaN/inf value(s); without --mask-nan they spread through the kernel: "
+                f"{spread['nan_spread_pixels']} output pixel(s) whose input was finite came "
+                "out NaN (--mask-nan leaves NaN out: normalized convolution)",
+                err=True,
+            )
     state.say(f"cubepipe filter: wrote {output} in {time.perf_counter() - t0:.1f} s")

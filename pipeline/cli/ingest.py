@@ -21,7 +21,7 @@ from cubepipe.storage.store import claim_output
 
 from ._app import CliState, command
 from ._format import human_bytes
-from ._io import LocalPath, check_shards
+from ._io import LocalPath, apply_invalid, check_shards, invalid_params, mask_options
 from ._jobs import provenance
 
 FORMATS = ["auto", "npy", "tiff", "png", "jpeg", "envi", "video", "netcdf"]
@@ -131,6 +131,7 @@ def _band_summary(ds: xr.Dataset) -> str | None:
 )
 @click.option("--resume", is_flag=True, help="Finish an interrupted ingest into OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@mask_options
 def ingest(
     state: CliState,
     sources: tuple[str, ...],
@@ -158,7 +159,8 @@ def ingest(
     single-band files of one size and grid (Landsat's B1..B11) become the bands of one
     (band, y, x) cube. Georeferencing (CRS, transform) is kept as a spatial_ref variable
     with x/y coordinates. Data are read and written chunk by chunk, so inputs larger than
-    memory are fine.
+    memory are fine. --invalid-value/-below/-above store a mask: a pixel is invalid
+    where any band matches (e.g. --invalid-value 0 for a black outside).
     """
     sizes = parse_chunks(chunks)
     # Refuse an output that overlaps the input or exists (without --resume/--overwrite)
@@ -190,6 +192,7 @@ def ingest(
             wavelengths=wavelengths,
             **options,
         )
+        ds = apply_invalid(ds, source=sources[0] if len(sources) == 1 else "the inputs")
         with state.compute():
             t0 = time.perf_counter()
             store = write_input(
@@ -209,7 +212,8 @@ def ingest(
                     stack=stack_by,
                     wavelengths=wavelengths,
                     **options,
-                ),
+                )
+                | invalid_params(),
                 provenance=provenance(),
                 durable=state.durable,
                 shards=parse_shards(shards),

@@ -24,7 +24,16 @@ from cubepipe.storage.update import add_variables
 from ..backend import to_host
 from ._app import CliState, command
 from ._format import human_bytes
-from ._io import in_argument, open_in, provenance, write_options, write_output
+from ._io import (
+    apply_invalid,
+    in_argument,
+    invalid_params,
+    mask_options,
+    open_in,
+    provenance,
+    write_options,
+    write_output,
+)
 
 
 def _stats_table(d: dict) -> str:
@@ -51,20 +60,23 @@ def _stats_table(d: dict) -> str:
 @click.option("--variable", default="cube", show_default=True, help="Variable to summarise.")
 @click.option("--split-every", type=click.IntRange(min=2), help="Fan-in of the tree reduction.")
 @click.option("--no-save", is_flag=True, help="Print the statistics without saving them.")
+@mask_options
 def stats_cmd(
     state: CliState, store: str, as_json: bool, variable: str, split_every: int, no_save: bool
 ) -> None:
     """Fit per-band count/mean/std/min/max in one pass and save them into STORE.
 
     The statistics are stored as float64 variables stats_* beside the data, so
-    `standardize --stats STORE` can re-apply them to other data later.
+    `standardize --stats STORE` can re-apply them to other data later. With
+    --invalid-value/-below/-above they are over the pixels the rule leaves valid (the
+    store's mask is not changed; the rule is recorded with the statistics).
     """
     if not no_save and is_remote(store):
         raise InputError(
             f"{store}: saving statistics into a store on object storage is not supported "
             "yet; use --no-save (with --json to keep them in a file)"
         )
-    ds = open_cube(store)
+    ds = apply_invalid(open_cube(store), source=store, variable=variable)
     if not no_save and METHOD_ATTR in ds.get(variable, ds).attrs:
         raise InputError(
             f"{store} holds standardized data whose stats_* are the statistics it was "
@@ -80,7 +92,7 @@ def stats_cmd(
             store,
             st,
             op="stats",
-            params={"variable": variable},
+            params={"variable": variable, **invalid_params()},
             device=str(state.device),
             provenance=provenance(),
         )
@@ -132,6 +144,7 @@ def _size_note(source: str, out_bytes: int) -> str | None:
     help="float32 is lossless; float16 and int16-quantized (lossy, half the bytes) record "
     "their max error in the output's attrs.",
 )
+@mask_options
 def standardize_cmd(
     state: CliState,
     source: str,
@@ -149,13 +162,15 @@ def standardize_cmd(
 
     Without --stats, statistics saved in IN are used if present, else fitted first (one
     extra read of IN). OUT carries the statistics, so `destandardize` inverts it.
+    --invalid-value/-below/-above mask pixels (any band matching) in OUT's mask and fit
+    the statistics over the rest (saved ones are then not used; --stats still is).
     """
     ds = open_in(source)
     t0 = time.perf_counter()
     with state.compute():
         if stats_from:
             st = _load_stats(stats_from)
-        elif all(v in ds for v in STAT_VARS):
+        elif all(v in ds for v in STAT_VARS) and not invalid_params():
             st = take_stats(ds)
             state.say(f"cubepipe standardize: using the statistics saved in {source}")
         else:
