@@ -9,6 +9,7 @@ from .convolve import DIRECT_MAX_COST, choose_method
 from .cube import AXES, FILTER_ATTR, METHODS, MODES, filter_cube, filter_dtype
 from .frequency import MIN_CUTOFF, butterworth_lowpass, transfer_function
 from .kernels import FORMS, Kernel, KernelSpec, Taps, make_kernel, parse_kernel
+from .nan_spread import nan_spread, nan_spread_summary
 
 __all__ = [
     "AXES",
@@ -26,6 +27,8 @@ __all__ = [
     "filter_cube",
     "filter_dtype",
     "make_kernel",
+    "nan_spread",
+    "nan_spread_summary",
     "parse_kernel",
     "transfer_function",
 ]
