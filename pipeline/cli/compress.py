@@ -53,10 +53,11 @@ def _ae_options(f: Any) -> Any:
         ),
         click.option(
             "--train-pixels",
-            type=click.IntRange(min=10),
+            type=click.IntRange(min=100),
             default=200_000,
             show_default=True,
-            help="ae/vae: size of the random sample of valid pixels trained on (10 % held out).",
+            help="ae/vae: size of the random sample of valid pixels trained on (10 % held out "
+            "to choose the epoch).",
         ),
         click.option(
             "--init",
@@ -70,14 +71,17 @@ def _ae_options(f: Any) -> Any:
             type=click.IntRange(min=0),
             default=50,
             show_default=True,
-            help="ae/vae: most passes over the sample.",
+            help="ae/vae: most passes over the sample (if training stops here while still "
+            "improving, the summary says so: raise it).",
         ),
         click.option(
             "--patience",
             type=click.IntRange(min=1),
-            default=5,
+            default=10,
             show_default=True,
-            help="ae/vae: stop after this many epochs without held-out improvement.",
+            help="ae/vae: stop after this many epochs without held-out improvement on the best "
+            "trained epoch (the learning rate halves after a third of them); the best "
+            "held-out epoch is kept, the start included, so a PCA start is never made worse.",
         ),
         click.option(
             "--batch-size",
@@ -213,13 +217,15 @@ def _report(state: CliState, job: Compressed, res: dict[str, Any]) -> None:
     )
     report = job.training
     if report:
+        start = "PCA" if spec.get("init") == "pca" else "random"
+        gain = report["heldout_mse"] / report["heldout_mse_initial"] - 1
         state.say(
             f"cubepipe compress: {kind} held-out MSE (standardized) "
-            f"{report['heldout_mse_initial']:.6g} before training "
-            f"({'PCA' if spec.get('init') == 'pca' else 'random'}), "
-            f"{report['heldout_mse']:.6g} after (best epoch {report['best_epoch']} of "
-            f"{report['epochs_run']}, {report['train_pixels']} training pixels)"
+            f"{report['heldout_mse_initial']:.6g} at the {start} start, "
+            f"{report['heldout_mse']:.6g} kept ({gain:+.2%}; best epoch {report['best_epoch']} "
+            f"of {report['epochs_run']}, {report['train_pixels']} training pixels)"
         )
+        click.echo(f"compress: {kind} training stopped: {report['stopped']}")
 
 
 @command("reconstruct")

@@ -59,7 +59,7 @@ def compress(
     train_pixels: int = 200_000,
     init: str = "pca",
     epochs: int = 50,
-    patience: int = 5,
+    patience: int = 10,
     batch_size: int = 1024,
     learning_rate: float = 1e-3,
     beta: float = 1.0,

@@ -241,7 +241,7 @@ def test_errors_are_one_line_input_errors() -> None:
         fit_autoencoder(ds, n_components=2, architecture="rnn")
     few = ds.copy()
     few["mask"] = (("y", "x"), np.zeros((10, 12), bool))
-    with pytest.raises(InputError, match="at least 10 pixels"):
+    with pytest.raises(InputError, match="at least 100 pixels"):
         fit_autoencoder(few, n_components=2)
     model, _, _ = fit_autoencoder(ds, n_components=2, **TINY)
     with pytest.raises(InputError, match="5 bands but 'cube' has 4"):

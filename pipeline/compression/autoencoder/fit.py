@@ -66,7 +66,8 @@ __all__ = [
     "take_ae_model",
 ]
 
-_MIN_PIXELS = 10
+_MIN_HELDOUT = 10  # pixels held out to choose the epoch (10 % of the sample, at most 50 000)
+_MIN_PIXELS = 10 * _MIN_HELDOUT
 _LOGVAR_INIT = float(np.log(1e-4))  # initial VAE posterior variance (whitened latents)
 
 
@@ -117,7 +118,7 @@ def fit_autoencoder(
     seed: int = 0,
     init: str = "pca",
     epochs: int = 50,
-    patience: int = 5,
+    patience: int = 10,
     batch_size: int = 1024,
     learning_rate: float = 1e-3,
     beta: float = 1.0,
@@ -148,7 +149,10 @@ def fit_autoencoder(
         uniform initialisation of every layer.
     epochs, patience, batch_size, learning_rate, beta
         Adam training: at most ``epochs`` passes over the sample, stopped after
-        ``patience`` epochs without held-out improvement; ``beta`` weighs the VAE's KL.
+        ``patience`` epochs without a held-out gain over the best trained epoch (the
+        learning rate halves after ``patience // 3``), keeping the best held-out epoch,
+        the start included (see :mod:`~cubepipe.pipeline.compression.autoencoder.schedule`);
+        ``beta`` weighs the VAE's KL.
     standardize
         Loss on z-scores (every band weighs the same). Default: squared error in data
         units (bands weigh by their variance), the error PCA and the RMSE measure.
@@ -172,7 +176,10 @@ def fit_autoencoder(
             f"--components must be between 1 and {nb} (the band count); got {n_components}"
         )
     if train_pixels < _MIN_PIXELS:
-        raise InputError(f"--train-pixels must be at least {_MIN_PIXELS}; got {train_pixels}")
+        raise InputError(
+            f"--train-pixels must be at least {_MIN_PIXELS} (10 % are held out to choose the "
+            f"epoch, at least {_MIN_HELDOUT}); got {train_pixels}"
+        )
     axis = cube.get_axis_num("band")
     data = cube.data.rechunk({axis: -1})
     valid = None if valid is None else valid.rechunk(data.chunks)
@@ -192,12 +199,13 @@ def fit_autoencoder(
     stats = stats_from_packed(moments[:, :NFIELDS], cube, variable)
     if values.shape[0] < _MIN_PIXELS:
         raise InputError(
-            f"an autoencoder needs at least {_MIN_PIXELS} pixels valid in every band; "
-            f"{variable!r} has {values.shape[0]}"
+            f"an autoencoder needs at least {_MIN_PIXELS} pixels valid in every band (10 % "
+            f"are held out to choose the epoch, at least {_MIN_HELDOUT}); {variable!r} has "
+            f"{values.shape[0]}: use --method pca on so few pixels"
         )
     center, scale = transform_params(stats, "zscore")
     z = ((values.astype(np.float64) - center) / scale).astype(np.float32)
-    n_val = max(1, min(z.shape[0] // 10, 50_000))
+    n_val = max(_MIN_HELDOUT, min(z.shape[0] // 10, 50_000))
     weights = np.ones(nb) if standardize else scale**2 / np.mean(scale**2)
     spec = build_spec(
         kind=kind,
@@ -225,6 +233,7 @@ def fit_autoencoder(
         seed=seed,
         device=device,
         say=say,
+        init=init,
     )
     spec.update(
         init=init,

@@ -16,9 +16,10 @@ Losses, per pixel of ``band`` values ``z`` and per-band weights ``w`` (mean 1):
 
 Held-out pixels are scored after every epoch with the latent means (deterministic); the
 parameters with the best held-out loss are kept, the epoch before any training included,
-so with PCA initialisation the held-out AE error is never above PCA's. Training stops
-after ``patience`` epochs without improvement; the learning rate halves after two. On
-small samples the batch shrinks so that an epoch still makes 64 steps.
+so with PCA initialisation the held-out AE error is never above PCA's. When training
+stops, how the learning rate falls, and the stated reason are
+:mod:`cubepipe.pipeline.compression.autoencoder.schedule`'s. On small samples the batch
+shrinks so that an epoch still makes 64 steps.
 
 References
 ----------
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from cubepipe.pipeline.compression.autoencoder.net import LOGVAR_RANGE, resample_matrix
+from cubepipe.pipeline.compression.autoencoder.schedule import Schedule
 from cubepipe.storage.errors import CubepipeError, CubepipeWarning, MissingDependencyError
 
 __all__ = ["import_torch", "torch_device", "train_network"]
@@ -211,6 +213,7 @@ def _train(
     beta: float,
     seed: int,
     say: Callable[[str], None],
+    init: str = "pca",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     t0 = time.perf_counter()
     p = {
@@ -231,17 +234,24 @@ def _train(
         return {k: v.detach().cpu().numpy().copy() for k, v in p.items()}
 
     start = _evaluate(net, zv, w, beta=beta)
-    best, best_epoch, best_params = start, 0, snapshot()
+    best, best_params = start, snapshot()
+    plan = Schedule(
+        epochs=epochs,
+        patience=patience,
+        learning_rate=learning_rate,
+        start_loss=start[0],
+        start_name="PCA start" if init == "pca" else "random start",
+    )
     say(
         f"cubepipe compress: {kind} training on {zt.shape[0]} pixels ({zv.shape[0]} held out), "
-        f"{dev.type}; held-out loss before training {start[0]:.6g}"
+        f"{dev.type}; held-out loss of the {plan.start_name} {start[0]:.6g}"
     )
-    stale = since_drop = 0
-    ran = 0
     for epoch in range(1, epochs + 1):
-        ran = epoch
         perm = torch.from_numpy(order_rng.permutation(zt.shape[0])).to(dev)
         total, count = 0.0, 0
+        rate = plan.learning_rate_now
+        for group in opt.param_groups:
+            group["lr"] = rate
         for a in range(0, zt.shape[0], batch_size):
             batch = zt[perm[a : a + batch_size]]
             loss, _, _ = _losses(net, batch, w, beta=beta, generator=gen)
@@ -251,27 +261,18 @@ def _train(
             total += float(loss.detach()) * batch.shape[0]
             count += batch.shape[0]
         current = _evaluate(net, zv, w, beta=beta)
-        improved = current[0] < best[0]
+        improved, stop = plan.end_epoch(epoch, current[0])
         if improved:
-            best, best_epoch, best_params = current, epoch, snapshot()
-            stale = since_drop = 0
-        else:
-            stale += 1
-            since_drop += 1
+            best, best_params = current, snapshot()
         say(
             f"cubepipe compress: {kind} epoch {epoch}/{epochs}: train loss {total / count:.6g}, "
-            f"held-out {current[0]:.6g}{' (best)' if improved else ''}"
+            f"held-out {current[0]:.6g}{' (best)' if improved else ''}, "
+            f"lr {rate:.3g}"
         )
-        if stale >= patience:
-            say(f"cubepipe compress: {kind} stopped early: no improvement in {patience} epochs")
+        if stop:
             break
-        if since_drop >= 2:
-            for group in opt.param_groups:
-                group["lr"] *= 0.5
-            since_drop = 0
     report = {
-        "epochs_run": ran,
-        "best_epoch": best_epoch,
+        **plan.report(),
         "heldout_loss_initial": start[0],
         "heldout_mse_initial": start[1],
         "heldout_loss": best[0],
