@@ -37,6 +37,7 @@ __all__ = [
     "fft_module",
     "gpu_libraries",
     "gpu_status",
+    "linalg_module",
     "matmul",
     "ndimage_module",
     "resolve_device",
@@ -223,6 +224,18 @@ def ndimage_module(xp: Any) -> ModuleType:
     import scipy.ndimage  # noqa: PLC0415
 
     return scipy.ndimage
+
+
+def linalg_module(xp: Any) -> ModuleType:
+    """``scipy.linalg`` for NumPy arrays, ``cupyx.scipy.linalg`` for CuPy arrays (only the
+    names both have: ``solve_triangular``, ``lu_factor``, ``lu_solve``)."""
+    if _is_cupy_namespace(xp):
+        import cupyx.scipy.linalg as culinalg  # noqa: PLC0415
+
+        return culinalg
+    import scipy.linalg  # noqa: PLC0415
+
+    return scipy.linalg
 
 
 def _asnumpy(block: Any) -> np.ndarray:
