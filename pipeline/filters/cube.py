@@ -21,7 +21,9 @@ from .masked import normalized_block
 __all__ = ["AXES", "FILTER_ATTR", "METHODS", "MODES", "filter_cube", "filter_dtype"]
 
 AXES = {"spatial": ("y", "x"), "spectral": ("band",)}
-METHODS = ("auto", "direct", "fft")
+#: ``fft`` is another name of ``rfft`` (the input is real, so the FFT path is always the
+#: real one); reports and logs say ``rfft``.
+METHODS = ("auto", "direct", "rfft", "fft")
 #: Boundary modes, as scipy.ndimage names them: reflect ``d c b a | a b c d | d c b a``,
 #: nearest ``a a a | a b c d | d d d``, constant ``0 0 0 | a b c d | 0 0 0``.
 MODES = ("reflect", "nearest", "constant")
@@ -165,8 +167,9 @@ def filter_cube(
     axis
         ``spatial``: 2-D over each ``(y, x)`` plane; ``spectral``: 1-D along ``band``.
     method
-        ``direct``, ``fft`` (real FFT) or ``auto`` (by kernel cost; see
-        :func:`~cubepipe.pipeline.filters.choose_method`). The result is the same.
+        ``direct``, ``rfft`` (real FFT; ``fft`` is the same) or ``auto`` (by kernel
+        cost; see :func:`~cubepipe.pipeline.filters.choose_method`). The result is the
+        same; the report names the one used (``direct`` or ``rfft``).
     mode
         Boundary: ``reflect`` (mirror, edge repeated), ``nearest`` (edge value),
         ``constant`` (zeros; in masked filtering: the outside counts as invalid).
@@ -224,7 +227,7 @@ def filter_cube(
     axes = tuple(cube.get_axis_num(d) for d in dims)
     depth = k.depth
     data = cube.data
-    if chosen == "fft" and axis == "spatial":
+    if chosen == "rfft" and axis == "spatial":
         # FFT tiles larger than store chunks: less halo and padding-to-fast-length waste
         # (a 512 chunk + halo pads to ~1.2x the work; a 1250 tile to ~1.05x), one band
         # per task so a tile's spectrum stays small.

@@ -37,9 +37,9 @@ def test_filter_masked_gaussian_writes_reports_and_matches_the_api(
         "--axis", "spectral", "--method", "fft", "--mode", "constant",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "method fft (fft as requested" in proc.stderr and "spectral" in proc.stderr
+    assert "method rfft (rfft as requested" in proc.stderr and "spectral" in proc.stderr
     report = open_cube(out2)["cube"].attrs[FILTER_ATTR]
-    assert (report["axis"], report["method"], report["mode"]) == ("spectral", "fft", "constant")
+    assert (report["axis"], report["method"], report["mode"]) == ("spectral", "rfft", "constant")
 
 
 def test_bad_kernel_exits_2_with_one_line(cli, small_store: Path, tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_lowpass_fill_resume_and_overwrite(cli, small_store: Path, tmp_path: Pat
     args = ["filter", str(small_store), "-o", str(out), "--kernel", "lowpass:0.1", "--mask-nan"]
     proc = cli(*args, "--fill", "--min-support", "0.3")
     assert proc.returncode == 0, proc.stderr
-    assert "method fft (auto:" in proc.stderr
+    assert "method rfft (auto:" in proc.stderr
     v = open_cube(out)["cube"].values
     n_in = np.isnan(open_cube(small_store)["cube"].values).sum()
     assert 0 < np.isnan(v).sum() < n_in  # the disc's rim was filled, its centre not
