@@ -55,7 +55,15 @@ from .writers.floats import export_floats, float_dtype
 from .writers.scaled import ImagePlan, export_images, plan_images
 from .writers.scaling import ScaleSpec, parse_scale
 
-__all__ = ["SUFFIXES", "ExportJob", "ExportResult", "check_room", "export", "prepare_export"]
+__all__ = [
+    "SUFFIXES",
+    "ExportJob",
+    "ExportResult",
+    "check_room",
+    "export",
+    "main_variable",
+    "prepare_export",
+]
 
 #: Dims that may stand where ``band`` does: PCA/autoencoder scores are ``(component, y, x)``.
 _SPECTRAL = ("band", "component")
@@ -146,9 +154,47 @@ def _check_options(out: Path, fmt: str, scale: str | None, bits: int | None) -> 
     return 8 if bits is None else bits
 
 
+def _cube_shaped(var: xr.DataArray) -> bool:
+    dims = tuple(map(str, var.dims))
+    return len(dims) in (3, 4) and dims[-2:] == CORE_DIMS[1:] and dims[-3] in _SPECTRAL
+
+
+def main_variable(ds: xr.Dataset, store: Path | str = "the store") -> str:
+    """The name of the store's main data variable: what export and report show by default.
+
+    ``cube`` when there is one; else ``scores`` (a ``compress`` output: its PCA or
+    autoencoder scores, ``(..., component, y, x)``); else the one variable shaped
+    ``(..., band|component, y, x)`` (e.g. a ``filter`` output of another variable).
+
+    Raises
+    ------
+    InputError
+        None of these, or several candidates: the message names the variables present
+        and says to choose one with ``--variable``.
+    """
+    for name in ("cube", "scores"):
+        if name in ds.data_vars:
+            return name
+    shaped = [str(k) for k, v in ds.data_vars.items() if k != "mask" and _cube_shaped(v)]
+    if len(shaped) == 1:
+        return shaped[0]
+    have = ", ".join(map(str, ds.data_vars)) or "none"
+    why = (
+        f"several variables shaped (..., band, y, x): {', '.join(shaped)}"
+        if shaped
+        else "no variable shaped (..., band|component, y, x)"
+    )
+    raise InputError(
+        f"{store} has neither 'cube' nor 'scores' and {why} (has: {have}); "
+        "choose one with --variable NAME"
+    )
+
+
 def _select(
-    ds: xr.Dataset, variable: str, bands: Sequence[int] | None, store: Path | str
+    ds: xr.Dataset, variable: str | None, bands: Sequence[int] | None, store: Path | str
 ) -> tuple[xr.DataArray, list[int]]:
+    if variable is None:
+        variable = main_variable(ds, store)
     if variable not in ds.data_vars:
         have = ", ".join(map(str, ds.data_vars)) or "none"
         raise InputError(f"{store} has no variable {variable!r} to export (has: {have})")
@@ -230,7 +276,7 @@ class ExportJob:
         elif self.georef is not None:
             pages = " (no georeferencing: .npy has no place for it; export .tif for that)"
         shape = "x".join(map(str, self.var.shape))
-        summary = f"wrote {self.out} ({self.fmt}, {dtype} {shape}{pages}; {how})"
+        summary = f"wrote {self.out} ({self.var.name}: {self.fmt}, {dtype} {shape}{pages}; {how})"
         return ExportResult(
             [self.out], dtype=str(r["dtype"]), max_abs_error=r["max_abs_error"], summary=summary
         )
@@ -251,7 +297,8 @@ class ExportJob:
         kind = "RGB preview" if len(self.bands) == 3 else "grey"
         lo, hi = r["range"]
         summary = (
-            f"wrote {len(files)} {self.fmt.upper()} file(s) {names} ({self.bits}-bit {kind}, "
+            f"wrote {len(files)} {self.fmt.upper()} file(s) {names} ({self.var.name}: "
+            f"{self.bits}-bit {kind}, "
             f"--scale {self.spec} -> [{lo:.6g}, {hi:.6g}], NaN -> 0) + *.cubepipe.json sidecars; "
             f"q*scale+offset restores floats within {r['max_abs_error']:.3g}; "
             f"{r['clipped']} value(s) clipped"
@@ -318,7 +365,7 @@ def prepare_export(
     bands: Sequence[int] | None = None,
     scale: str | None = None,
     bits: int | None = None,
-    variable: str = "cube",
+    variable: str | None = None,
     overwrite: bool = False,
     allow_incomplete: bool = False,
 ) -> ExportJob:
@@ -351,7 +398,7 @@ def prepare_export(
         check_room(out, n_values * (bits // 8))  # the codes, written before the images
     georef = georef_of(var)
     if georef is not None and fmt == "tiff":
-        rasterio_module(f"exporting the georeferenced {store}:{variable} as a GeoTIFF")
+        rasterio_module(f"exporting the georeferenced {store}:{var.name} as a GeoTIFF")
     return ExportJob(var, out, fmt, idx, str(store), bits, spec, plans, georef)
 
 
@@ -362,7 +409,7 @@ def export(
     bands: Sequence[int] | None = None,
     scale: str | None = None,
     bits: int | None = None,
-    variable: str = "cube",
+    variable: str | None = None,
     overwrite: bool = False,
     allow_incomplete: bool = False,
 ) -> ExportResult:
@@ -384,7 +431,10 @@ def export(
     bits
         ``.tif``/``.npy``: 32 or 64 (float width). PNG: 8 (default) or 16. JPEG: 8.
     variable
-        Data variable to export, dims ``(band, y, x)`` or ``(image|frame, band, y, x)``.
+        Data variable to export, dims ``(band|component, y, x)``, optionally with a
+        leading ``image``/``frame`` dim. Default: the store's main one
+        (:func:`main_variable`: ``cube``, else ``scores``, else the one cube-shaped
+        variable).
     overwrite
         Replace existing output files (and sidecars).
     allow_incomplete

@@ -50,7 +50,11 @@ def _parse_bands(text: str | None) -> list[int] | None:
     type=click.Choice(["8", "16", "32", "64"]),
     help="PNG: 8 (default) or 16; JPEG: 8; TIFF/NPY: 32 or 64 (float width).",
 )
-@click.option("--variable", default="cube", show_default=True, help="Data variable to export.")
+@click.option(
+    "--variable",
+    help="Data variable to export (default: the store's main one: cube; scores for a "
+    "compress output; else its one (..., band, y, x) variable, e.g. a filter's output).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--allow-incomplete", is_flag=True, help="Read a store whose writer did not finish.")
 def export_cmd(
@@ -60,15 +64,17 @@ def export_cmd(
     bands: str | None,
     scale: str | None,
     bits: str | None,
-    variable: str,
+    variable: str | None,
     overwrite: bool,
     allow_incomplete: bool,
 ) -> None:
     """Export STORE to a file other tools read.
 
+    Without --variable the store's main variable is exported: cube, or the scores of
+    a compress output (one page per component), or a filter's output variable.
     .tif/.npy hold the exact floats (TIFF: one page per band; read by tifffile, Pillow,
     OpenCV). A georeferenced store (from a GeoTIFF, ENVI map info or a NetCDF grid
-    mapping) exports to .tif as a GeoTIFF: its bands (or --variable scores) as one
+    mapping) exports to .tif as a GeoTIFF: its bands (or components) as one
     raster with the store's CRS and transform, read by GDAL/rasterio (the geo extra). .png/.jpg are scaled integer previews: they need --scale and get a
     FILE.cubepipe.json sidecar from which q*scale+offset restores floats within its
     max_abs_error (code 0 = NaN). One band -> grey, three -> RGB, others -> one file per
@@ -98,7 +104,7 @@ def _export(
     bands: str | None,
     scale: str | None,
     bits: str | None,
-    variable: str,
+    variable: str | None,
     overwrite: bool,
     allow_incomplete: bool,
 ) -> None:

@@ -203,7 +203,9 @@ def reconstruct(ds: xr.Dataset | str | Path, *, device: Device | str | None = No
     -------
     xarray.Dataset
         ``cube`` of dims ``(..., band, y, x)`` float32 in data units (lazy; NaN where the
-        scores are), ``mask`` if ``ds`` has one, and ``ds.attrs``.
+        scores are) with the band coordinates ``compress`` kept (``band``,
+        ``wavelength``, ``fwhm``, ``band_name``, ...), ``mask`` if ``ds`` has one, the
+        georeferencing (``spatial_ref``, ``y``/``x``) if ``ds`` has it, and ``ds.attrs``.
 
     Notes
     -----
@@ -220,10 +222,18 @@ def reconstruct(ds: xr.Dataset | str | Path, *, device: Device | str | None = No
         cube = ae_reconstruct(scores, take_ae_model(data, where=where))
     else:
         cube = pca_reconstruct(scores, data[[v for v in MODEL_VARS if v in data]])
+    cube = cube.assign_coords(_band_coords(data))  # band, wavelength, fwhm, band_name, ...
     out = xr.Dataset({"cube": cube}, attrs=data.attrs)
     if "mask" in data:
         out["mask"] = data["mask"]
     return carry_georef(out, data)  # a georeferenced input gives a georeferenced output
+
+
+def _band_coords(source: xr.Dataset | xr.DataArray) -> dict[str, xr.DataArray]:
+    """The coordinates of ``source`` along ``band`` alone (``band``, ``wavelength``,
+    ``fwhm``, ``band_name``, ...): what ``compress`` keeps beside its model and
+    :func:`reconstruct` puts back on the bands."""
+    return {str(k): c for k, c in source.coords.items() if c.dims == ("band",)}
 
 
 def _open(source: xr.Dataset | str | Path, name: str) -> tuple[xr.Dataset, str]:
@@ -323,6 +333,7 @@ def _prepare(
         out = out.assign({k: ("band", stats[k].values) for k in stats.data_vars})
     if "mask" in ds:
         out["mask"] = ds["mask"]
+    out = out.assign_coords(_band_coords(ds[variable]))  # wavelength etc., for reconstruct
     return Compressed(carry_georef(out, ds), partials, method, params, training)
 
 
