@@ -23,9 +23,14 @@ from ._io import LocalPath
 @click.option(
     "--original",
     metavar="IN",
-    help="The data STORE was compressed/reconstructed from: adds the error map.",
+    help="The data STORE was compressed/reconstructed from (raw, or the standardized store "
+    "compress read): adds the RMSE and the error map, in the units the model was fitted in "
+    "(and in raw units when standardization statistics are there).",
 )
-@click.option("--variable", help="Variable to show (default: cube, else scores).")
+@click.option(
+    "--variable",
+    help="Variable to show (default: cube, else scores, else the one (..., band, y, x) variable).",
+)
 @click.option(
     "--bins", type=click.IntRange(2, 4096), default=64, show_default=True, help="Histogram bins."
 )
@@ -63,7 +68,8 @@ def report_cmd(
 
     Band quick-looks (diverging colours centred at 0; first image/frame) and histograms,
     the per-band statistics, and for a `compress` output the scree plot, component images
-    and (with --original) the reconstruction-error map; then the provenance history and
+    and (with --original) the reconstruction error (RMSE over every valid value and a
+    map), against the input the model was fitted on; then the provenance history and
     layout. Images are embedded; the page loads nothing else. The data are read chunk by
     chunk, at most twice.
     """

@@ -12,13 +12,16 @@ shown variable (``cubepipe stats`` was the last operation on it), else from one
 chunk), strided quick-looks (first image/frame) and the error map are then computed in a
 single dask computation, so the cube is read at most twice and never loaded whole.
 
-The reconstruction-error map needs the data that were compressed, which a ``compress``
-store does not hold: pass it as ``original`` (a store, or a file ``ingest`` reads). The
-map is the per-pixel RMS over bands of (reconstruction - original) at the quick-look's
-pixels; the reconstruction is made from the store's scores and model (PCA or
-autoencoder), or is the store's ``cube`` itself (e.g. a ``reconstruct`` output). Without
-``original`` the report shows the error metrics ``compress`` recorded (RMSE, PSNR,
-spectral angle) instead.
+The reconstruction error needs the data that were compressed, which a ``compress``
+store does not hold: pass it as ``original`` (a store, or a file ``ingest`` reads). It is
+measured against the input the model was fitted on, in its units
+(:mod:`~cubepipe.pipeline.report.error`: a raw ``original`` of a standardized input is
+standardized with the statistics saved beside that input), so its RMSE over every valid
+value is the one ``compress`` recorded; with the statistics, in raw units too. The map is
+the per-pixel RMS over bands of (reconstruction - reference) at the quick-look's pixels;
+the reconstruction is made from the store's scores and model (PCA or autoencoder), or is
+the store's ``cube`` itself (e.g. a ``reconstruct`` output). Without ``original`` the
+report shows the error metrics ``compress`` recorded (RMSE, PSNR, spectral angle) only.
 """
 
 from __future__ import annotations
@@ -33,8 +36,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from cubepipe.pipeline.compression.autoencoder.apply import ae_reconstruct, model_arrays, model_kind
-from cubepipe.pipeline.compression.pca import MODEL_VARS, pca_reconstruct
+from cubepipe.pipeline.report.error import error_parts, fit_input, reference, summarize
 from cubepipe.pipeline.report.plots import (
     EmbeddedImage,
     error_scale,
@@ -54,6 +56,7 @@ from cubepipe.storage import (
     open_cube,
     store_state,
 )
+from cubepipe.storage.export import main_variable
 
 __all__ = ["band_histograms", "build_report"]
 
@@ -124,10 +127,7 @@ def _pick_variable(ds: xr.Dataset, variable: str | None, store: Any) -> str:
         if variable not in ds.data_vars:
             raise InputError(f"{store} has no variable {variable!r} (it has {names})")
         return variable
-    for name in ("cube", "scores"):
-        if name in ds.data_vars:
-            return name
-    raise InputError(f"{store} holds neither 'cube' nor 'scores'; pass --variable (it has {names})")
+    return main_variable(ds, store)  # cube, scores, or the one (..., band, y, x) variable
 
 
 def _channel_dim(var: xr.DataArray) -> str:
@@ -174,50 +174,6 @@ def _open_original(path: str | Path) -> xr.Dataset:
     from cubepipe.storage.ingest import open_input  # noqa: PLC0415
 
     return open_input(str(path))
-
-
-def _error_map(
-    ds: xr.Dataset, name: str, chan: str, original: xr.Dataset, sel: dict[str, Any], where: str
-) -> da.Array:
-    """Lazy per-pixel RMS over bands of (reconstruction - original), float64 ``(y, x)``."""
-    if "cube" not in original:
-        raise InputError(f"--original {where}: it has no 'cube' variable to compare with")
-    kind = None if chan == "band" else model_kind(ds)
-    if chan != "band" and kind is None:
-        raise InputError(
-            f"{name!r} has no compression model (pca_*, ae_*, vae_*) to reconstruct the bands from"
-        )
-    if chan == "band":
-        nb = ds[name].sizes[chan]
-    elif kind == "pca":
-        nb = ds["pca_components"].sizes["band"]
-    else:
-        nb = int(model_arrays(ds)["spec"]["bands"])
-    want = {
-        ("band" if d == chan else d): (nb if d == chan else n) for d, n in ds[name].sizes.items()
-    }
-    orig = original["cube"]
-    if dict(orig.sizes) != want:
-        raise InputError(
-            f"--original {where}: its cube {dict(orig.sizes)} does not match the "
-            f"reconstruction {want}; pass the store or file that compress read"
-        )
-    orig = orig.isel(sel)
-    if chan == "band":
-        recon = ds[name].isel(sel)
-    elif kind == "pca":
-        recon = pca_reconstruct(ds["scores"].isel(sel), ds[[v for v in MODEL_VARS if v in ds]])
-    else:  # an autoencoder: its decoder, from the arrays stored beside the scores
-        recon = ae_reconstruct(ds["scores"].isel(sel), ds)
-    dims = ("band", *_CORE)
-    diff = recon.transpose(*dims).data.astype(np.float64) - orig.transpose(*dims).data.astype(
-        np.float64
-    )
-    err = da.sqrt(da.mean(diff * diff, axis=0))
-    if "mask" in ds and set(ds["mask"].dims) <= {*_CORE, *sel}:
-        m = ds["mask"].isel({d: s for d, s in sel.items() if d in ds["mask"].dims})
-        err = da.where(m.transpose(*_CORE).data.astype(bool), err, np.nan)
-    return err
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -282,14 +238,20 @@ def _scree(ds: xr.Dataset) -> EmbeddedImage | None:
     )
 
 
-def _error_image(err: np.ndarray) -> EmbeddedImage:
+def _error_image(err: np.ndarray, units: str) -> EmbeddedImage:
     err = np.asarray(err, dtype=np.float64)
     return EmbeddedImage(
         "reconstruction error map: RMS over bands per pixel",
-        image_png(err, error_scale(err), title="RMS error over bands", label="data units"),
+        image_png(err, error_scale(err), title="RMS error over bands", label=units),
         kind="error-map",
-        attrs={"rmse": repr(float(np.sqrt(np.nanmean(err * err))))},
+        attrs={"rmse": repr(float(np.sqrt(np.nanmean(err * err)))), "units": units},
     )
+
+
+def _fitted_units(ds: xr.Dataset) -> str:
+    """The units of the error ``compress`` recorded (those of the data it read)."""
+    fit = fit_input(ds)
+    return "standardized units" if fit.standardized else "data units"
 
 
 def build_report(
@@ -308,10 +270,12 @@ def build_report(
     Parameters
     ----------
     store
-        A cube store; ``cube`` (or ``scores`` for a compress output) is shown unless
-        ``variable`` names another ``(..., band|component, y, x)`` variable.
+        A cube store; its main variable (``cube``, ``scores`` for a compress output,
+        else its one ``(..., band|component, y, x)`` variable) is shown unless
+        ``variable`` names another.
     original
-        The data a ``compress``/``reconstruct`` store came from: adds the error map.
+        The data a ``compress``/``reconstruct`` store came from (raw, or the standardized
+        store ``compress`` read): adds the RMSE and the error map.
     bins
         Histogram bins per band, spanning the band's min..max.
     size
@@ -348,15 +312,20 @@ def build_report(
         "counts": band_histograms(var.isel({chan: shown}), edges, dim=chan),
         "looks": var.isel(sel).isel({chan: shown}).transpose(chan, *_CORE).data,
     }
+    ref = None
     if orig_ds is not None:
-        lazy["error"] = _error_map(ds, name, chan, orig_ds, sel, str(original))
+        ref = reference(ds, orig_ds, str(original), store)
+        lazy["error"] = error_parts(ds, name, chan, ref, sel, str(original))
     (done,) = dask.compute(lazy)
 
     cards = [
         _card(var, chan, i, np.asarray(done["looks"][j]), done["counts"][j], edges[j], st)
         for j, i in enumerate(shown)
     ]
-    error = _error_image(np.asarray(done["error"])) if "error" in done else None
+    error = errors = None
+    if ref is not None:
+        error = _error_image(np.asarray(done["error"]["map"]), ref.units)
+        errors = summarize(done["error"], ref)
     return render_page(
         title=title or f"cubepipe report: {Path(store).name}",
         info=info,
@@ -368,6 +337,8 @@ def build_report(
         cards=cards,
         scree=_scree(ds),
         error=error,
+        errors=errors,
+        fitted_units=_fitted_units(ds),
         original=None if original is None else str(original),
         tables=tables,
         generated=f"cubepipe {__version__}, {datetime.now(UTC).isoformat(timespec='seconds')}",

@@ -18,13 +18,16 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 from matplotlib import colormaps
 from matplotlib.colors import Colormap, Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from cubepipe.pipeline.report.error import ErrorSummary
 
 __all__ = [
     "DIVERGING",
@@ -283,7 +286,7 @@ def _variables_table(info: dict[str, Any]) -> str:
     return _table(head, rows, "variables")
 
 
-def _metrics(entries: list[dict[str, Any]]) -> str:
+def _metrics(entries: list[dict[str, Any]], units: str = "data units") -> str:
     found = [h for h in entries if h.get("op") == "compress" and h.get("results")]
     if not found:
         return ""
@@ -291,7 +294,7 @@ def _metrics(entries: list[dict[str, Any]]) -> str:
     rows = [
         [_td(label), _num(r.get(key))]
         for key, label in (
-            ("rmse", "RMSE (data units)"),
+            ("rmse", f"RMSE ({units} of the input compress read)"),
             ("psnr_db", "PSNR (dB)"),
             ("sam_deg", "mean spectral angle (degrees)"),
             ("n_values", "values compared"),
@@ -300,6 +303,32 @@ def _metrics(entries: list[dict[str, Any]]) -> str:
     ]
     return "<p>Reconstruction error recorded by <code>compress</code>:</p>" + _table(
         ["metric", "value"], rows, "metrics"
+    )
+
+
+def _error_section(error: EmbeddedImage, errors: ErrorSummary | None, original: str) -> str:
+    """The reconstruction-error section: what was compared, the RMSEs, the map."""
+    head = ""
+    if errors is not None:
+        ref = errors.reference
+        rows = [[f'<td data-metric="rmse">{_e(f"RMSE ({ref.units})")}</td>', _num(errors.rmse)]]
+        if errors.rmse_raw is not None:
+            label = f"RMSE ({ref.raw_label})"
+            rows.append([f'<td data-metric="rmse_raw">{_e(label)}</td>', _num(errors.rmse_raw)])
+        rows.append(
+            [f'<td data-metric="n_values">{_e("values compared")}</td>', _num(errors.n_values)]
+        )
+        raw = f"; {errors.rmse_raw:.6g} in {ref.raw_label}" if errors.rmse_raw is not None else ""
+        head = (
+            f"<p>Reconstruction compared with {_e(ref.label)}: RMSE "
+            f"<strong>{_e(f'{errors.rmse:.6g}')}</strong> in {_e(ref.units)}{_e(raw)}, "
+            f"over every valid value.</p>" + _table(["metric", "value"], rows, "errors")
+        )
+    return (
+        f"<section id='error'><h2>Reconstruction error</h2>{head}<p class='note'>Map: "
+        f"per-pixel RMS over bands of reconstruction minus <code>{_e(original)}</code> "
+        f"({_e(error.attrs.get('units', 'data units'))}), at the quick-look's pixels; "
+        f"RMSE there {_e(error.attrs['rmse'])}.</p><figure>{error.img()}</figure></section>"
     )
 
 
@@ -318,6 +347,8 @@ def render_page(
     original: str | None,
     tables: list[tuple[str, xr.Dataset]],
     generated: str,
+    errors: ErrorSummary | None = None,
+    fitted_units: str = "data units",
 ) -> str:
     """The whole page as one HTML string, every text HTML-escaped.
 
@@ -334,6 +365,11 @@ def render_page(
         The PCA scree plot and the reconstruction-error map, when there are any.
     original
         The path the error map compares with.
+    errors
+        The reconstruction error over every valid value (what it was compared with, in
+        which units; raw units too when known).
+    fitted_units
+        The units of the error ``compress`` recorded (those of the data it read).
     tables
         (heading, ``stats_*`` Dataset over ``band``) per statistics table.
     generated
@@ -380,7 +416,7 @@ def render_page(
         "<nav><a href='#summary'>Summary</a><a href='#data'>"
         + section
         + "</a>"
-        + ("<a href='#pca'>PCA</a>" if scree or _metrics(entries) else "")
+        + ("<a href='#pca'>PCA</a>" if scree or _metrics(entries, fitted_units) else "")
         + ("<a href='#error'>Error</a>" if error or original else "")
         + "<a href='#statistics'>Statistics</a><a href='#history'>History</a>"
         + "<a href='#variables'>Variables</a></nav>",
@@ -388,16 +424,11 @@ def render_page(
         f"<section id='data'><h2>{section}</h2><p class='note'>{look_note}</p>",
         f"<div class='grid'>{grid}</div></section>",
     ]
-    if scree or _metrics(entries):
+    if scree or _metrics(entries, fitted_units):
         out.append(f"<section id='pca'><h2>PCA</h2>{scree.img() if scree else ''}")
-        out.append(f"{_metrics(entries)}</section>")
+        out.append(f"{_metrics(entries, fitted_units)}</section>")
     if error is not None:
-        out.append(
-            "<section id='error'><h2>Reconstruction error</h2><p class='note'>Per-pixel RMS "
-            f"over bands of reconstruction minus <code>{_e(original)}</code>, at the "
-            f"quick-look's pixels; RMSE there {_e(error.attrs['rmse'])}.</p>"
-            f"<figure>{error.img()}</figure></section>"
-        )
+        out.append(_error_section(error, errors, str(original)))
     out.append("<section id='statistics'><h2>Statistics</h2>")
     out += [f"<h3>{_e(label)}</h3>{_stats_table(st)}" for label, st in tables]
     out.append("</section>")
