@@ -3,6 +3,7 @@
 
 from . import compress as _compress  # noqa: F401  (registers the command)
 from . import demo as _demo  # noqa: F401
+from . import explain as _explain  # noqa: F401
 from . import export as _export  # noqa: F401
 from . import filter as _filter  # noqa: F401
 from . import info as _info  # noqa: F401

@@ -45,7 +45,8 @@ def test_each_kind_of_output_gets_its_action(small_store: Path, tmp_path: Path) 
     assert cli_record["command"] == "standardize"
     assert cli_record["options"] == {
         "source": str(small_store), "chunks": None, "shards": None, "method": "zscore",
-        "stats_from": None, "allow_nonfinite": False,
+        "stats_from": None, "allow_nonfinite": False, "encoding": "float32",
+        "invalid_value": [], "invalid_below": None, "invalid_above": None,
     }  # fmt: skip
     assert resume_action(step, cli).kind == "skip"
 
