@@ -4,9 +4,10 @@ cubepipe's stores use one codec chain (``bytes`` then ``zstd``), a regular chunk
 the default chunk-key encoding, without sharding. For exactly that layout a chunk is one
 file, ``<array>/c/<i>/<j>/<k>``, holding a single zstd frame of the chunk's raw bytes
 (edge chunks padded to the full chunk shape). Reading or writing such a file directly
-(one ``read``, one zstd call into a preallocated buffer, no event loop) costs about 60-75%
-of what the same chunk costs through zarr-python's generic codec pipeline, which is the
-difference between streaming at disk speed and not (benchmarks/bench_standardize.py).
+(one ``read``, one zstd call into a preallocated buffer, no event loop) costs 70-98% of
+the CPU time of the same chunk through zarr-python 3.1's codec pipeline, and less than
+through zarrs' Rust pipeline (benchmarks/bench_zarr_pipeline.py; the numbers and the
+decision to keep this module are in docs/DESIGN.md).
 
 The files are the same bytes zarr-python writes and reads (both use numcodecs' zstd), so
 a store stays a plain zarr v3 store: tests/storage/test_chunkio.py round-trips chunks
