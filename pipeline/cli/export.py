@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import warnings
 from pathlib import Path, PurePosixPath
@@ -11,12 +12,14 @@ from urllib.parse import urlsplit
 import click
 
 from cubepipe.storage.errors import CubepipeWarning, InputError
-from cubepipe.storage.export import SUFFIXES, prepare_export
+from cubepipe.storage.export import SUFFIXES, ExportJob, ExportResult, prepare_export
 from cubepipe.storage.location import remote_store
 from cubepipe.storage.remote import upload_files
 
 from ._app import CliState, command
 from ._io import LocalPath
+
+SIDECAR = ".cubepipe.json"
 
 
 def _parse_bands(text: str | None) -> list[int] | None:
@@ -57,6 +60,9 @@ def _parse_bands(text: str | None) -> list[int] | None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--allow-incomplete", is_flag=True, help="Read a store whose writer did not finish.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (schema: docs/cli-json.md)."
+)
 def export_cmd(
     state: CliState,
     store: str,
@@ -67,6 +73,7 @@ def export_cmd(
     variable: str | None,
     overwrite: bool,
     allow_incomplete: bool,
+    as_json: bool = False,
 ) -> None:
     """Export STORE to a file other tools read.
 
@@ -89,12 +96,39 @@ def export_cmd(
             local = tmp / PurePosixPath(urlsplit(output).path).name
         else:
             local = output
-        _export(state, store, local, bands, scale, bits, variable, overwrite, allow_incomplete)
+        job, result = _export(
+            state, store, local, bands, scale, bits, variable, overwrite, allow_incomplete
+        )
+        uploaded: list[str] = []
         if isinstance(output, str):
             files = sorted(p for p in local.parent.iterdir() if p.is_file())
             parent = output.rsplit("/", 1)[0]
-            for url in upload_files(files, parent, overwrite=overwrite):
+            uploaded = upload_files(files, parent, overwrite=overwrite)
+            for url in uploaded:
                 state.say(f"cubepipe export: uploaded {url}")
+        if not as_json:
+            click.echo(result.summary)
+            return
+        click.echo(
+            json.dumps(
+                {
+                    "store": str(store),
+                    "variable": str(job.var.name),
+                    "format": job.fmt,
+                    "files": [u for u in uploaded if not u.endswith(SIDECAR)]
+                    if uploaded
+                    else [str(f) for f in result],
+                    "sidecars": [u for u in uploaded if u.endswith(SIDECAR)]
+                    if uploaded
+                    else [str(f) for f in result.sidecars],
+                    "dtype": result.dtype,
+                    "max_abs_error": result.max_abs_error,
+                    "clipped": result.clipped,
+                    "summary": result.summary,
+                },
+                indent=2,
+            )
+        )
 
 
 def _export(
@@ -107,7 +141,7 @@ def _export(
     variable: str | None,
     overwrite: bool,
     allow_incomplete: bool,
-) -> None:
+) -> tuple[ExportJob, ExportResult]:
     # Validate everything that needs no data first, so bad input is one stderr line.
     job = prepare_export(
         store,
@@ -127,4 +161,4 @@ def _export(
             click.echo(f"cubepipe: warning: {' '.join(str(w.message).split())}", err=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    click.echo(result.summary)
+    return job, result

@@ -1,0 +1,33 @@
+"""``--json`` on the commands that print a summary: one JSON object on stdout, nothing
+else there, keys as docs/cli-json.md documents them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+
+def _npy(tmp_path: Path) -> np.ndarray:
+    x = np.random.default_rng(5).normal(-1, 3, size=(3, 16, 20)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    return x
+
+
+def test_export_json(cli, tmp_path: Path) -> None:
+    x = _npy(tmp_path)
+    assert cli("-q", "ingest", "x.npy", "-o", "x.zarr", cwd=tmp_path).returncode == 0
+    res = cli("export", "x.zarr", "-o", "x.tif", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)  # nothing but the object on stdout
+    assert d["variable"] == "cube" and d["format"] == "tiff" and d["dtype"] == "float32"
+    assert d["max_abs_error"] == 0.0 and d["clipped"] == 0 and d["sidecars"] == []
+    (written,) = d["files"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / written), x)
+    res = cli("export", "x.zarr", "-o", "p.png", "--bands", "0", "--scale", "minmax", "--json",
+              cwd=tmp_path)  # fmt: skip
+    d = json.loads(res.stdout)
+    assert d["dtype"] == "uint8" and len(d["sidecars"]) == 1
+    assert 0 < d["max_abs_error"] <= (x[0].max() - x[0].min()) / 254 / 2 * 1.0001  # code 0 is NaN
