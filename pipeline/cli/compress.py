@@ -4,6 +4,7 @@ called, the result written by :func:`~cubepipe.pipeline.cli._io.write_output`.""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,9 @@ def _ae_options(f: Any) -> Any:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random choices.")
 @_ae_options
 @mask_options
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary as JSON (schema: docs/cli-json.md)."
+)
 def compress_cmd(
     state: CliState,
     source: str,
@@ -145,6 +149,7 @@ def compress_cmd(
     shards: str | None,
     model_from: str | None,
     method: str | None,
+    as_json: bool = False,
     **options: Any,
 ) -> None:
     """Compress the bands of IN to K components per pixel (scores) and store the model.
@@ -189,11 +194,57 @@ def compress_cmd(
             summarize=job.summarize,
         )
     done = time.perf_counter()
-    _report(state, job, history(read_attrs(output))[-1].get("results", {}))
+    res = history(read_attrs(output))[-1].get("results", {})
+    if as_json:
+        click.echo(json.dumps(_summary(job, res, source, output, model_from, t_fit - t0,
+                                       done - t_fit), indent=2, default=float))  # fmt: skip
+    else:
+        _report(state, job, res)
     state.say(
         f"cubepipe compress: wrote {output} (fit {t_fit - t0:.1f} s, "
         f"{'project' if job.method == 'pca' else 'encode'} + write {done - t_fit:.1f} s)"
     )
+
+
+def _summary(
+    job: Compressed,
+    res: dict[str, Any],
+    source: str,
+    output: Path,
+    model_from: str | None,
+    fit_s: float,
+    write_s: float,
+) -> dict[str, Any]:
+    """``compress --json``: what the summary lines say, as one object."""
+    ds = job.dataset
+    ratio = ds["pca_explained_variance_ratio"].values if job.method == "pca" else None
+    training = job.training or None
+    return {
+        "command": "compress",
+        "input": str(source),
+        "output": str(output),
+        "model_from": model_from,
+        "method": job.method,
+        "components": int(job.components),
+        "explained_variance_ratio": None if ratio is None else [float(v) for v in ratio],
+        "explained_variance": None if ratio is None else float(ratio.sum()),
+        "metrics": {k: res.get(k) for k in ("rmse", "psnr_db", "sam_deg", "kl_nats") if k in res},
+        "training": None
+        if training is None
+        else {
+            k: training.get(k)
+            for k in (
+                "heldout_mse_initial",
+                "heldout_mse",
+                "best_epoch",
+                "epochs_run",
+                "train_pixels",
+                "stopped",
+                "stop_reason",
+            )
+        },
+        "seconds": {"fit": round(fit_s, 3), "write": round(write_s, 3)},
+    }
 
 
 def _report(state: CliState, job: Compressed, res: dict[str, Any]) -> None:

@@ -31,3 +31,22 @@ def test_export_json(cli, tmp_path: Path) -> None:
     d = json.loads(res.stdout)
     assert d["dtype"] == "uint8" and len(d["sidecars"]) == 1
     assert 0 < d["max_abs_error"] <= (x[0].max() - x[0].min()) / 254 / 2 * 1.0001  # code 0 is NaN
+
+
+def test_compress_json_agrees_with_scikit_learn(cli, tmp_path: Path) -> None:
+    from sklearn.decomposition import PCA  # noqa: PLC0415
+
+    x = _npy(tmp_path)
+    assert cli("-q", "ingest", "x.npy", "-o", "x.zarr", cwd=tmp_path).returncode == 0
+    res = cli("compress", "x.zarr", "-k", "2", "-o", "c.zarr", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    pixels = x.reshape(3, -1).T.astype(np.float64)
+    ref = PCA(2).fit(pixels)
+    np.testing.assert_allclose(d["explained_variance_ratio"], ref.explained_variance_ratio_,
+                               rtol=1e-9)  # fmt: skip
+    rebuilt = ref.inverse_transform(ref.transform(pixels))
+    rmse = np.sqrt(np.mean((rebuilt - pixels) ** 2))
+    assert d["method"] == "pca" and d["components"] == 2 and d["training"] is None
+    np.testing.assert_allclose(d["metrics"]["rmse"], rmse, rtol=1e-6)
+    assert set(d["seconds"]) == {"fit", "write"}
