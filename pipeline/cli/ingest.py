@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -131,6 +132,9 @@ def _band_summary(ds: xr.Dataset) -> str | None:
 )
 @click.option("--resume", is_flag=True, help="Finish an interrupted ingest into OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (schema: docs/cli-json.md)."
+)
 @mask_options
 def ingest(
     state: CliState,
@@ -150,6 +154,7 @@ def ingest(
     no_georef: bool,
     resume: bool,
     overwrite: bool,
+    as_json: bool = False,
 ) -> None:
     """Read SRC (files, a directory of images or a quoted glob) into the store OUT.
 
@@ -221,6 +226,29 @@ def ingest(
             elapsed = time.perf_counter() - t0
     d = describe(store)
     cube = d["variables"]["cube"]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "command": "ingest",
+                    "inputs": recorded,
+                    "output": str(store),
+                    "files": len(files),
+                    "skipped": [str(f) for f in skipped],
+                    "dims": cube["dims"],
+                    "shape": cube["shape"],
+                    "dtype": cube["dtype"],
+                    "encoding": cube["encoding"],
+                    "bytes_in_memory": d["bytes_in_memory"],
+                    "bytes_on_disk": d["bytes_on_disk"],
+                    "images": d.get("images"),
+                    "georef": d.get("georef"),
+                    "seconds": round(elapsed, 3),
+                },
+                indent=2,
+            )
+        )
+        return
     shape = ", ".join(f"{dim}={n}" for dim, n in zip(cube["dims"], cube["shape"], strict=True))
     click.echo(
         f"ingested {len(files)} file(s) -> {store}: cube ({shape}) {cube['dtype']}, "

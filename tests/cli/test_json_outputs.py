@@ -50,3 +50,14 @@ def test_compress_json_agrees_with_scikit_learn(cli, tmp_path: Path) -> None:
     assert d["method"] == "pca" and d["components"] == 2 and d["training"] is None
     np.testing.assert_allclose(d["metrics"]["rmse"], rmse, rtol=1e-6)
     assert set(d["seconds"]) == {"fit", "write"}
+
+
+def test_ingest_json(cli, tmp_path: Path) -> None:
+    x = _npy(tmp_path)
+    res = cli("ingest", "x.npy", "-o", "x.zarr", "--json", "--encoding", "float16", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["shape"] == list(x.shape) and d["dims"] == ["band", "y", "x"]
+    assert d["dtype"] == "float16" and d["files"] == 1 and d["georef"] is None
+    err = np.abs(x.astype(np.float16).astype(np.float64) - x).max()
+    assert d["encoding"]["max_abs_error"] == float(err)
