@@ -43,8 +43,9 @@ __all__ = [
 JOBS: dict[str, Callable[..., Any]] = {}
 #: Parameters naming what a job reads, besides its input: an output must not overlap them.
 _INPUT_PARAMS = ("source", "sources", "store", "stats_from", "stats", "model_from")
-#: Parameters that say how to write, not what: not part of the recorded invocation.
-NOT_COMPARED = ("output", "resume", "overwrite", "as_json")
+#: Parameters that say how to write or what to print, not what to compute: not part of
+#: the recorded invocation.
+NOT_COMPARED = ("output", "resume", "overwrite", "as_json", "explain")
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def invocation(op: str, params: Mapping[str, Any]) -> dict[str, Any]:
 
     ``{"command": "standardize", "options": {"source": "a.zarr", "method": "zscore", ...},
     "cwd": "/data"}``: every parameter (defaults included) except ``output``, ``resume``,
-    ``overwrite`` and ``as_json``.
+    ``overwrite``, ``as_json`` and ``explain``.
     """
     options = {k: v for k, v in params.items() if k not in NOT_COMPARED}
     return {
