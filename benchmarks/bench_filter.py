@@ -11,8 +11,17 @@ Unmasked, NaN set to 0 first (``fillna(0)`` / ``nan_to_num``), reflect boundary:
 - ``scipy_fft_complex`` (baseline): whole-plane ``scipy.fft.fft2`` of the padded plane,
   times the kernel's ``fft2``, ``ifft2(...).real`` (``workers=-1``): the complex path;
 - ``numpy_fft_complex``: the same with ``numpy.fft``;
-- ``cubepipe_rfft``: ``filter_cube(..., method="fft")``: per chunk (with halos) ``rfft2``
+- ``cubepipe_rfft``: ``filter_cube(..., method="rfft")``: per chunk (with halos) ``rfft2``
   at ``next_fast_len(real=True)``, one thread per FFT, chunks in parallel.
+
+rfft against fft on the same real planes (issue 18: "why is rfft faster than fft?"):
+``{numpy,scipy}_{rfft2,fft2}_plane`` filter every padded plane of the cube (NaN set to
+0) by the same kernel through ``rfft2 -> x spectrum -> irfft2`` or ``fft2 -> x spectrum
+-> ifft2(...).real``, at the same transform shape (``next_fast_len(real=True)``: factors
+2, 3, 5, fast for both), one thread (scipy ``workers=1``).
+Extra fields: ``fft_seconds`` (the transforms alone, without loading the cube),
+``spectrum_mb`` (one plane's spectrum), ``plane_shape``, ``planes``. ``cubepipe explain
+fft`` quotes these rows.
 
 Masked (NaN is invalid; normalized convolution):
 - ``astropy_convolve_fft_nan``: ``astropy.convolution.convolve_fft(plane, k,
@@ -24,7 +33,7 @@ Masked (NaN is invalid; normalized convolution):
   (separable, float32, reflect), NaN restored;
 - ``cubepipe_masked``: ``filter_cube(..., mask_nan=True)`` (auto picks ``direct``:
   separable 1-D passes, denominator once per chunk when all bands share the mask);
-- ``cubepipe_masked_fft``: the same with ``method="fft"``.
+- ``cubepipe_masked_fft``: the same with ``method="rfft"``.
 GPU cases (``*_gpu``: the same calls on CuPy chunks, result copied back to the host) run
 where CuPy sees a GPU.
 
@@ -42,6 +51,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -121,6 +131,53 @@ def fft_len(n: int) -> int:
     return scipy.fft.next_fast_len(n)
 
 
+def _plane_fft(size: str, lib: str, real: bool) -> dict[str, Any]:
+    """Every padded plane through rfft2/irfft2 (``real``) or fft2/ifft2, one thread."""
+    import scipy.fft  # noqa: PLC0415
+
+    fft: Any = scipy.fft if lib == "scipy" else np.fft
+    kw = {"workers": 1} if lib == "scipy" else {}
+    cube = _load(size)
+    _, ny, nx = cube.shape
+    # A length fast for both transforms (2, 3, 5 only), as cubepipe's own rfft path uses.
+    shape = tuple(scipy.fft.next_fast_len(n + 2 * RADIUS, real=True) for n in (ny, nx))
+    k = _kernel()
+    spec_k = fft.rfft2(k, s=shape, **kw) if real else fft.fft2(k, s=shape, **kw)
+    out = np.empty(cube.shape, np.float32)
+    seconds = 0.0
+    for i in range(cube.shape[0]):
+        p = np.pad(np.nan_to_num(cube[i].astype(np.float64)), RADIUS, mode="symmetric")
+        t0 = time.perf_counter()
+        if real:
+            full = fft.irfft2(fft.rfft2(p, s=shape, **kw) * spec_k, s=shape, **kw)
+        else:
+            full = fft.ifft2(fft.fft2(p, s=shape, **kw) * spec_k, **kw).real
+        seconds += time.perf_counter() - t0
+        out[i] = full[2 * RADIUS : 2 * RADIUS + ny, 2 * RADIUS : 2 * RADIUS + nx]
+    return {
+        "fft_seconds": round(seconds, 3),
+        "spectrum_mb": round(spec_k.nbytes / 1e6, 1),
+        "plane_shape": list(shape),
+        "planes": int(cube.shape[0]),
+    }
+
+
+def numpy_rfft2_plane(size: str, workdir: Path) -> dict[str, Any]:
+    return _plane_fft(size, "numpy", real=True)
+
+
+def numpy_fft2_plane(size: str, workdir: Path) -> dict[str, Any]:
+    return _plane_fft(size, "numpy", real=False)
+
+
+def scipy_rfft2_plane(size: str, workdir: Path) -> dict[str, Any]:
+    return _plane_fft(size, "scipy", real=True)
+
+
+def scipy_fft2_plane(size: str, workdir: Path) -> dict[str, Any]:
+    return _plane_fft(size, "scipy", real=False)
+
+
 def scipy_fft_complex(size: str, workdir: Path) -> dict[str, Any]:
     import scipy.fft  # noqa: PLC0415
 
@@ -146,7 +203,7 @@ def _cubepipe(size: str, device: str = "cpu", **opts: Any) -> dict[str, Any]:
 
 
 def cubepipe_rfft(size: str, workdir: Path) -> dict[str, Any]:
-    return _cubepipe(size, method="fft")
+    return _cubepipe(size, method="rfft")
 
 
 def cubepipe_masked(size: str, workdir: Path) -> dict[str, Any]:
@@ -154,11 +211,11 @@ def cubepipe_masked(size: str, workdir: Path) -> dict[str, Any]:
 
 
 def cubepipe_masked_fft(size: str, workdir: Path) -> dict[str, Any]:
-    return _cubepipe(size, mask_nan=True, method="fft")
+    return _cubepipe(size, mask_nan=True, method="rfft")
 
 
 def cubepipe_rfft_gpu(size: str, workdir: Path) -> dict[str, Any]:
-    return _cubepipe(size, "gpu", method="fft")
+    return _cubepipe(size, "gpu", method="rfft")
 
 
 def cubepipe_masked_gpu(size: str, workdir: Path) -> dict[str, Any]:
@@ -210,6 +267,10 @@ CASES = {
     "scipy_fft_complex": scipy_fft_complex,
     "numpy_fft_complex": numpy_fft_complex,
     "cubepipe_rfft": cubepipe_rfft,
+    "numpy_rfft2_plane": numpy_rfft2_plane,
+    "numpy_fft2_plane": numpy_fft2_plane,
+    "scipy_rfft2_plane": scipy_rfft2_plane,
+    "scipy_fft2_plane": scipy_fft2_plane,
     "astropy_convolve_fft_nan": astropy_convolve_fft_nan,
     "scipy_fftconvolve_normalized": scipy_fftconvolve_normalized,
     "scipy_gaussian_filter_normalized": scipy_gaussian_filter_normalized,
@@ -229,6 +290,26 @@ GOALS = [
 ]
 
 
+def _rfft_table(rows: list[dict[str, Any]]) -> list[str]:
+    """rfft2 against fft2 on the same planes (issue 18), as ``cubepipe explain fft`` says."""
+    t = {(r["size"], r["case"]): r for r in rows}
+    lines = ["", "## rfft2 vs fft2 on the same real planes (issue 18)", "",
+             "| size | library | planes | rfft2 s | fft2 s | rfft faster | spectrum MB "
+             "(rfft/fft) | peak anon MB (rfft/fft) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (size, case), r in t.items():
+        lib = case.removesuffix("_rfft2_plane")
+        c = t.get((size, f"{lib}_fft2_plane"))
+        if lib == case or c is None:
+            continue
+        shape = "x".join(map(str, r["plane_shape"]))
+        lines.append(
+            f"| {size} | {lib}.fft | {r['planes']} x {shape} | {r['fft_seconds']} | "
+            f"{c['fft_seconds']} | {c['fft_seconds'] / r['fft_seconds']:.2f}x | "
+            f"{r['spectrum_mb']}/{c['spectrum_mb']} | {r['peak_anon_mb']}/{c['peak_anon_mb']} |"
+        )
+    return lines
+
+
 def append_goals() -> None:
     """Add the pairwise speed-ups to results/bench_filter.md after a full run."""
     path = RESULTS / "bench_filter.json"
@@ -244,6 +325,7 @@ def append_goals() -> None:
                 s = t[theirs] / t[ours]
                 lines.append(f"| {size} | {ours} | {theirs} | {s:.2f}x | >= {goal}x | "
                              f"{'yes' if s >= goal else 'no'} |")  # fmt: skip
+    lines += _rfft_table(rows)
     lines += ["", "| size | case | edge_bias_std | interior_dev_std |", "|---|---|---|---|"]
     lines += [
         f"| {r['size']} | {r['case']} | {r['edge_bias_std']} | {r['interior_dev_std']} |"
@@ -268,6 +350,8 @@ if __name__ == "__main__":
         "than the complex-FFT path of scipy.fft and numpy.fft; cubepipe_masked >= 4x "
         "faster than astropy convolve_fft with NaN interpolation and no edge bias "
         "(edge_bias_std), and no slower than the faster of the hand-normalized "
-        "scipy.signal.fftconvolve and scipy.ndimage.gaussian_filter.",
+        "scipy.signal.fftconvolve and scipy.ndimage.gaussian_filter. *_rfft2_plane vs "
+        "*_fft2_plane: the same real planes through rfft2/irfft2 or fft2/ifft2, one thread "
+        "(issue 18; fft_seconds: the transforms alone).",
     )
     append_goals()
