@@ -101,9 +101,12 @@ def test_geotiff_survives_ingest_standardize_compress_export(cli, tmp_path: Path
     info = cli("info", str(tmp_path / "pca.zarr"))
     assert info.returncode == 0 and "georef     EPSG:32633, transform " in info.stdout
     gdal = " ".join(str(v) for v in TRANSFORM.to_gdal())
-    assert json.loads(cli("info", "--json", str(tmp_path / "rec.zarr")).stdout)["georef"][
-        "transform"
-    ].split() == gdal.split()
+    assert (
+        json.loads(cli("info", "--json", str(tmp_path / "rec.zarr")).stdout)["georef"][
+            "transform"
+        ].split()
+        == gdal.split()
+    )
 
     exports = {
         "in.tif": ("in.zarr", "cube"),
