@@ -121,6 +121,17 @@ def write_options(f: Any) -> Any:
     )(f)
 
 
+def json_option(f: Any) -> Any:
+    """``--json``: the command's result as one JSON object on stdout (nothing else there;
+    status lines stay on stderr). The keys are documented in docs/cli-json.md."""
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print the result as one JSON object on stdout (keys: docs/cli-json.md).",
+    )(f)
+
+
 def write_output(
     state: Any,
     ds: xr.Dataset,

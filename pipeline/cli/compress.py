@@ -15,7 +15,7 @@ from cubepipe.pipeline.compression.api import Compressed, prepare_compress, reco
 from cubepipe.storage import history, read_attrs
 
 from ._app import CliState, command
-from ._io import in_argument, mask_options, open_in, write_options, write_output
+from ._io import in_argument, json_option, mask_options, open_in, write_options, write_output
 
 
 def _hidden(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -136,9 +136,7 @@ def _ae_options(f: Any) -> Any:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random choices.")
 @_ae_options
 @mask_options
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print the summary as JSON (schema: docs/cli-json.md)."
-)
+@json_option
 def compress_cmd(
     state: CliState,
     source: str,

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..filters import DIRECT_MAX_COST, choose_method, make_kernel, parse_kernel
 from ._app import cli
+from ._io import json_option
 
 __all__ = ["EXAMPLES", "bench_numbers", "explain", "kernel_paths", "measure", "path_explanation"]
 
@@ -323,7 +324,7 @@ def _text(d: dict[str, Any]) -> str:
               show_default=True)  # fmt: skip
 @click.option("--bench", type=click.Path(path_type=Path), default=BENCH,
               help="bench_filter results to quote (default: the repository's).")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON (stable keys).")
+@json_option
 def explain_fft(
     do_measure: bool, size: int, kernels: tuple[str, ...], axis: str, bench: Path, as_json: bool
 ) -> None:

@@ -17,7 +17,7 @@ from cubepipe.storage.location import remote_store
 from cubepipe.storage.remote import upload_files
 
 from ._app import CliState, command
-from ._io import LocalPath
+from ._io import LocalPath, json_option
 
 SIDECAR = ".cubepipe.json"
 
@@ -60,9 +60,7 @@ def _parse_bands(text: str | None) -> list[int] | None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--allow-incomplete", is_flag=True, help="Read a store whose writer did not finish.")
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print the result as JSON (schema: docs/cli-json.md)."
-)
+@json_option
 def export_cmd(
     state: CliState,
     store: str,

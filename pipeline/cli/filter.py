@@ -23,7 +23,15 @@ from ..filters import (
     parse_kernel,
 )
 from ._app import CliState, command
-from ._io import in_argument, invalid_params, mask_options, open_in, write_options, write_output
+from ._io import (
+    in_argument,
+    invalid_params,
+    json_option,
+    mask_options,
+    open_in,
+    write_options,
+    write_output,
+)
 from .explain import path_explanation
 
 
@@ -55,12 +63,7 @@ from .explain import path_explanation
     is_flag=True,
     help="Say which path (direct or rfft) the filter took and why (stderr).",
 )
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print a JSON summary on stdout (stable keys; docs/cli-json.md).",
-)
+@json_option
 @mask_options
 def filter_cmd(
     state: CliState,

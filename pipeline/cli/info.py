@@ -15,12 +15,12 @@ from cubepipe.storage.errors import DeviceError
 from ..backend import gpu_libraries, gpu_status, resolve_device
 from ._app import cli
 from ._format import render_info
-from ._io import LocalPath
+from ._io import LocalPath, json_option
 
 
 @cli.command()
 @click.argument("store", type=LocalPath(path_type=str, remote_ok=True))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON (stable keys).")
+@json_option
 def info(store: str, as_json: bool) -> None:
     """Describe STORE: dims, dtypes, chunks, codecs, size on disk, completion, history.
 

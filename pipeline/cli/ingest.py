@@ -22,7 +22,7 @@ from cubepipe.storage.store import claim_output
 
 from ._app import CliState, command
 from ._format import human_bytes
-from ._io import LocalPath, apply_invalid, check_shards, invalid_params, mask_options
+from ._io import LocalPath, apply_invalid, check_shards, invalid_params, json_option, mask_options
 from ._jobs import provenance
 
 FORMATS = ["auto", "npy", "tiff", "png", "jpeg", "envi", "video", "netcdf"]
@@ -132,9 +132,7 @@ def _band_summary(ds: xr.Dataset) -> str | None:
 )
 @click.option("--resume", is_flag=True, help="Finish an interrupted ingest into OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print the result as JSON (schema: docs/cli-json.md)."
-)
+@json_option
 @mask_options
 def ingest(
     state: CliState,

@@ -22,7 +22,7 @@ from cubepipe.storage.errors import CubepipeWarning, InputError, NonFiniteError
 
 from ..linalg import ASSUME, Solved, solve
 from ._app import CliState, cli, pass_state
-from ._io import LocalPath
+from ._io import LocalPath, json_option
 
 __all__ = ["load_npy", "solve_cmd"]
 
@@ -167,7 +167,7 @@ def _text(d: dict[str, Any], x: np.ndarray) -> str:
     help="Write x to this .npy file (default: print x).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON (stable keys).")
+@json_option
 @pass_state
 def solve_cmd(
     state: CliState,

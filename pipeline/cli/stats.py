@@ -28,6 +28,7 @@ from ._io import (
     apply_invalid,
     in_argument,
     invalid_params,
+    json_option,
     mask_options,
     open_in,
     provenance,
@@ -56,7 +57,7 @@ def _stats_table(d: dict) -> str:
 
 @command("stats")
 @click.argument("store", type=str)
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 @click.option("--variable", default="cube", show_default=True, help="Variable to summarise.")
 @click.option("--split-every", type=click.IntRange(min=2), help="Fan-in of the tree reduction.")
 @click.option("--no-save", is_flag=True, help="Print the statistics without saving them.")
