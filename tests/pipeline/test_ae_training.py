@@ -27,22 +27,15 @@ from cubepipe.storage import CubepipeWarning, InputError, history, read_attrs, w
 
 torch = pytest.importorskip("torch")
 
+from .test_autoencoder import bilinear_spectra  # noqa: E402
+
 SMALL = {"hidden": (16, 8), "batch_size": 64}
 
 
 def curved_cube(nb: int = 10, ny: int = 30, nx: int = 32, *, seed: int = 0) -> xr.Dataset:
     """Bilinear mixtures of 3 smooth spectra (a curved 2-D manifold) plus a little noise,
     with a few NaN pixels: the AE has something to gain over a K = 2 PCA."""
-    rng = np.random.default_rng(seed)
-    wl = np.linspace(0, 1, nb)
-    e = np.stack([0.15 + 0.7 * np.exp(-0.5 * ((wl - c) / 0.25) ** 2) for c in (0.1, 0.5, 0.9)])
-    a = rng.dirichlet(np.full(3, 0.7), size=ny * nx)
-    x = a @ e
-    for i in range(3):
-        for j in range(i + 1, 3):
-            x += (a[:, i] * a[:, j])[:, None] * 2 * (e[i] * e[j])[None]
-    x += 0.002 * rng.normal(size=x.shape)
-    cube = x.T.reshape(nb, ny, nx).astype(np.float32)
+    cube = bilinear_spectra(nb, ny, nx, seed=seed, noise=0.002)
     cube[2, 5, 7] = np.nan
     cube[:, 20:22, 3:6] = np.nan
     return _ds(cube)

@@ -40,12 +40,9 @@ torch = pytest.importorskip("torch")
 TINY = {"hidden": (16, 8), "epochs": 3, "batch_size": 256}
 
 
-def nonlinear_cube(
-    shape: tuple[int, int, int] = (12, 48, 50), *, seed: int = 0, chunks: int = 24
-) -> xr.Dataset:
-    """Bilinearly mixed (Fan et al. 2009) reflectance spectra of 3 endmembers: two
-    abundance degrees of freedom on a curved manifold, plus a little noise."""
-    nb, ny, nx = shape
+def bilinear_spectra(nb: int, ny: int, nx: int, *, seed: int, noise: float) -> np.ndarray:
+    """``(nb, ny, nx)`` float32: bilinear mixtures (Fan et al. 2009) of 3 smooth
+    endmember spectra with Dirichlet abundances, plus Gaussian noise of std ``noise``."""
     rng = np.random.default_rng(seed)
     wl = np.linspace(0, 1, nb)
     e = np.stack([0.15 + 0.7 * np.exp(-0.5 * ((wl - c) / 0.25) ** 2) for c in (0.1, 0.5, 0.9)])
@@ -54,8 +51,17 @@ def nonlinear_cube(
     for i in range(3):
         for j in range(i + 1, 3):
             x += (a[:, i] * a[:, j])[:, None] * 2 * (e[i] * e[j])[None]
-    x += 0.001 * rng.normal(size=x.shape)
-    cube = x.T.reshape(nb, ny, nx).astype(np.float32)
+    x += noise * rng.normal(size=x.shape)
+    return x.T.reshape(nb, ny, nx).astype(np.float32)
+
+
+def nonlinear_cube(
+    shape: tuple[int, int, int] = (12, 48, 50), *, seed: int = 0, chunks: int = 24
+) -> xr.Dataset:
+    """Bilinearly mixed (Fan et al. 2009) reflectance spectra of 3 endmembers: two
+    abundance degrees of freedom on a curved manifold, plus a little noise."""
+    nb, ny, nx = shape
+    cube = bilinear_spectra(nb, ny, nx, seed=seed, noise=0.001)
     return xr.Dataset(
         {"cube": (("band", "y", "x"), da.from_array(cube, chunks=(nb, chunks, chunks)))}
     )
