@@ -6,30 +6,77 @@ A benchmark script defines ``CASES = {name: function(size, workdir) -> dict}`` a
 memory (``VmHWM``); the parent reports ratios to a baseline. ``--quick`` (the test suite's
 smoke run) runs every case once in the parent instead: it checks that the cases work, not
 how fast or small they are.
+
+:func:`floor_case` makes the "floor" row of issue 19 (decode + encode at the measured codec
+throughput for that cube); ``main(..., floor="floor")`` then gives every row ``x_floor``.
+Inputs live under :data:`INPUTS`, whose name carries a hash of cubepipe's default codec
+chain, so a codec change rebuilds them instead of benchmarking stores of the old codec.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: Inputs shared by the cases of one size (made once by ``prepare``).
-INPUTS = Path(tempfile.gettempdir()) / "cubepipe-bench-inputs"
 
 Case = Callable[[str, Path], dict[str, Any]]
+
+_CODECS_ENV = "_CUBEPIPE_BENCH_CODECS"
+
+
+def _default_codec_chain() -> list[dict[str, Any]]:
+    """The codec chain (zarr.json ``codecs``) cubepipe writes a float32 variable with.
+
+    Computed once by the parent (importing cubepipe) and handed to the child processes in
+    an environment variable, so a child's time and memory do not include that import.
+    """
+    env = os.environ.get(_CODECS_ENV)
+    if env:
+        chain: list[dict[str, Any]] = json.loads(env)
+        return chain
+    import zarr  # noqa: PLC0415
+
+    from cubepipe.storage.store import default_compressors  # noqa: PLC0415
+
+    z = zarr.create_array(
+        store=zarr.storage.MemoryStore(),
+        shape=(1,),
+        dtype="float32",
+        compressors=default_compressors(),
+    )
+    chain = json.loads(json.dumps(z.metadata.to_dict()["codecs"]))
+    os.environ[_CODECS_ENV] = json.dumps(chain)
+    return chain
+
+
+def _codec_tag(chain: list[dict[str, Any]]) -> str:
+    names = "-".join(c["name"].replace("numcodecs.", "") for c in chain if c["name"] != "bytes")
+    digest = hashlib.sha256(json.dumps(chain, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{names or 'raw'}-{digest}"
+
+
+#: cubepipe's default codec chain, as zarr.json spells it (see :func:`_default_codec_chain`).
+DEFAULT_CODECS = _default_codec_chain()
+#: Inputs shared by the cases of one size (made once by ``prepare``); one folder per
+#: default codec chain (e.g. ``/tmp/cubepipe-bench-inputs/zstd-1a2b3c4d``).
+INPUTS = Path(tempfile.gettempdir()) / "cubepipe-bench-inputs" / _codec_tag(DEFAULT_CODECS)
 
 
 class _AnonSampler(threading.Thread):
@@ -59,14 +106,33 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of its waited-for children."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _measure(cases: dict[str, Case], case: str, size: str, workdir: Path) -> dict[str, Any]:
     sampler = _AnonSampler()
     sampler.start()
+    cpu0 = _cpu_s()
     t0 = time.perf_counter()
     extra = cases[case](size, workdir) or {}
     seconds = time.perf_counter() - t0
+    cpu_s = _cpu_s() - cpu0
     anon = sampler.stop()
-    return {"seconds": seconds, "peak_rss_mb": _vm_hwm_mb(), "peak_anon_mb": anon, **extra}
+    result = {
+        "seconds": seconds,
+        "peak_rss_mb": _vm_hwm_mb(),
+        "peak_anon_mb": anon,
+        "cpu_s": round(cpu_s, 3),
+    }
+    if "seconds" in extra:  # the case times its own body (the floor: setup excluded)
+        result["call_s"] = seconds
+    return {**result, **extra}
 
 
 def _child(cases: dict[str, Case], case: str, size: str, workdir: Path) -> None:
@@ -95,6 +161,205 @@ def _run_child(script: str, case: str, size: str, workdir: Path) -> dict[str, An
     return json.loads(line.removeprefix("BENCH-RESULT "))
 
 
+# -- the codec floor -----------------------------------------------------------------------
+
+
+class _Crc32c:
+    """zarr v3's ``crc32c`` codec: a little-endian CRC-32C of the data appended to it."""
+
+    def encode(self, buf: Any) -> bytes:
+        import google_crc32c  # noqa: PLC0415
+
+        data = bytes(memoryview(buf).cast("B"))
+        return data + int(google_crc32c.value(data)).to_bytes(4, "little")
+
+    def decode(self, buf: Any) -> bytes:
+        import google_crc32c  # noqa: PLC0415
+
+        data = bytes(memoryview(buf).cast("B"))
+        body, tail = data[:-4], data[-4:]
+        if int(google_crc32c.value(body)).to_bytes(4, "little") != tail:
+            raise ValueError("crc32c checksum mismatch")
+        return bytes(body)
+
+
+def _bytes_codecs(chain: list[dict[str, Any]], where: str) -> list[Any]:
+    """numcodecs objects for the bytes-to-bytes codecs of a zarr v3 codec chain (in
+    encoding order). ``bytes`` (little-endian on this machine: a no-op) and ``transpose``
+    (a copy zarr makes in memory, not codec work) are left out."""
+    import numcodecs  # noqa: PLC0415
+
+    out: list[Any] = []
+    for codec in chain:
+        name, cfg = codec["name"], dict(codec.get("configuration") or {})
+        if name in ("bytes", "transpose"):
+            continue
+        if name == "zstd":
+            out.append(
+                numcodecs.Zstd(level=cfg.get("level", 0), checksum=cfg.get("checksum", False))
+            )
+        elif name == "blosc":
+            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[
+                cfg.get("shuffle", "noshuffle")
+            ]
+            out.append(
+                numcodecs.Blosc(
+                    cname=cfg.get("cname", "lz4"),
+                    clevel=cfg.get("clevel", 5),
+                    shuffle=shuffle,
+                    blocksize=cfg.get("blocksize", 0),
+                    typesize=cfg.get("typesize"),
+                )
+            )
+        elif name == "gzip":
+            out.append(numcodecs.GZip(level=cfg.get("level", 5)))
+        elif name == "crc32c":
+            out.append(_Crc32c())
+        elif name.startswith("numcodecs."):
+            out.append(numcodecs.get_codec({"id": name.removeprefix("numcodecs."), **cfg}))
+        else:
+            raise ValueError(
+                f"floor_case: codec {name!r} of {where} is not supported (supported: bytes, "
+                "transpose, zstd, blosc, gzip, crc32c, numcodecs.*); sharded arrays are not"
+            )
+    return out
+
+
+def _arrays(path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every zarr v3 array at or under ``path`` (an array or a group), with its metadata."""
+    for meta_file in sorted(path.rglob("zarr.json")):
+        meta = json.loads(meta_file.read_text())
+        if meta.get("node_type") == "array":
+            yield meta_file.parent, meta
+
+
+def _chunk_files(array_dir: Path) -> list[Path]:
+    """The chunk files of one array: every file in it but its metadata and hidden or
+    half-written files (missing chunks are fill values: nothing to decode)."""
+    return sorted(
+        f
+        for f in array_dir.rglob("*")
+        if f.is_file()
+        and f.name != "zarr.json"
+        and not f.name.startswith(".")
+        and not f.name.endswith(".partial")
+    )
+
+
+def floor_case(
+    inputs: Callable[[str], list[Path]],
+    out_bytes: Callable[[str], int],
+    *,
+    reads: int = 1,
+) -> Case:
+    """A case that costs what the codecs alone cost for a size: the "floor" row.
+
+    It reads and decodes every chunk of each zarr v3 array (or of every array in each
+    group) that ``inputs(size)`` returns, ``reads`` times, with the array's own codec
+    chain from its ``zarr.json``; then encodes ``out_bytes(size)`` bytes with cubepipe's
+    default codec chain (:data:`DEFAULT_CODECS`), re-encoding decoded chunks cyclically
+    until that many bytes are encoded. Results are discarded (nothing is written). Both
+    phases run on a thread pool with one thread per core (the codecs release the GIL);
+    chunk files come from disk or the page cache, whichever holds them.
+
+    Returns ``seconds`` (= ``decode_s + encode_s``; listing files and imports excluded),
+    ``decode_s``, ``encode_s``, ``decode_gbps`` (decoded bytes / s, GB = 1e9 bytes) and
+    ``encode_gbps`` (input bytes encoded / s).
+    """
+
+    def case(size: str, workdir: Path) -> dict[str, Any]:
+        import numpy as np  # noqa: PLC0415
+
+        threads = len(os.sched_getaffinity(0))
+        jobs: list[tuple[Path, list[Any], str]] = []  # (chunk file, codecs, dtype)
+        for path in inputs(size):
+            found = False
+            for array_dir, meta in _arrays(Path(path)):
+                found = True
+                codecs = _bytes_codecs(meta["codecs"], str(array_dir))
+                dtype = meta["data_type"] if isinstance(meta["data_type"], str) else "uint8"
+                jobs += [(f, codecs, dtype) for f in _chunk_files(array_dir)]
+            if not found:
+                raise ValueError(f"floor_case: no zarr v3 array at or under {path}")
+        kept: list[Any] = []  # a few decoded chunks (of the largest arrays) to encode
+        keep = 2 * threads
+
+        def decode(job: tuple[Path, list[Any], str]) -> int:
+            f, codecs, dtype = job
+            buf: Any = f.read_bytes()
+            for codec in reversed(codecs):
+                buf = codec.decode(buf)
+            n = memoryview(buf).nbytes
+            if len(kept) < keep:
+                try:
+                    kept.append(np.frombuffer(buf, dtype=dtype))
+                except (TypeError, ValueError):
+                    kept.append(np.frombuffer(buf, dtype="uint8"))
+            return n
+
+        decoded = 0
+        cpu0 = _cpu_s()
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in range(reads):
+                decoded += sum(pool.map(decode, jobs))
+        decode_s = time.perf_counter() - t0
+
+        total = int(out_bytes(size))
+        if not kept:
+            kept.append(np.zeros(4 << 20, dtype="float32"))
+        kept.sort(key=lambda a: -a.nbytes)  # the chunks of the main variable first
+        pieces, left = [], total
+        for chunk in itertools.cycle(kept[: max(1, min(len(kept), keep))]):
+            if left <= 0:
+                break
+            n = min(chunk.size, max(1, left // chunk.itemsize))
+            pieces.append(chunk[:n])
+            left -= n * chunk.itemsize
+        enc = _bytes_codecs(DEFAULT_CODECS, "cubepipe's default codec chain")
+
+        def encode(piece: Any) -> int:
+            buf: Any = piece
+            for codec in enc:
+                buf = codec.encode(buf)
+            return memoryview(buf).nbytes
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            encoded = sum(pool.map(encode, pieces))
+        encode_s = time.perf_counter() - t0
+        return {
+            "seconds": decode_s + encode_s,
+            "cpu_s": round(_cpu_s() - cpu0, 3),
+            "decode_s": round(decode_s, 3),
+            "encode_s": round(encode_s, 3),
+            "decode_gbps": round(decoded / decode_s / 1e9, 3) if decode_s else None,
+            "encode_gbps": round(total / encode_s / 1e9, 3) if encode_s else None,
+            "decoded_gb": round(decoded / 1e9, 3),
+            "encoded_gb": round(total / 1e9, 3),
+            "encoded_ratio": round(total / encoded, 3) if encoded else None,
+            "threads": threads,
+        }
+
+    return case
+
+
+def cube_bytes(path: Path, *, bands: int | None = None) -> int:
+    """Decoded bytes of the largest array at or under ``path`` (a store's data variable);
+    with ``bands``, of that many bands of it (first axis of its last three): the output of
+    a command that writes ``bands`` components of the same (y, x) grid."""
+    import numpy as np  # noqa: PLC0415
+
+    best = 0
+    for _, meta in _arrays(Path(path)):
+        shape = meta["shape"]
+        if bands is not None and len(shape) >= 3:
+            shape = [*shape[:-3], bands, *shape[-2:]]
+        n = int(np.prod(shape)) * np.dtype(meta["data_type"]).itemsize
+        best = max(best, n)
+    return best
+
+
 def zarr_copy(arr: Any, out: Path) -> None:
     """The I/O floor: store a dask array into a new zarr v3 array with cubepipe's codec
     and the array's own chunks (what a plain dask zarr-to-zarr copy does)."""
@@ -111,6 +376,10 @@ def zarr_copy(arr: Any, out: Path) -> None:
         compressors=default_compressors(),
     )
     da.store(arr, z, lock=False)
+
+
+def _load(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{v:.2f}" for v in load)
 
 
 def machine() -> dict[str, Any]:
@@ -134,12 +403,15 @@ def main(
     columns: tuple[str, ...] = (),
     summary: Callable[[list[dict[str, Any]]], str] | None = None,
     repeat: int = 3,
+    floor: str | None = None,
 ) -> None:
     """Entry point of a benchmark script (see module docstring).
 
     ``columns`` are extra keys of the cases' results shown in the table (all are in the
     JSON); ``summary(rows)`` returns markdown printed and written after the table;
-    ``repeat`` is the default of ``--repeat``.
+    ``repeat`` is the default of ``--repeat``. ``floor`` names a case (usually made by
+    :func:`floor_case`) that always runs, like the baseline; every row then gets
+    ``x_floor``, its seconds over the floor's seconds at the same size.
     """
     ap = argparse.ArgumentParser(description=f"cubepipe benchmark: {name}")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -165,12 +437,15 @@ def main(
         return
     run_sizes = [quick_size] if args.quick else (args.size or list(sizes))
     repeat = 1 if args.quick else args.repeat
+    load_start = os.getloadavg()
+    print(f"load average at start {_load(load_start)} ({os.cpu_count()} CPUs)", flush=True)
     rows = []
     for size in run_sizes:
         if prepare is not None:
             prepare(size)  # inputs are made once, outside every timed case
         per_case: dict[str, dict[str, Any]] = {}
-        chosen = [c for c in cases if not args.case or c in args.case or c == baseline]
+        always = (baseline, floor)
+        chosen = [c for c in cases if not args.case or c in args.case or c in always]
         for case in chosen:
             runs = []
             for _ in range(repeat):
@@ -185,13 +460,16 @@ def main(
             runs.sort(key=lambda r: r["seconds"])
             per_case[case] = {**runs[len(runs) // 2], "runs": [r["seconds"] for r in runs]}
         base = per_case[baseline]["seconds"]
+        floor_s = per_case[floor]["seconds"] if floor is not None else None
         for case, r in per_case.items():
+            x_floor = {"x_floor": round(r["seconds"] / floor_s, 3)} if floor_s else {}
             rows.append(
                 {
                     "size": size,
                     "case": case,
                     "seconds": round(r["seconds"], 3),
                     "ratio_to_" + baseline: round(r["seconds"] / base, 3),
+                    **x_floor,
                     "peak_rss_mb": round(r["peak_rss_mb"], 1),
                     "peak_anon_mb": round(r["peak_anon_mb"], 1),
                     **{
@@ -201,29 +479,49 @@ def main(
                     },
                 }
             )
+            of_floor = f"  x{x_floor['x_floor']:5.2f} of floor" if x_floor else ""
             print(
                 f"{size:>8} {case:<28} {r['seconds']:8.2f} s  x{r['seconds'] / base:5.2f} "
-                f"of {baseline}  peak RSS {r['peak_rss_mb']:7.0f} MB "
+                f"of {baseline}{of_floor}  peak RSS {r['peak_rss_mb']:7.0f} MB "
                 f"(anon {r['peak_anon_mb']:6.0f} MB)",
                 flush=True,
             )
+    load_end = os.getloadavg()
+    print(f"load average at end {_load(load_end)}", flush=True)
     text = summary(rows) if summary is not None else ""
     if text:
         print(text, flush=True)
     if args.quick or args.case:
         return
     RESULTS.mkdir(exist_ok=True)
-    meta = machine()
+    meta = {
+        **machine(),
+        "load_start": [round(v, 2) for v in load_start],
+        "load_end": [round(v, 2) for v in load_end],
+    }
+    if floor is not None:
+        meta["floor_codecs"] = DEFAULT_CODECS
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": meta, "rows": rows}, indent=2))
-    cols = ["size", "case", "seconds", "ratio_to_" + baseline, "peak_rss_mb", "peak_anon_mb"]
-    cols += list(columns)
+    cols = ["size", "case", "seconds", "ratio_to_" + baseline]
+    cols += ["x_floor"] if floor is not None else []
+    cols += ["cpu_s", "peak_rss_mb", "peak_anon_mb", *columns]
+    if floor is not None:
+        cols += [c for c in ("decode_gbps", "encode_gbps") if c not in cols]
     lines = [
         f"# {name}",
         "",
         f"Machine: {meta['cpus']} CPUs, Python {meta['python']}, {meta['platform']}, "
-        f"{meta['date']}. Median of {repeat} runs; each case in its own process. "
+        f"{meta['date']}; load average (1/5/15 min) {_load(load_start)} at start, "
+        f"{_load(load_end)} at end. Median of {repeat} runs; each case in its own process. "
         "peak_rss_mb: the process's VmHWM (includes file pages it mapped); peak_anon_mb: "
-        "peak anonymous memory (RssAnon sampled every 10 ms: arrays and heap only).",
+        "peak anonymous memory (RssAnon sampled every 10 ms: arrays and heap only); cpu_s: "
+        "user + system CPU seconds of the case's process and the subprocesses it waited for.",
+        ""
+        if floor is None
+        else f"\nx_floor: seconds / the {floor!r} row's seconds (same size): reading and "
+        "decoding every input chunk with its own codecs, then encoding the output's bytes "
+        f"with cubepipe's default codecs ({_codec_tag(DEFAULT_CODECS)}), on "
+        f"{len(os.sched_getaffinity(0))} threads, results discarded (GB = 1e9 bytes).",
         "",
         notes,
         "",
