@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -403,7 +403,7 @@ def main(
     columns: tuple[str, ...] = (),
     summary: Callable[[list[dict[str, Any]]], str] | None = None,
     repeat: int = 3,
-    floor: str | None = None,
+    floor: str | Mapping[str, str] | None = None,
 ) -> None:
     """Entry point of a benchmark script (see module docstring).
 
@@ -411,8 +411,17 @@ def main(
     JSON); ``summary(rows)`` returns markdown printed and written after the table;
     ``repeat`` is the default of ``--repeat``. ``floor`` names a case (usually made by
     :func:`floor_case`) that always runs, like the baseline; every row then gets
-    ``x_floor``, its seconds over the floor's seconds at the same size.
+    ``x_floor``, its seconds over the floor's seconds at the same size. Where cases do
+    different work (one reads once, another twice and writes), ``floor`` maps each case
+    to its own floor case instead (``{"compress": "floor_compress", ...}``); rows of cases
+    not in the mapping get no ``x_floor``, a floor case's own row 1.
     """
+
+    def floor_of(case: str) -> str | None:
+        if floor is None or isinstance(floor, str):
+            return floor
+        return floor.get(case, case if case in floor.values() else None)
+
     ap = argparse.ArgumentParser(description=f"cubepipe benchmark: {name}")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -444,8 +453,9 @@ def main(
         if prepare is not None:
             prepare(size)  # inputs are made once, outside every timed case
         per_case: dict[str, dict[str, Any]] = {}
-        always = (baseline, floor)
-        chosen = [c for c in cases if not args.case or c in args.case or c in always]
+        # the baseline always runs; a chosen case's floor runs with it
+        wanted = [*(args.case or cases), baseline]
+        chosen = [c for c in cases if c in wanted or c in {floor_of(w) for w in wanted}]
         for case in chosen:
             runs = []
             for _ in range(repeat):
@@ -460,8 +470,9 @@ def main(
             runs.sort(key=lambda r: r["seconds"])
             per_case[case] = {**runs[len(runs) // 2], "runs": [r["seconds"] for r in runs]}
         base = per_case[baseline]["seconds"]
-        floor_s = per_case[floor]["seconds"] if floor is not None else None
         for case, r in per_case.items():
+            f = floor_of(case)
+            floor_s = per_case[f]["seconds"] if f in per_case else None
             x_floor = {"x_floor": round(r["seconds"] / floor_s, 3)} if floor_s else {}
             rows.append(
                 {
@@ -518,7 +529,9 @@ def main(
         "user + system CPU seconds of the case's process and the subprocesses it waited for.",
         ""
         if floor is None
-        else f"\nx_floor: seconds / the {floor!r} row's seconds (same size): reading and "
+        else "\nx_floor: seconds / the seconds of "
+        + (f"the {floor!r} row" if isinstance(floor, str) else "the case's floor row")
+        + " (same size): reading and "
         "decoding every input chunk with its own codecs, then encoding the output's bytes "
         f"with cubepipe's default codecs ({_codec_tag(DEFAULT_CODECS)}), on "
         f"{len(os.sched_getaffinity(0))} threads, results discarded (GB = 1e9 bytes).",
