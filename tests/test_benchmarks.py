@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -24,3 +25,38 @@ def test_benchmark_runs_quick(script: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "x 1.00 of" in proc.stdout  # the baseline ran beside our code
+
+
+def _beyond_ram(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCH / "bench_beyond_ram.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_beyond_ram_smoke_writes_tables_and_deletes_its_cubes(tmp_path: Path) -> None:
+    """A tiny run of the beyond-RAM mode (one command): its tables and a goal row come
+    back, and every cube and output it made is gone."""
+    work, results = tmp_path / "work", tmp_path / "results"
+    proc = _beyond_ram(
+        "--quick", "--command", "standardize", "--dir", str(work), "--results-dir", str(results)
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(work.iterdir()) == []  # the cubes and outputs are deleted
+    rows = json.loads((results / "bench_beyond_ram.json").read_text())["rows"]
+    assert [(r["cube"], r["command"]) for r in rows] == [
+        ("1x", "standardize"),
+        ("big", "standardize"),
+    ]
+    assert [r["shape"] for r in rows] == ["15x64x64", "15x408x408"]  # 0.01 GB of float32
+    assert all(r["peak_rss_mb"] > 0 and r["seconds"] > 0 for r in rows)
+    assert "| standardize |" in (results / "bench_beyond_ram.md").read_text()
+
+
+def test_beyond_ram_refuses_without_disk_space(tmp_path: Path) -> None:
+    proc = _beyond_ram("--size-gb", "1e6", "--dir", str(tmp_path))
+    assert proc.returncode != 0
+    assert "not enough disk space" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing was built
