@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
-import dask.array as da
 import numpy as np
-import xarray as xr
 from array_api_compat import array_namespace as _array_namespace
 
 from cubepipe.storage.errors import DeviceError, InputError
@@ -267,6 +265,9 @@ def to_device(data: Any, device: Device | str) -> Any:
 
     On the CPU this is the identity for NumPy chunks and copies CuPy chunks back.
     """
+    import dask.array as da  # noqa: PLC0415  (on use: `cubepipe --help` imports no dask.array)
+    import xarray as xr  # noqa: PLC0415
+
     dev = device if isinstance(device, Device) else resolve_device(device)
     if dev.name == "cpu":
         return to_host(data)
@@ -292,6 +293,9 @@ def to_device(data: Any, device: Device | str) -> Any:
 
 def to_host(data: Any) -> Any:
     """Bring every chunk of a dask array (or Dataset/DataArray) back to NumPy, lazily."""
+    import dask.array as da  # noqa: PLC0415  (on use, as in to_device)
+    import xarray as xr  # noqa: PLC0415
+
     if isinstance(data, xr.Dataset):
         return data.map(to_host, keep_attrs=True)
     if isinstance(data, xr.DataArray):

@@ -3,10 +3,20 @@
 Opening and writing zarr v3 cube stores (the store contract of DESIGN.md), encodings,
 readers (ingest) and writers (export). No mathematics lives here, and this package never
 imports :mod:`cubepipe.pipeline`.
+
+The errors, the version, chunk layouts and storage options import at once (they need
+only the standard library); the names that need zarr, xarray or dask (``open_cube``,
+``write_cube``, ``describe``, ...) import their module on first use (PEP 562), so that
+``cubepipe --help`` starts without them.
 """
 
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .dataset import open_images
 from .errors import (
     CubepipeError,
     CubepipeWarning,
@@ -23,10 +33,13 @@ from .errors import (
     StoreLockedError,
     StoreNotFoundError,
 )
-from .info import describe
 from .layout import CORE_DIMS, LEADING_DIMS, default_chunks, parse_chunks
 from .location import set_storage_options, storage_options
-from .store import ATTR, history, is_complete, open_cube, read_attrs, store_state, write_cube
+
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers
+    from .dataset import open_images
+    from .info import describe
+    from .store import ATTR, history, is_complete, open_cube, read_attrs, store_state, write_cube
 
 __all__ = [
     "ATTR",
@@ -60,3 +73,31 @@ __all__ = [
     "store_state",
     "write_cube",
 ]
+
+#: Public name -> the submodule that defines it, imported on first access.
+_LAZY = {
+    "ATTR": "store",
+    "history": "store",
+    "is_complete": "store",
+    "open_cube": "store",
+    "read_attrs": "store",
+    "store_state": "store",
+    "write_cube": "store",
+    "describe": "info",
+    "open_images": "dataset",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value  # once: later lookups do not come here
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # a submodule, as before
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
