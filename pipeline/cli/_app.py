@@ -8,25 +8,90 @@ exit 1, and ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from cubepipe.storage.chunkio import direct_io_enabled
 from cubepipe.storage.errors import CubepipeError
 from cubepipe.storage.location import parse_storage_options, set_storage_options
 from cubepipe.storage.oserrors import as_user_error
 
-from ..backend import Device, resolve_device
-from ..progress import ClusterProgress, Progress
-from ..scheduling import DEFAULT_CONNECT_TIMEOUT, check_memory_limit, check_scheduler, scheduler
-from ._jobs import current_op, job, job_paths, run_job
+if TYPE_CHECKING:
+    from ..backend import Device
 
-__all__ = ["CliState", "cli", "command", "main", "pass_state", "run"]
+# What `cubepipe --version` / `--help` import is this module, click and the standard
+# library: the commands' modules (and dask, xarray, zarr, ...) are imported when a command
+# runs or shows its own help. tests/test_startup.py checks it.
+
+__all__ = ["COMMANDS", "CliState", "cli", "command", "main", "pass_state", "run"]
+
+#: Every command: its name -> (its module under cubepipe.pipeline.cli, its help's first
+#: sentence). ``cubepipe --help`` lists them from here without importing them; a command's
+#: module is imported when the command is looked up. tests/test_startup.py checks this
+#: table against the real commands.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "compress": (
+        "compress",
+        "Compress the bands of IN to K components per pixel (scores) and store the model.",
+    ),
+    "demo": ("demo", "Run the whole chain on a synthetic signed-float cube and print a summary."),
+    "destandardize": (
+        "stats",
+        "Invert `standardize`: IN must be a store it wrote (it carries the statistics).",
+    ),
+    "doctor": (
+        "info",
+        "Say what this installation can compute on: versions, CPUs, and for a GPU one tiny "
+        "call of each CUDA library cubepipe uses (NVRTC kernels, cuBLAS, cuFFT, cuSOLVER) "
+        "checked against NumPy.",
+    ),
+    "explain": ("explain", "Explain how cubepipe computes something, with this machine's numbers."),
+    "export": ("export", "Export STORE to a file other tools read."),
+    "filter": (
+        "filter",
+        "Convolve each band plane (--axis spatial) or each spectrum (--axis spectral) of IN.",
+    ),
+    "info": (
+        "info",
+        "Describe STORE: dims, dtypes, chunks, codecs, size on disk, completion, history.",
+    ),
+    "ingest": (
+        "ingest",
+        "Read SRC (files, a directory of images or a quoted glob) into the store OUT.",
+    ),
+    "reconstruct": (
+        "compress",
+        "Rebuild the bands from a store written by `compress` (scores + model).",
+    ),
+    "report": ("report", "Write one self-contained HTML page about STORE."),
+    "run": (
+        "run",
+        "Run the steps of PIPELINE.yaml in order; each is the same as `cubepipe OP ...`.",
+    ),
+    "solve": (
+        "solve",
+        "Solve A x = b (A from A.npy, b from B.npy) without ever forming an inverse; print "
+        "the method, the condition number, the relative residual and the error bound.",
+    ),
+    "standardize": (
+        "stats",
+        "Standardize IN per band (zscore: mean 0, std 1; minmax: [0, 1]) into OUT (float32, "
+        "or the lossy --encoding asked for).",
+    ),
+    "stats": (
+        "stats",
+        "Fit per-band count/mean/std/min/max in one pass and save them into STORE.",
+    ),
+}
+
+#: The default of ``--connect-timeout``: ``scheduling.DEFAULT_CONNECT_TIMEOUT``, written
+#: out here so that the help needs no dask (tests/test_startup.py checks they agree).
+DEFAULT_CONNECT_TIMEOUT = 30.0
 
 
 @dataclass
@@ -52,6 +117,10 @@ class CliState:
     def compute(self) -> Iterator[Any]:
         """Context for a command that computes: announces the device, starts the scheduler
         and reports progress (bar on a terminal, plain lines otherwise; none if quiet)."""
+        from ..progress import ClusterProgress, Progress  # noqa: PLC0415  (dask: on use)
+        from ..scheduling import scheduler  # noqa: PLC0415
+        from ._jobs import current_op, job_paths  # noqa: PLC0415
+
         if not self._device_said:  # once per command (a pipeline or the demo: once)
             self.say(f"cubepipe: device {self.device.reason}")
             self._device_said = True
@@ -78,7 +147,88 @@ pass_state = click.make_pass_decorator(CliState)
 _debug_requested = False
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(dict[str, click.Command]):
+    """The group's commands by name: one named in :data:`COMMANDS` and not loaded yet is
+    loaded by importing its module (which registers it) when it is looked up. Listing them
+    all (iteration, ``values()``, ...) loads them all."""
+
+    def __missing__(self, name: str) -> click.Command:
+        if name not in COMMANDS:
+            raise KeyError(name)
+        importlib.import_module(f"{__package__}.{COMMANDS[name][0]}")
+        if not dict.__contains__(self, name):
+            raise RuntimeError(f"{__package__}.{COMMANDS[name][0]} did not register {name!r}")
+        return dict.__getitem__(self, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in COMMANDS or dict.__contains__(self, name)
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def load_all(self) -> None:
+        for name in COMMANDS:
+            self[name]  # loads it
+
+    def __iter__(self) -> Iterator[str]:
+        self.load_all()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self.load_all()
+        return dict.__len__(self)
+
+    def keys(self) -> Any:
+        self.load_all()
+        return dict.keys(self)
+
+    def values(self) -> Any:
+        self.load_all()
+        return dict.values(self)
+
+    def items(self) -> Any:
+        self.load_all()
+        return dict.items(self)
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands (:data:`COMMANDS`) are imported on use; its help lists
+    them from the table, with the same short help as the loaded commands give."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy = _Commands(self.commands)  # a plain dict here (click made it)
+        self.commands = self._lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(dict.keys(self._lazy)))
+
+    def _listed(self, name: str) -> click.Command | None:
+        """The command as its help lists it: the real one when loaded, else a stand-in
+        with the help's first sentence from :data:`COMMANDS` (nothing imported)."""
+        if dict.__contains__(self._lazy, name):
+            return dict.__getitem__(self._lazy, name)
+        entry = COMMANDS.get(name)
+        return None if entry is None else click.Command(name, help=entry[1])
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        listed = [(n, self._listed(n)) for n in self.list_commands(ctx)]
+        commands = [(n, c) for n, c in listed if c is not None and not c.hidden]
+        if not commands:
+            return
+        limit = formatter.width - 6 - max(len(n) for n, _ in commands)  # as click does
+        rows = [(n, c.get_short_help_str(limit)) for n, c in commands]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="cubepipe", prog_name="cubepipe")
 @click.option(
     "--device",
@@ -153,6 +303,11 @@ def cli(
     Data live in chunked zarr v3 stores that plain xarray opens; every command streams
     chunk by chunk through dask, on the CPU or a GPU.
     """
+    from cubepipe.storage.chunkio import direct_io_enabled  # noqa: PLC0415  (on use: numpy)
+
+    from ..backend import resolve_device  # noqa: PLC0415
+    from ..scheduling import check_memory_limit, check_scheduler  # noqa: PLC0415  (dask)
+
     global _debug_requested
     _debug_requested = debug
     spec = check_scheduler(scheduler_spec)
@@ -178,6 +333,8 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Co
     the parsed parameters to :func:`~cubepipe.pipeline.cli._jobs.run_job`, as the
     pipeline runner does for a YAML step.
     """
+
+    from ._jobs import job, run_job  # noqa: PLC0415  (zarr: imported with the commands)
 
     def decorate(fn: Callable[..., Any]) -> click.Command:
         job(name)(fn)
