@@ -38,25 +38,28 @@ def _from_rows(xp: Any, rows: Any, like_shape: tuple[int, ...], axis: int) -> An
 def _encode_rows(
     xp: Any, x: Any, v: Any, m: dict[str, np.ndarray], *, metrics: bool
 ) -> tuple[Any, list[float]]:
-    """Scores ``(K, N)`` float32 of pixel rows ``x (B, N)`` and, if ``metrics``, the error
-    partials ``[sse, n_values, sam_sum, n_pixels, min, max]`` of their reconstruction from
-    those float32 scores.
+    """Scores ``(K, N)`` float32 of host (NumPy) pixel rows ``x (B, N)`` and, if
+    ``metrics``, the error partials ``[sse, n_values, sam_sum, n_pixels, min, max]`` of
+    their reconstruction from those float32 scores.
 
-    Strip by strip, the centred data ``u = x - mean`` is made in float64 in one pass and
-    projected, ``s = W u``. The error metrics need each pixel's ``|e|^2``, ``x . e`` and
-    ``|x|^2`` where ``e = u - A s^`` (``A`` maps the stored float32 scores ``s^`` back to
-    ``u``; scale and whitening are folded into ``W`` and ``A``). Rather than form ``e``
-    (``B`` rows) they come from ``K``-row quantities, exactly in exact arithmetic::
+    Strip by strip, the centred data ``u = x - mean`` is made in float64 in one pass, its
+    ``|u|^2`` in a second, and one BLAS product ``R u`` gives the scores ``s = W u``, then
+    ``A^T u`` (unless it is ``s``) and ``mu . u``. The error metrics need each pixel's
+    ``|e|^2`` (``e = u - A s^``, ``A`` maps the stored float32 scores ``s^`` back to ``u``;
+    scale and whitening are folded into ``W`` and ``A``), ``x . e``, ``|x|^2`` and
+    ``|x^|^2`` (``x^ = mu + A s^``). Rather than form ``e`` (``B`` rows) they come from
+    ``K``-row quantities, exactly in exact arithmetic::
 
-        |e|^2 = |u|^2 - 2 s^ . (A^T u) + s^T (A^T A) s^
-        x . e = |u|^2 - s^ . (A^T u) + mu . u - (A^T mu) . s^
-        |x|^2 = |u|^2 + 2 mu . u + |mu|^2
+        |e|^2   = |u|^2 - 2 s^ . (A^T u) + s^T (A^T A) s^
+        x . e   = |u|^2 - s^ . (A^T u) + mu . u - (A^T mu) . s^
+        |x|^2   = |u|^2 + 2 mu . u + |mu|^2
+        |x^|^2  = |mu|^2 + 2 (A^T mu) . s^ + s^T (A^T A) s^
 
-    ``A^T u`` and ``mu . u`` come from the same matrix product as the scores. Without
-    scale or whitening ``A^T = W`` has orthonormal rows, ``A^T A = I`` (to rounding) and
-    the first is ``|u|^2 - |s|^2 + |s^ - s|^2``. In float64 these have an absolute error
-    of a few ``eps * |u|^2``, so a strip whose error is below ``GRAM_GUARD`` of its centred
-    energy (near-lossless reconstructions) is measured again directly, by forming ``e``
+    (``A^T A = I`` without scale or whitening). Every buffer is made once per chunk and
+    every step writes into one (``out=``): a fresh strip-sized temporary costs page faults
+    that exceed its arithmetic. The sums of ``|e|^2`` have an absolute error of a few
+    ``eps * |u|^2``, so a strip whose error is below ``GRAM_GUARD`` of its centred energy
+    (near-lossless reconstructions) is measured again directly, by forming ``e``
     (:class:`_Errors`): the error sums are correct to about ``1e-9`` relative either way.
     """
     scale, factor, wm = m["scale"], m["factor"], m["w"]
@@ -65,56 +68,96 @@ def _encode_rows(
     mean = np.asarray(m["mean"], dtype=np.float64)
     k, nb = w.shape
     same = bool(np.array_equal(w, at))  # no scale, no whitening: A^T u is W u
-    # One product gives the scores W u, then A^T u (unless it is W u), then mu . u.
-    rows = xp.asarray(np.concatenate([w] + ([] if same else [at]) + [mean[None, :]]))
-    gram = None if same else xp.asarray(at @ at.T)  # (K, K)
-    at_mu = xp.asarray((at @ mean)[None, :])  # (1, K)
+    rows = np.concatenate([w] + ([] if same else [at]) + [mean[None, :]])  # (R, B)
+    ka = 0 if same else k  # A^T u is g[ka : ka + k]
+    gram = None if same else at @ at.T  # (K, K)
+    at_mu = at @ mean  # (K,)
     mu2 = float(mean @ mean)
-    mod = array_module(x)
-    mean_x = xp.asarray(mean)[:, None]
-    out = xp.empty((k, x.shape[1]), dtype=xp.float32)
-    step = strip_pixels(nb, WIDE_STRIP)
-    buf = xp.empty((nb, max(1, min(step, x.shape[1]))), dtype=xp.float64)
-    errors = _Errors(xp, xp.asarray(at.T), buf.shape[1])
-    for a in range(0, x.shape[1], step):
-        n = min(step, x.shape[1] - a)
+    mean_x = mean[:, None]
+    total = x.shape[1]
+    out = np.empty((k, total), dtype=np.float32)
+    step = max(1, min(strip_pixels(nb, WIDE_STRIP), total))
+    # Flat buffers, reshaped per strip, so that every strip (the last, shorter one too)
+    # is C-contiguous: BLAS and the ufuncs take it as it is.
+    ubuf = np.empty(nb * step)
+    gbuf = np.empty(rows.shape[0] * step)
+    kbuf = np.empty((2 if gram is not None else 1) * k * step)
+    vec = np.empty((8, step))  # uu, p, q, r, ee, xe, xx, yy
+    errors = _Errors(np, at.T.copy(), step)
+    for a in range(0, total, step):
+        n = min(step, total - a)
         xs = x[:, a : a + n]
-        u = mod.subtract(xs, mean_x, out=buf[:, :n])  # float32 - float64 -> float64, one pass
-        uu = _colsum(xp, u, u)  # NaN in any band makes the pixel's |u|^2 NaN
-        ok = ~xp.isnan(uu)
-        if v is not None:
-            ok = ok & xp.all(xp.astype(v[:, a : a + n], xp.bool), axis=0)
-        every = bool(xp.all(ok))
-        if not every:
-            u = xp.where(ok[None, :], u, 0.0)
-            uu = xp.where(ok, uu, 0.0)
-        g = matmul(rows, u)
-        s = xp.astype(g[:k], xp.float32)
-        out[:, a : a + n] = s if every else xp.where(ok[None, :], s, xp.nan)
+        u = np.subtract(xs, mean_x, out=ubuf[: nb * n].reshape(nb, n))  # f32 - f64 -> f64
+        uu = np.einsum("bn,bn->n", u, u, out=vec[0, :n])  # NaN in any band: NaN |u|^2
+        usum = float(uu.sum())
+        ok: Any = None  # None: every pixel valid
+        if not np.isfinite(usum) or (v is not None and not v[:, a : a + n].all()):
+            ok = ~np.isnan(uu)
+            if v is not None:
+                ok &= np.all(v[:, a : a + n].astype(bool), axis=0)
+            u[:, ~ok] = 0.0
+            uu[~ok] = 0.0
+            usum = float(uu.sum())
+        g = np.matmul(rows, u, out=gbuf[: rows.shape[0] * n].reshape(-1, n))
+        os_ = out[:, a : a + n]
+        os_[...] = g[:k]  # the stored float32 scores
         if not metrics:
+            if ok is not None:
+                os_[:, ~ok] = np.nan
             continue
-        npix = n if every else int(xp.count_nonzero(ok))
+        npix = n if ok is None else int(np.count_nonzero(ok))
         if npix == 0:
+            os_[...] = np.nan
             continue
-        sh = xp.astype(s, xp.float64)  # the stored scores
-        mu_u = g[-1]
-        if same:
-            d = sh - g[:k]
-            sp = _colsum(xp, sh, g[:k])
-            ee = uu - _colsum(xp, g[:k], g[:k]) + _colsum(xp, d, d)
+        sh = kbuf[: k * n].reshape(k, n)
+        sh[...] = os_  # the stored scores, float64 (0 at invalid pixels)
+        if ok is not None:
+            os_[:, ~ok] = np.nan
+        au = g[ka : ka + k]
+        p = np.einsum("kn,kn->n", sh, au, out=vec[1, :n])  # s^ . A^T u
+        if gram is None:
+            q = np.einsum("kn,kn->n", sh, sh, out=vec[2, :n])  # s^T s^
         else:
-            sp = _colsum(xp, sh, g[k : 2 * k])
-            ee = uu - 2.0 * sp + _colsum(xp, sh, matmul(gram, sh))
-        xe = uu - sp + mu_u - matmul(at_mu, sh)[0]
-        xx = uu + 2.0 * mu_u + mu2
-        sse = float(xp.sum(xp.where(ok, ee, 0.0)))
-        if sse < GRAM_GUARD * float(xp.sum(uu)):
+            gs = np.matmul(gram, sh, out=kbuf[k * n : 2 * k * n].reshape(k, n))
+            q = np.einsum("kn,kn->n", sh, gs, out=vec[2, :n])  # s^T (A^T A) s^
+        r = np.matmul(at_mu, sh, out=vec[3, :n])  # (A^T mu) . s^
+        ee = np.multiply(p, -2.0, out=vec[4, :n])
+        ee += q
+        ee += uu  # |e|^2 (0 at invalid pixels)
+        sse = float(ee.sum())
+        if sse < GRAM_GUARD * usum:
             # near-lossless: measure this strip directly (forming e), not by the identity
-            xd = xp.astype(xs, xp.float64)
-            errors.add(xd, _colsum(xp, xd, xd), u, s, ok, every)
-        else:
-            _, sam, nsam = error_sums(xp, xx, xe, xp.maximum(ee, 0.0), ok)
-            errors.record(sse, npix * nb, sam, nsam, *_valid_range(xp, xs, ok, every))
+            xd = xs.astype(np.float64)
+            okm = np.ones(n, dtype=bool) if ok is None else ok
+            errors.add(xd, _colsum(np, xd, xd), u, sh, okm, ok is None)
+            continue
+        mu_u = g[-1]
+        xe = np.subtract(uu, p, out=vec[5, :n])
+        xe += mu_u
+        xe -= r  # x . e
+        xx = np.multiply(mu_u, 2.0, out=vec[6, :n])
+        xx += uu
+        xx += mu2  # |x|^2
+        yy = np.multiply(r, 2.0, out=vec[7, :n])
+        yy += q
+        yy += mu2  # |x^|^2
+        good = np.greater(xx, 0.0)  # no angle where the spectrum or its
+        good &= yy > 0.0  # reconstruction is all zero
+        if ok is not None:
+            good &= ok
+        ngood = n if good.all() else int(np.count_nonzero(good))
+        # The angle from its sine and cosine, |x||x^| sin = |x x e| (x^ = x - e), by
+        # Lagrange's identity, and x . x^ = |x|^2 - x . e: accurate for small angles,
+        # where arccos of a cosine near 1 is not.
+        sin = np.multiply(xx, ee, out=vec[1, :n])  # p, q, r are used: reuse their rows
+        sin -= np.multiply(xe, xe, out=vec[2, :n])
+        np.maximum(sin, 0.0, out=sin)
+        np.sqrt(sin, out=sin)
+        cos = np.subtract(xx, xe, out=vec[3, :n])
+        ang = np.arctan2(sin, cos, out=sin)
+        sam = float(ang.sum()) if ngood == n else float(ang.sum(where=good))
+        lo, hi = _valid_range(np, xs, ok, ok is None)
+        errors.record(sse, npix * nb, sam, float(ngood), lo, hi)
     return out, (errors.partial() if metrics else [])
 
 
@@ -232,11 +275,13 @@ def error_sum_arrays(xp: Any, xx: Any, xe: Any, ee: Any, ok: Any) -> tuple[Any, 
     """:func:`error_sums` as 0-d float64 arrays where the inputs live (no host sync)."""
     yy = xx - 2 * xe + ee  # |x_hat|^2
     good = ok & (xx > 0) & (yy > 0)
-    cos = (xx - xe) / xp.sqrt(xp.where(good, xx * yy, 1.0))
-    cos = xp.minimum(xp.maximum(cos, -1.0), 1.0)  # rounding can step just past +-1
+    # atan2 of the sine (|x||x_hat| sin = |x x e|, Lagrange's identity) and the cosine
+    # (x . x_hat = |x|^2 - x . e): accurate for small angles, where arccos is not.
+    sin = xp.sqrt(xp.maximum(xx * ee - xe * xe, 0.0))
+    angle = xp.atan2(sin, xx - xe)
     return (
         xp.sum(xp.where(ok, ee, 0.0)),
-        xp.sum(xp.where(good, xp.acos(cos), 0.0)),
+        xp.sum(xp.where(good, angle, 0.0)),
         xp.sum(xp.astype(good, xp.float64)),
     )
 
