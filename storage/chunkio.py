@@ -1,18 +1,24 @@
-"""Direct chunk I/O for the zarr v3 layout cubepipe writes; zarr-python for anything else.
+"""Direct chunk I/O for the zarr v3 layouts cubepipe writes; zarr-python for anything else.
 
-cubepipe's stores use one codec chain (``bytes`` then ``zstd``), a regular chunk grid and
-the default chunk-key encoding, without sharding. For exactly that layout a chunk is one
-file, ``<array>/c/<i>/<j>/<k>``, holding a single zstd frame of the chunk's raw bytes
-(edge chunks padded to the full chunk shape). Reading or writing such a file directly
-(one ``read``, one zstd call into a preallocated buffer, no event loop) costs 70-98% of
-the CPU time of the same chunk through zarr-python 3.1's codec pipeline, and less than
+cubepipe's stores use a regular chunk grid and the default chunk-key encoding, without
+sharding, and one of two codec chains: ``bytes -> blosc(lz4, shuffle) -> crc32c`` (the
+default since issue 19, chosen by measurement: docs/DESIGN.md) or ``bytes -> zstd``
+(every older store; with or without zstd's frame checksum). For exactly those layouts a
+chunk is one file, ``<array>/c/<i>/<j>/<k>``, holding the chunk's raw bytes (edge chunks
+padded to the full chunk shape) as one zstd frame, or as one blosc buffer followed by the
+little-endian CRC-32C of that buffer. Reading or writing such a file directly (one
+``read``, one codec call into a preallocated buffer, no event loop) costs 70-98% of the
+CPU time of the same chunk through zarr-python 3.1's codec pipeline, and less than
 through zarrs' Rust pipeline (benchmarks/bench_zarr_pipeline.py; the numbers and the
 decision to keep this module are in docs/DESIGN.md).
 
-The files are the same bytes zarr-python writes and reads (both use numcodecs' zstd), so
-a store stays a plain zarr v3 store: tests/storage/test_chunkio.py round-trips chunks
-through both. Any other layout (other codecs, sharding, another key encoding, a
-big-endian chunk on this machine, a non-local store) gets ``None`` from
+The files are the same bytes zarr-python writes and reads (both use numcodecs' zstd and
+blosc, and google-crc32c), so a store stays a plain zarr v3 store:
+tests/storage/test_chunkio.py and test_codecs.py round-trip chunks through both. A chunk
+is checked before it is used: the zstd frame's checksum and size, or the CRC-32C and the
+blosc header's sizes, so a chunk cut short or with a flipped bit is an error, never
+data. Any other layout (other codecs, blosc without crc32c, sharding, another key
+encoding, a big-endian chunk on this machine, a non-local store) gets ``None`` from
 :func:`direct_layout` and is read and written through zarr-python as before; so does
 every store when the environment says ``CUBEPIPE_DIRECT_IO=0`` (the off switch, for a
 zarr release this module was not verified against: see the upper bound on zarr in
@@ -38,8 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
-from numcodecs import Zstd
+from numcodecs import Blosc, Zstd
 
 from .errors import InvalidStoreError
 
@@ -65,11 +72,22 @@ class ChunkLayout:
     dtype: np.dtype
     fill_value: Any
     separator: str
+    #: zstd's level and frame checksum (``codec == "zstd"``); blosc's clevel.
     level: int
     checksum: bool
     #: A missing chunk file is an error (chunks of a complete cubepipe store all exist)
     #: rather than the fill value (zarr's semantics, kept for every other store).
     strict: bool = False
+    #: ``"zstd"`` or ``"blosc"``: the bytes-to-bytes codec after ``bytes``.
+    codec: str = "zstd"
+    #: blosc's configuration (``codec == "blosc"``): compressor, shuffle (numcodecs'
+    #: integer), type size, block size.
+    cname: str = ""
+    shuffle: int = 0
+    typesize: int = 0
+    blocksize: int = 0
+    #: The chain ends with the ``crc32c`` codec (4 bytes, little-endian, after the rest).
+    crc32c: bool = False
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -105,15 +123,7 @@ class ChunkLayout:
             return np.full(shape, self.fill_value, dtype=self.dtype)
         full = np.empty(self.chunks, dtype=self.dtype)
         try:
-            if frame_content_size(encoded) == full.nbytes:
-                # zstd checks that a frame decodes to exactly the size its header states,
-                # and a trailing frame would overflow ``full``: every byte is written.
-                Zstd().decode(encoded, out=full)
-            else:  # no size in the header, or the wrong one: decode and measure
-                raw = Zstd().decode(encoded)
-                if len(raw) != full.nbytes:
-                    raise ValueError(f"it decodes to {len(raw)} bytes, not {full.nbytes}")
-                full = np.frombuffer(raw, dtype=self.dtype).reshape(self.chunks).copy()
+            full = self._decode(encoded, full)
         except Exception as exc:  # numcodecs raises RuntimeError/ValueError for bad frames
             raise InvalidStoreError(
                 f"chunk file {path} is damaged ({exc}); re-run the step that wrote this "
@@ -133,21 +143,81 @@ class ChunkLayout:
         else:
             full = np.full(self.chunks, self.fill_value, dtype=self.dtype)
             full[tuple(slice(0, n) for n in shape)] = block
-        encoded = Zstd(level=self.level, checksum=self.checksum).encode(full)
         path = self.chunk_path(idx)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.partial"
         with open(tmp, "wb") as fh:
-            fh.write(encoded)
+            for part in self._encode(full):
+                fh.write(part)
         os.replace(tmp, path)
+
+    def _encode(self, full: np.ndarray) -> list[bytes]:
+        """The chunk file's contents (in parts, to spare a copy) for the whole chunk."""
+        if self.codec == "blosc":
+            body = Blosc(
+                cname=self.cname,
+                clevel=self.level,
+                shuffle=self.shuffle,
+                blocksize=self.blocksize,
+                typesize=self.typesize,
+            ).encode(full)
+        else:
+            body = Zstd(level=self.level, checksum=self.checksum).encode(full)
+        if not self.crc32c:
+            return [body]
+        return [body, _crc32c(body)]
+
+    def _decode(self, encoded: bytes, full: np.ndarray) -> np.ndarray:
+        """Decode a chunk file's bytes into ``full`` (or a new array of its shape): every
+        byte checked or written, any mismatch a ValueError/RuntimeError."""
+        body: Any = encoded
+        if self.crc32c:
+            if len(encoded) < 4:
+                raise ValueError(f"{len(encoded)} bytes, too short for its CRC-32C")
+            body = np.frombuffer(encoded, dtype=np.uint8)[:-4]
+            if _crc32c(body) != encoded[-4:]:
+                raise ValueError("its CRC-32C does not match its contents")
+        if self.codec == "blosc":
+            nbytes, cbytes = blosc_sizes(body)
+            if nbytes != full.nbytes or cbytes != len(body):
+                raise ValueError(
+                    f"its blosc header states {nbytes} bytes in {cbytes}, not "
+                    f"{full.nbytes} in {len(body)}"
+                )
+            Blosc().decode(body, out=full)
+            return full
+        if frame_content_size(body) == full.nbytes:
+            # zstd checks that a frame decodes to exactly the size its header states,
+            # and a trailing frame would overflow ``full``: every byte is written.
+            Zstd().decode(body, out=full)
+            return full
+        raw = Zstd().decode(body)  # no size in the header, or the wrong one: measure
+        if len(raw) != full.nbytes:
+            raise ValueError(f"it decodes to {len(raw)} bytes, not {full.nbytes}")
+        return np.frombuffer(raw, dtype=self.dtype).reshape(self.chunks).copy()
+
+
+def _crc32c(data: Any) -> bytes:
+    """CRC-32C of ``data`` as the zarr v3 ``crc32c`` codec stores it (uint32, little-endian)."""
+    return int(google_crc32c.value(data)).to_bytes(4, "little")
+
+
+def blosc_sizes(encoded: Any) -> tuple[int, int]:
+    """(decoded bytes, encoded bytes) a blosc 1 header states (bytes 4-8 and 12-16, little
+    endian); (-1, -1) when ``encoded`` is shorter than a header."""
+    if len(encoded) < 16:
+        return -1, -1
+    head = bytes(encoded[:16])
+    return int.from_bytes(head[4:8], "little"), int.from_bytes(head[12:16], "little")
 
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-def frame_content_size(encoded: bytes) -> int | None:
+def frame_content_size(encoded: Any) -> int | None:
     """The decoded size a zstd frame header declares (RFC 8878, 3.1.1.1), or None when
     ``encoded`` does not start with a frame header that states one."""
+    encoded = bytes(encoded[:18])  # a frame header is at most 18 bytes
     if len(encoded) < 6 or encoded[:4] != _ZSTD_MAGIC:
         return None
     fhd = encoded[4]
@@ -204,13 +274,28 @@ def direct_layout(array_dir: str | Path, *, strict: bool = False) -> ChunkLayout
         if grid["name"] != "regular" or keys["name"] != "default":
             return None
         codecs = meta["codecs"]
-        if [c["name"] for c in codecs] != ["bytes", "zstd"]:
+        names = [c["name"] for c in codecs]
+        crc = names[-1:] == ["crc32c"]
+        if crc:
+            names = names[:-1]
+        if names not in (["bytes", "zstd"], ["bytes", "blosc"]) or (
+            names[1] == "blosc" and not crc  # blosc has no checksum of its own
+        ):
             return None
         endian = (codecs[0].get("configuration") or {}).get("endian", _NATIVE)
         dtype = np.dtype(meta["data_type"])
         if dtype.itemsize > 1 and endian != _NATIVE:
             return None
-        zcfg = codecs[1].get("configuration") or {}
+        cfg = codecs[1].get("configuration") or {}
+        if names[1] == "blosc":
+            codec_kw = _blosc_config(cfg)
+            if codec_kw is None:
+                return None
+        else:
+            codec_kw = {
+                "level": int(cfg.get("level", 0)),
+                "checksum": bool(cfg.get("checksum", False)),
+            }
         fill = meta["fill_value"]
         if isinstance(fill, str):  # "NaN", "Infinity", "-Infinity" for floats
             fill = float(fill)
@@ -221,12 +306,35 @@ def direct_layout(array_dir: str | Path, *, strict: bool = False) -> ChunkLayout
             dtype=dtype,
             fill_value=dtype.type(fill),
             separator=(keys.get("configuration") or {}).get("separator", "/"),
-            level=int(zcfg.get("level", 0)),
-            checksum=bool(zcfg.get("checksum", False)),
             strict=strict,
+            codec=names[1],
+            crc32c=crc,
+            **codec_kw,
         )
     except (KeyError, TypeError, ValueError, IndexError):
         return None
+
+
+_SHUFFLES = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+
+
+def _blosc_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """ChunkLayout's fields for a v3 ``blosc`` codec configuration, or None for one that
+    is not fully stated (zarr-python writes every key) or names an unknown compressor."""
+    from numcodecs.blosc import list_compressors  # noqa: PLC0415
+
+    if set(cfg) != {"typesize", "cname", "clevel", "shuffle", "blocksize"}:
+        return None
+    if cfg["cname"] not in list_compressors() or cfg["shuffle"] not in _SHUFFLES:
+        return None
+    return {
+        "level": int(cfg["clevel"]),
+        "checksum": False,
+        "cname": str(cfg["cname"]),
+        "shuffle": _SHUFFLES[cfg["shuffle"]],
+        "typesize": int(cfg["typesize"]),
+        "blocksize": int(cfg["blocksize"]),
+    }
 
 
 def largest_chunk(array_dirs: list[str | Path]) -> int:

@@ -82,7 +82,7 @@ def test_usage_errors_exit_2(cli) -> None:
 def test_info_human_and_json(cli, small_store: Path) -> None:
     human = cli("info", str(small_store))
     assert human.returncode == 0, human.stderr
-    for word in ("complete", "band=15", "float32", "zstd", "on disk", "fixture"):
+    for word in ("complete", "band=15", "float32", "blosc", "on disk", "fixture"):
         assert word in human.stdout
     d = json.loads(cli("info", str(small_store), "--json").stdout)
     assert d["complete"] is True

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from cubepipe.storage import InvalidStoreError, open_cube, write_cube
 from cubepipe.storage.chunkio import ChunkLayout, DirectChunkArray, direct_layout
@@ -19,6 +19,17 @@ from cubepipe.storage.store import default_compressors
 from ..conftest import signed_float_block
 
 SHAPE, CHUNKS = (3, 37, 50), (3, 16, 16)  # edge chunks along y and x
+#: The chains chunkio reads and writes itself: today's default and every older store's.
+CHAINS = {
+    "default": default_compressors,
+    "zstd-old": lambda: [ZstdCodec(level=1, checksum=True)],
+    "zstd-crc32c": lambda: [ZstdCodec(level=3), Crc32cCodec()],
+}
+
+
+@pytest.fixture(params=list(CHAINS))
+def chain(request: pytest.FixtureRequest) -> list:
+    return CHAINS[request.param]()
 
 
 def _zarr_array(path: Path, data: np.ndarray, **kw) -> zarr.Array:
@@ -40,11 +51,12 @@ def _chunk_of(data: np.ndarray, idx: tuple[int, ...]) -> np.ndarray:
     return data[tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, CHUNKS, strict=True))]
 
 
-def test_reads_every_chunk_zarr_wrote(tmp_path: Path) -> None:
+def test_reads_every_chunk_zarr_wrote(tmp_path: Path, chain: list) -> None:
     data = _data()
-    _zarr_array(tmp_path / "a", data)
+    _zarr_array(tmp_path / "a", data, compressors=chain)
     layout = direct_layout(tmp_path / "a")
-    assert layout is not None and layout.chunks == CHUNKS and layout.checksum
+    assert layout is not None and layout.chunks == CHUNKS
+    assert layout.checksum or layout.crc32c  # damage is detectable
     for idx in np.ndindex(*layout.grid):
         np.testing.assert_array_equal(layout.read_chunk(idx), _chunk_of(data, idx))
 
@@ -67,9 +79,9 @@ def test_any_basic_slice_matches_numpy(tmp_path: Path, key: tuple) -> None:
     np.testing.assert_array_equal(arr[key], data[key])
 
 
-def test_zarr_reads_every_chunk_written_directly(tmp_path: Path) -> None:
+def test_zarr_reads_every_chunk_written_directly(tmp_path: Path, chain: list) -> None:
     data = _data(seed=3)
-    _zarr_array(tmp_path / "a", np.zeros_like(data))  # metadata and zero chunks
+    _zarr_array(tmp_path / "a", np.zeros_like(data), compressors=chain)  # zero chunks
     layout = direct_layout(tmp_path / "a")
     for idx in np.ndindex(*layout.grid):
         layout.write_chunk(idx, _chunk_of(data, idx))
@@ -77,10 +89,10 @@ def test_zarr_reads_every_chunk_written_directly(tmp_path: Path) -> None:
     assert not list((tmp_path / "a").rglob("*.partial"))
 
 
-def test_written_chunk_file_is_byte_identical_to_zarrs(tmp_path: Path) -> None:
+def test_written_chunk_file_is_byte_identical_to_zarrs(tmp_path: Path, chain: list) -> None:
     data = _data(seed=5)
-    _zarr_array(tmp_path / "z", data)
-    _zarr_array(tmp_path / "d", np.zeros_like(data))
+    _zarr_array(tmp_path / "z", data, compressors=chain)
+    _zarr_array(tmp_path / "d", np.zeros_like(data), compressors=chain)
     layout = direct_layout(tmp_path / "d")
     for idx in [(0, 0, 0), (0, 2, 3)]:  # an inner and the padded corner chunk
         layout.write_chunk(idx, _chunk_of(data, idx))
@@ -99,8 +111,8 @@ def test_missing_chunk_reads_as_fill_value_like_zarr(tmp_path: Path) -> None:
     assert np.isnan(direct[:, 16:, :]).all()
 
 
-def test_damaged_chunk_is_a_clear_error_naming_the_file(tmp_path: Path) -> None:
-    _zarr_array(tmp_path / "a", _data())
+def test_damaged_chunk_is_a_clear_error_naming_the_file(tmp_path: Path, chain: list) -> None:
+    _zarr_array(tmp_path / "a", _data(), compressors=chain)
     chunk = tmp_path / "a" / "c" / "0" / "1" / "1"
     raw = bytearray(chunk.read_bytes())
     chunk.write_bytes(bytes(raw[: len(raw) // 2]))  # cut short, as a kill would leave it
@@ -119,12 +131,14 @@ def test_dot_separated_chunk_keys(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "kw",
     [
-        {"compressors": [BloscCodec()]},
+        {"compressors": [BloscCodec()]},  # no checksum: zarr-python's semantics
+        {"compressors": [BloscCodec(), Crc32cCodec(), Crc32cCodec()]},
+        {"compressors": [Crc32cCodec(), BloscCodec()]},
         {"compressors": None},
         {"compressors": [ZstdCodec(level=1)], "shards": (3, 32, 32)},
         {"compressors": [ZstdCodec(level=1)], "zarr_format": 2},
     ],
-    ids=["blosc", "uncompressed", "sharded", "zarr-v2"],
+    ids=["blosc", "blosc-crc-crc", "crc-blosc", "uncompressed", "sharded", "zarr-v2"],
 )
 def test_other_layouts_fall_back_to_zarr(tmp_path: Path, kw: dict) -> None:
     data = _data()
