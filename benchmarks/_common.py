@@ -257,8 +257,9 @@ def floor_case(
     It reads and decodes every chunk of each zarr v3 array (or of every array in each
     group) that ``inputs(size)`` returns, ``reads`` times, with the array's own codec
     chain from its ``zarr.json``; then encodes ``out_bytes(size)`` bytes with cubepipe's
-    default codec chain (:data:`DEFAULT_CODECS`), re-encoding decoded chunks cyclically
-    until that many bytes are encoded. Results are discarded (nothing is written). Both
+    default codec chain (:data:`DEFAULT_CODECS`), re-encoding the largest decoded chunks
+    (decoded beforehand, untimed) cyclically until that many bytes are encoded.
+    ``reads=0`` gives an encode-only floor (the inputs then only supply the data). Results are discarded (nothing is written). Both
     phases run on a thread pool with one thread per core (the codecs release the GIL);
     chunk files come from disk or the page cache, whichever holds them.
 
@@ -281,36 +282,37 @@ def floor_case(
                 jobs += [(f, codecs, dtype) for f in _chunk_files(array_dir)]
             if not found:
                 raise ValueError(f"floor_case: no zarr v3 array at or under {path}")
-        kept: list[Any] = []  # a few decoded chunks (of the largest arrays) to encode
-        keep = 2 * threads
+
+        def decoded(job: tuple[Path, list[Any], str]) -> Any:
+            buf: Any = job[0].read_bytes()
+            for codec in reversed(job[1]):
+                buf = codec.decode(buf)
+            return buf
 
         def decode(job: tuple[Path, list[Any], str]) -> int:
-            f, codecs, dtype = job
-            buf: Any = f.read_bytes()
-            for codec in reversed(codecs):
-                buf = codec.decode(buf)
-            n = memoryview(buf).nbytes
-            if len(kept) < keep:
-                try:
-                    kept.append(np.frombuffer(buf, dtype=dtype))
-                except (TypeError, ValueError):
-                    kept.append(np.frombuffer(buf, dtype="uint8"))
-            return n
+            return memoryview(decoded(job)).nbytes
 
-        decoded = 0
+        # What is encoded: the largest chunk files (the main variable's), decoded untimed.
+        kept: list[Any] = []
+        for job in sorted(jobs, key=lambda j: -j[0].stat().st_size)[: 2 * threads]:
+            try:
+                kept.append(np.frombuffer(decoded(job), dtype=job[2]))
+            except (TypeError, ValueError):  # a data type NumPy does not name
+                kept.append(np.frombuffer(decoded(job), dtype="uint8"))
+        total = int(out_bytes(size))
+        if total and not kept:
+            raise ValueError("floor_case: nothing to encode: the inputs have no chunk files")
+
+        decoded_bytes = 0
         cpu0 = _cpu_s()
         t0 = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
             for _ in range(reads):
-                decoded += sum(pool.map(decode, jobs))
+                decoded_bytes += sum(pool.map(decode, jobs))
         decode_s = time.perf_counter() - t0
 
-        total = int(out_bytes(size))
-        if not kept:
-            kept.append(np.zeros(4 << 20, dtype="float32"))
-        kept.sort(key=lambda a: -a.nbytes)  # the chunks of the main variable first
         pieces, left = [], total
-        for chunk in itertools.cycle(kept[: max(1, min(len(kept), keep))]):
+        for chunk in itertools.cycle(kept) if total else ():
             if left <= 0:
                 break
             n = min(chunk.size, max(1, left // chunk.itemsize))
@@ -333,9 +335,9 @@ def floor_case(
             "cpu_s": round(_cpu_s() - cpu0, 3),
             "decode_s": round(decode_s, 3),
             "encode_s": round(encode_s, 3),
-            "decode_gbps": round(decoded / decode_s / 1e9, 3) if decode_s else None,
+            "decode_gbps": round(decoded_bytes / decode_s / 1e9, 3) if decode_s else None,
             "encode_gbps": round(total / encode_s / 1e9, 3) if encode_s else None,
-            "decoded_gb": round(decoded / 1e9, 3),
+            "decoded_gb": round(decoded_bytes / 1e9, 3),
             "encoded_gb": round(total / 1e9, 3),
             "encoded_ratio": round(total / encoded, 3) if encoded else None,
             "threads": threads,
@@ -490,7 +492,7 @@ def main(
                     },
                 }
             )
-            of_floor = f"  x{x_floor['x_floor']:5.2f} of floor" if x_floor else ""
+            of_floor = f"  x{x_floor['x_floor']:5.2f} of {floor_of(case)}" if x_floor else ""
             print(
                 f"{size:>8} {case:<28} {r['seconds']:8.2f} s  x{r['seconds'] / base:5.2f} "
                 f"of {baseline}{of_floor}  peak RSS {r['peak_rss_mb']:7.0f} MB "
@@ -518,6 +520,7 @@ def main(
     cols += ["cpu_s", "peak_rss_mb", "peak_anon_mb", *columns]
     if floor is not None:
         cols += [c for c in ("decode_gbps", "encode_gbps") if c not in cols]
+    cols = list(dict.fromkeys(cols))  # a script's columns may repeat ours
     lines = [
         f"# {name}",
         "",

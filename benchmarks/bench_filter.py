@@ -42,6 +42,10 @@ within 15 px (the kernel radius) of the image border, of band 0, in units of the
 standard deviation; ``interior_dev_std`` the same over the rest of the valid pixels (what
 smoothing alone changes). A zero-filled boundary pulls edge values toward 0.
 
+Floor (issue 19): ``floor`` reads and decodes every chunk of the input store once with its
+codecs, on one thread per core (``_common.floor_case``); nothing is encoded, as every case
+filters into memory. ``x_floor`` is each row's seconds over it.
+
 Sizes: ``1x`` = 15 x 2500 x 2500 (357 MiB), ``tiny`` = 15 x 256 x 256 for ``--quick``.
 Run ``python benchmarks/bench_filter.py`` (``--quick`` for a smoke run). After a full run
 the goals of issue 6 are checked in a table appended to ``results/bench_filter.md``.
@@ -66,7 +70,7 @@ from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import open_cube, store_state, write_cube
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, RESULTS, main
+from _common import INPUTS, RESULTS, floor_case, main
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 
@@ -264,6 +268,7 @@ def scipy_gaussian_filter_normalized(size: str, workdir: Path) -> dict[str, Any]
 
 
 CASES = {
+    "floor": floor_case(lambda size: [_input(size)], lambda size: 0),
     "scipy_fft_complex": scipy_fft_complex,
     "numpy_fft_complex": numpy_fft_complex,
     "cubepipe_rfft": cubepipe_rfft,
@@ -345,6 +350,7 @@ if __name__ == "__main__":
         sizes=("1x",),
         quick_size="tiny",
         prepare=prepare,
+        floor="floor",
         notes="Input: synthetic signed float32 cube, lower triangle NaN, chunks 15 x 512 x "
         "512; 31 x 31 Gaussian (sigma 3.75). Goals (issue 6): cubepipe_rfft >= 1.7x faster "
         "than the complex-FFT path of scipy.fft and numpy.fft; cubepipe_masked >= 4x "
@@ -352,6 +358,7 @@ if __name__ == "__main__":
         "(edge_bias_std), and no slower than the faster of the hand-normalized "
         "scipy.signal.fftconvolve and scipy.ndimage.gaussian_filter. *_rfft2_plane vs "
         "*_fft2_plane: the same real planes through rfft2/irfft2 or fft2/ifft2, one thread "
-        "(issue 18; fft_seconds: the transforms alone).",
+        "(issue 18; fft_seconds: the transforms alone). floor: the input's chunks read and "
+        "decoded once (no encode: every case filters into memory).",
     )
     append_goals()

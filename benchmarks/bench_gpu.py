@@ -34,6 +34,14 @@ and the largest relative difference of the three sums (the sum's difference rela
 the sum of ``|x|``, as outputs such as z-scores sum to about 0). This adds the same small
 host work to both devices. It is stated, not asserted.
 
+Floors (issue 19, ``_common.floor_case``: the codec work alone, on the CPU, one thread
+per core, as both devices' runs decode and encode on the host): ``floor_standardize``
+(two reads of the input, the cube's bytes encoded), ``floor_pca`` (two reads, 5/15 of
+them: the scores), ``floor_filter`` (one read, the cube), ``floor_ae`` (one read, the
+scores). ``x_floor``: each case over its capability's floor. Where cubepipe keeps
+decoded chunks between the two passes (``keep_between_passes``) a case can beat its
+floor's second read.
+
 GPU cases are registered only where CuPy sees a GPU (``gpu_status()``); the
 autoencoder cases only where PyTorch imports (it trains the model in ``prepare``).
 
@@ -65,7 +73,7 @@ from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import open_cube, store_state, write_cube
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, main
+from _common import INPUTS, cube_bytes, floor_case, main
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 
@@ -322,7 +330,27 @@ def _cases() -> dict[str, Callable[[str, Path], dict[str, Any]]]:
     return cases
 
 
+def _floor(reads: int, bands: int | None) -> Callable[[str, Path], dict[str, Any]]:
+    return floor_case(
+        lambda size: [_input(size)], lambda size: cube_bytes(_input(size), bands=bands), reads=reads
+    )
+
+
+#: Each capability's floor case: (reads of the input, bands written; None: all).
+FLOOR_OF = {
+    "standardize": ("floor_standardize", 2, None),
+    "pca": ("floor_pca", 2, K),
+    "filter_fft": ("floor_filter", 1, None),
+    "filter_masked": ("floor_filter", 1, None),
+    "ae_encode": ("floor_ae", 1, K),
+}
 CASES = _cases()
+FLOORS = {case: FLOOR_OF[case.rsplit("_", 1)[0]][0] for case in CASES}
+CASES |= {
+    name: _floor(reads, bands)
+    for name, reads, bands in FLOOR_OF.values()
+    if name in FLOORS.values()  # the autoencoder's only where its cases run
+}
 
 
 # -- summary: speed-up and agreement per pair ---------------------------------------------
@@ -390,12 +418,15 @@ if __name__ == "__main__":
         prepare=prepare,
         columns=("device", "gpu_init_s", "method", "fit_s", "encode_write_s"),
         summary=summary,
+        floor=FLOORS,
         notes="Input: synthetic signed float32 cube (make_cube, seed 0, NaN disc) in a "
         "cubepipe store, zstd level 1 + checksum, chunks 15 x 512 x 512. Each capability "
         "runs once per device through the public API (threaded dask scheduler) and writes "
         "its output with write_cube(to_host(...)): GPU times include the transfers and "
         f"the CUDA context (gpu_init_s). K = {K}; filters: {SPEC} (31 x 31); the "
         "autoencoder (MLP, trained in prepare on the CPU, 1 epoch, 5000 pixels) is only "
-        "applied. GPU: "
+        "applied. floor_*: the codec work of each capability alone on the CPU (reads of the "
+        "input: standardize and pca 2, filters and ae 1; written: the cube, or the 5 "
+        "scores), one thread per core; x_floor: each case over its capability's floor. GPU: "
         + (GPU_DETAIL if GPU_OK else f"none ({GPU_DETAIL}); only the CPU cases ran."),
     )

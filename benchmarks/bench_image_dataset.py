@@ -13,7 +13,8 @@ Cases (each in its own process, on the same images):
 
 Sizes: ``photos24`` = the 12 images of ../shared/data/photos (PNG and JPEG, grey and RGB,
 303x384 to 1411x1411) plus a 2/3-size RGB JPEG copy of each: 24 files; ``tiny`` (the
-``--quick`` smoke run) = 2 generated images, commands run in process. Run ``python
+``--quick`` smoke run) = 2 generated images, commands run in process. No codec floor row
+(``_common.floor_case``, issue 19): the inputs are images, not zarr chunks. Run ``python
 benchmarks/bench_image_dataset.py``.
 """
 
@@ -142,5 +143,7 @@ if __name__ == "__main__":
         notes="Issue 17: 24 files ingested one process each took 2 min 40 s for a user. "
         "The CLI cases include each command's start-up (Python, NumPy, dask, xarray, zarr "
         "imports), which is most of a separate ingest's time. The memory columns of the "
-        "*_cli cases are the benchmark process's, not the commands' (they run as children).",
+        "*_cli cases are the benchmark process's, not the commands' (they run as children). "
+        "No codec floor row (issue 19 item 9): the inputs are PNG/JPEG files, not zarr "
+        "chunks, and start-up and image decoding, not the store's codec, are the cost.",
     )

@@ -17,6 +17,13 @@ a file and a zarr v3 store with the same codec (zstd level 1 + checksum, chunks
   ``tifffile.memmap(out.tif, shape, float32, photometric="minisblack")``;
 - ``cubepipe_export_tiff``: ``export(store, out.tif)``.
 
+Codec floors (issue 19; ``_common.floor_case``, one thread per core, results discarded):
+``codec_floor_encode`` encodes the cube's bytes with cubepipe's default codec (all an
+ingest must do besides reading raw pages); ``codec_floor_decode`` reads and decodes every
+chunk of the store once (all an export must do besides writing raw pages). ``x_floor`` is
+each ingest row (``*_to_zarr``, ``cubepipe_ingest_*``) over the first, each export row
+over the second.
+
 The harness reports every case against ``floor_npy_to_zarr``; after a full run this
 script also appends a "paired ratios" table to ``results/bench_io.md`` (each cubepipe case
 against its own floor, and peak RSS at 4x over 1x). Issue 3's goal: each cubepipe case
@@ -53,7 +60,7 @@ from cubepipe.storage.ingest import ingest
 from cubepipe.storage.store import default_compressors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, RESULTS, main
+from _common import INPUTS, RESULTS, cube_bytes, floor_case, main
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 
@@ -207,7 +214,13 @@ def cubepipe_export_tiff(size: str, workdir: Path) -> dict[str, Any]:
     return {"floor": PAIRS["cubepipe_export_tiff"]}
 
 
+def _cube_bytes(size: str) -> int:
+    return cube_bytes(_store(size))
+
+
 CASES = {
+    "codec_floor_encode": floor_case(lambda size: [_store(size)], _cube_bytes, reads=0),
+    "codec_floor_decode": floor_case(lambda size: [_store(size)], lambda size: 0),
     "floor_npy_to_zarr": floor_npy_to_zarr,
     "cubepipe_ingest_npy": cubepipe_ingest_npy,
     "floor_tiff_to_zarr": floor_tiff_to_zarr,
@@ -216,6 +229,18 @@ CASES = {
     "cubepipe_export_npy": cubepipe_export_npy,
     "floor_zarr_to_tiff": floor_zarr_to_tiff,
     "cubepipe_export_tiff": cubepipe_export_tiff,
+}
+
+#: Each case's codec floor (``x_floor``).
+CODEC_FLOORS = {
+    **dict.fromkeys(
+        ["floor_npy_to_zarr", "floor_tiff_to_zarr", "cubepipe_ingest_npy", "cubepipe_ingest_tiff"],
+        "codec_floor_encode",
+    ),
+    **dict.fromkeys(
+        ["floor_zarr_to_npy", "floor_zarr_to_tiff", "cubepipe_export_npy", "cubepipe_export_tiff"],
+        "codec_floor_decode",
+    ),
 }
 
 NOTES = (
@@ -229,7 +254,10 @@ NOTES = (
     "peak grows with the file; cubepipe's ingest maps input blocks, and its export writes "
     "with pwrite (no map: a full disk is an error, not SIGBUS). Goal (issue 3): each cubepipe case "
     f"within {TIME_GOAL}x of its own floor, peak RSS at 4x at most {RSS_GOAL}x that at 1x; "
-    "see 'Paired ratios' below."
+    "see 'Paired ratios' below. codec_floor_encode / codec_floor_decode: the codec work "
+    "alone (encode the cube's bytes / read and decode the store's chunks, one thread per "
+    "core, nothing written); x_floor: ingest rows over the first, export rows over the "
+    "second."
 )
 
 
@@ -315,5 +343,6 @@ if __name__ == "__main__":
         quick_size="tiny",
         prepare=prepare,
         notes=NOTES,
+        floor=CODEC_FLOORS,
     )
     _append_paired(started)

@@ -19,6 +19,12 @@ restart or spilled bytes are reported (a restart fails the run). The limit bound
 worker; the main process and the helpers come on top of it: that is the stated overhead,
 measured by ``idle_cluster`` and checked for every case (tree peak <= limit + overhead).
 
+Floors (issue 19; ``_common.floor_case``: the codec work alone, one thread per core, so
+on 2 cores twice the one worker thread the cases get): ``floor_standardize`` reads and
+decodes the input twice and encodes the cube's bytes; ``floor_compress`` reads it twice and
+encodes 5/15 of them (the scores); ``floor_run`` both (four reads, both outputs).
+``x_floor`` is each case over its own floor.
+
 Sizes: ``4GB`` = 15 x 8192 x 8192 float32 (4.03 GB, 3.75 GiB: four times the limit);
 ``tiny`` for ``--quick``. Run ``python benchmarks/bench_memory_limit.py`` (about 10 min on
 2 cores; the input is made once under /tmp/cubepipe-bench-inputs).
@@ -38,7 +44,7 @@ from cubepipe.pipeline.synthetic import make_cube
 from cubepipe.storage import store_state, write_cube
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, main
+from _common import INPUTS, cube_bytes, floor_case, main
 from _memory import run_sampled
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
@@ -126,11 +132,26 @@ def run(size: str, workdir: Path) -> dict[str, Any]:
     return _measure(_cubepipe("run", "p.yaml"), workdir)
 
 
+def _out_bytes(bands: int | None) -> Any:
+    def out(size: str) -> int:
+        return cube_bytes(_input(size), bands=bands)
+
+    return out
+
+
+def _floor(reads: int, *bands: int | None) -> Any:
+    outs = [_out_bytes(b) for b in bands]
+    return floor_case(lambda size: [_input(size)], lambda s: sum(o(s) for o in outs), reads=reads)
+
+
+FLOORS = {"standardize": "floor_standardize", "compress": "floor_compress", "run": "floor_run"}
+
+
 def summary(rows: list[dict[str, Any]]) -> str:
     base = {r["size"]: r for r in rows if r["case"] == "idle_cluster"}
     lines = []
     for r in rows:
-        if r["case"] == "idle_cluster":
+        if r["case"] == "idle_cluster" or r["case"] in FLOORS.values():
             continue
         b = base[r["size"]]
         verdict = (
@@ -156,7 +177,11 @@ if __name__ == "__main__":
             "standardize": standardize,
             "compress": compress,
             "run": run,
+            "floor_standardize": _floor(2, None),
+            "floor_compress": _floor(2, 5),
+            "floor_run": _floor(4, None, 5),
         },
+        floor=FLOORS,
         baseline="idle_cluster",
         sizes=("4GB",),
         quick_size="tiny",
@@ -179,5 +204,8 @@ if __name__ == "__main__":
         "and the helpers, sampled together every 50 ms); worker_peak_mb and main_peak_mb are "
         "those processes' own VmHWM (kernel high-water mark, includes mapped library pages); "
         f"limit_mb is 1 GB = 10^9 bytes as dask reads it. Stated overhead: {OVERHEAD_MB} MiB "
-        "for the main process and helpers on top of the per-worker limit.",
+        "for the main process and helpers on top of the per-worker limit. floor_*: the "
+        "codec work of each case alone (reads: 2, 2, 4; output: the cube, 5/15 of it, "
+        "both), on one thread per core (the cases' worker has one thread); x_floor: each "
+        "case over its floor.",
     )

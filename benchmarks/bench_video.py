@@ -18,7 +18,9 @@ Cases (each in its own process, on the same video and the same statistics):
 ``frames_decoded`` counts the frames cubepipe's decoders produced (the video has
 ``frames`` frames): 1x is sequential decoding. Sizes: ``real`` =
 ../shared/data/video/bigbuckbunny.mp4 (H.264 1280x720, 132 frames, one keyframe);
-``tiny`` (the ``--quick`` smoke run) = 24 frames of 96x64 H.264 made here. Run
+``tiny`` (the ``--quick`` smoke run) = 24 frames of 96x64 H.264 made here. There is no zarr codec
+floor row (``_common.floor_case``, issue 19): the input is H.264, and ``pyav_decode`` is
+the floor of every case. Run
 ``python benchmarks/bench_video.py``.
 """
 
@@ -222,5 +224,6 @@ if __name__ == "__main__":
         "JSON for the CLI. Goal (issue 17): iter_standardized within 2x of plain PyAV "
         "decoding with the same standardization, in the same run; issue 17 reported ~40 s "
         "of CPU on the real video before (each 8-frame block decoded from the keyframe, "
-        "once per frame read).",
+        "once per frame read). No zarr codec floor row (issue 19 item 9): the input is "
+        "H.264, whose decoding (pyav_decode, the floor here) is most of every case's time.",
     )

@@ -37,6 +37,11 @@ of the path), the only local store zarrs takes: ``da.from_zarr`` of a path strin
 through) opens an fsspec ``FsspecStore``, and zarrs would hand its chunks back to
 zarr-python's pipeline. The dask cases check which pipeline their arrays use.
 
+Floors (issue 19, ``_common.floor_case``): ``floor_copy`` reads and decodes every chunk of
+the input and encodes as many bytes with cubepipe's default codec; ``floor_read`` reads and
+decodes ``cube``'s chunks; one thread per core, nothing written. ``x_floor``: each copy
+over ``floor_copy``, each read over ``floor_read``.
+
 Each case times only its copy (or read) and returns those ``seconds`` (and ``cpu_s``, the
 process's CPU time in them, all threads: less disturbed by other load on the machine than
 the wall time); after it, untimed (``verify_s``), it checks that it did the whole work: a
@@ -76,7 +81,7 @@ from cubepipe.storage.chunkio import direct_io_enabled
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_pca
 import bench_standardize
-from _common import main
+from _common import cube_bytes, floor_case, main
 
 try:
     import zarrs
@@ -306,6 +311,13 @@ CASES: dict[str, Callable[[str, Path], dict[str, Any]]] = {
     "cubepipe_via_zarr_python_read": _read_case(_on("default", _cubepipe_read, direct=False)),
     "cubepipe_via_zarrs_read": _read_case(_on("zarrs", _cubepipe_read, direct=False)),
 }
+#: The codec work alone (``_common.floor_case``, issue 19): a copy reads and decodes every
+#: chunk of the store and encodes as many bytes; a read decodes ``cube``'s chunks.
+CASES |= {
+    "floor_copy": floor_case(lambda size: [_input(size)], lambda size: cube_bytes(_input(size))),
+    "floor_read": floor_case(lambda size: [_input(size) / "cube"], lambda size: 0),
+}
+FLOORS = {case: "floor_read" if case.endswith("_read") else "floor_copy" for case in CASES}
 if zarrs is None:
     if "--quick" not in sys.argv:
         raise SystemExit("bench_zarr_pipeline needs the zarrs package: pip install -e '.[bench]'")
@@ -322,19 +334,21 @@ def summary(rows: list[dict[str, Any]]) -> str:
         f"Versions: {versions}, dask {dask.__version__}. Copies against `{BASELINE}`, reads "
         f"against `{READ_BASELINE}` (below 1.0: faster than cubepipe's direct chunk I/O).",
         "",
-        "| size | case | seconds | ratio | runs | cpu_s | cpu ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| size | case | seconds | ratio | x_floor | runs | cpu_s | cpu ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for size in dict.fromkeys(r["size"] for r in rows):
         mine = [r for r in rows if r["size"] == size]
         base = {r["case"]: r for r in mine}
         for r in mine:
-            ref = base.get(READ_BASELINE if r["case"].endswith("_read") else BASELINE)
+            read = r["case"].endswith("_read") or r["case"] == "floor_read"
+            ref = base.get(READ_BASELINE if read else BASELINE)
             ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else ""
             cpu_ratio = f"{r['cpu_s'] / ref['cpu_s']:.2f}" if ref and ref["cpu_s"] else ""
             runs = ", ".join(f"{s:.2f}" for s in r.get("runs", []))
             lines.append(
-                f"| {size} | {r['case']} | {r['seconds']} | {ratio} | {runs} | {r['cpu_s']} "
+                f"| {size} | {r['case']} | {r['seconds']} | {ratio} | {r.get('x_floor', '')} | "
+                f"{runs} | {r['cpu_s']} "
                 f"| {cpu_ratio} |"
             )
     return "\n".join(lines)
@@ -350,6 +364,7 @@ if __name__ == "__main__":
         prepare=prepare,
         columns=("cpu_s", "verify_s"),
         summary=summary,
+        floor=FLOORS,
         notes="Whole-store copy (read + write, same codecs and chunks, every chunk written) "
         "and whole-store read (float64 nansum of `cube`) of a cubepipe store, dask threaded "
         "scheduler with 2 threads. `seconds`: the copy or read alone; `cpu_s`: the process's "
@@ -358,5 +373,8 @@ if __name__ == "__main__":
         "the summary below gives the reads against `cubepipe_direct_read`. "
         "`cubepipe_via_*`: cubepipe's open_cube/write_cube with storage/chunkio.py switched "
         "off (CUBEPIPE_DIRECT_IO=0). Inputs are read from the page cache. Where other work "
-        "shares the machine the wall times spread (see `runs` below): compare `cpu_s` too.",
+        "shares the machine the wall times spread (see `runs` below): compare `cpu_s` too. "
+        "floor_copy / floor_read: the codec work alone (every chunk read and decoded, for a "
+        "copy as many bytes encoded with cubepipe's default codec; one thread per core, "
+        "nothing written); x_floor: copies over floor_copy, reads over floor_read.",
     )
