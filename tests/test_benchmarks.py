@@ -60,3 +60,19 @@ def test_beyond_ram_refuses_without_disk_space(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "not enough disk space" in proc.stderr
     assert list(tmp_path.iterdir()) == []  # nothing was built
+
+
+def test_startup_bench_prints_its_goal_rows() -> None:
+    """bench_startup --quick on two cases (the baseline runs too): the goal rows of issue
+    19 item 5 are printed for them; nothing is written (a subset of cases)."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_startup.py"), "--quick"]
+        + ["--case", "version", "--case", "help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "x 1.00 of python" in proc.stdout
+    assert "- `cubepipe --version`: " in proc.stdout and "(goal < 1 s: " in proc.stdout
+    assert "- `cubepipe --help`: " in proc.stdout

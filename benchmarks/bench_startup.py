@@ -1,0 +1,202 @@
+"""Start-up: how long a ``cubepipe`` process takes before it does any work (issue 19, item 5).
+
+Every case times one whole new process (fork, exec, interpreter, imports, the command),
+measured from the parent; ``peak_rss_mb`` is that process's peak RSS (``wait4``; see
+below). Cases:
+
+- ``python``: ``python -c pass``: the interpreter alone: the baseline;
+- ``import_dask_array``, ``import_xarray``, ``import_libs`` (``dask.array, xarray,
+  zarr``): what a command that reads or writes a store cannot avoid importing (dask.array
+  imports xarray and pandas itself when they are installed);
+- ``version``, ``help``: ``cubepipe --version`` / ``--help`` (goal: under 1 s);
+  ``version_script``: the same through the installed console script;
+- ``standardize_help``: ``cubepipe standardize --help`` (imports the command's module);
+- ``standardize``, ``compress``: ``cubepipe -q standardize`` / ``compress -k 3`` of a store
+  of ONE chunk (15 x 256 x 256 float32, made once): the whole run, so an upper bound of the
+  time to the first chunk processed (goal: under 1.2 s);
+- ``*_nosparse``: the same with ``sparse`` hidden (``sys.modules['sparse'] = None``), as
+  in an install without the ``bench`` extra: ``dask.array`` imports ``sparse`` (and so
+  numba) whenever it is installed, to register its chunk type, and the ``bench`` extra's
+  dask-ml -> dask-glm brings it in;
+- ``prev_*`` (only with ``CUBEPIPE_BENCH_PREVIOUS=<git ref>``): the same commands run by
+  the cubepipe of that commit (``git archive`` of ``pipeline/`` and ``storage/`` put
+  first on ``PYTHONPATH``), for the before/after table.
+
+The ``cubepipe`` cases run ``python -c "from cubepipe.pipeline.cli import run; run()"``
+(what the console script does), so that the previous commit runs the same way.
+
+``peak_rss_mb`` comes from ``wait4``, whose ``ru_maxrss`` starts from the peak of the
+process that spawned it (the benchmark's case process, ``spawner_rss_mb``): it is exact
+where it exceeds that, else an upper bound. ``peak_anon_mb`` is the case process's own, not
+the command's (it says nothing here); ``cpu_s`` includes the command's CPU seconds.
+
+Run ``python benchmarks/bench_startup.py`` (``--repeat 7`` for steadier medians;
+``CUBEPIPE_BENCH_PREVIOUS=ba8c93c`` adds the rows of the commit before lazy start-up;
+``--quick`` for a smoke run of fewer cases). The goal rows are printed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import INPUTS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {"quick": (15, 64, 64), "small": (15, 256, 256)}  # one chunk each
+PREVIOUS = os.environ.get("CUBEPIPE_BENCH_PREVIOUS", "")
+RUN = "import sys; from cubepipe.pipeline.cli import run; sys.argv[0] = 'cubepipe'; run()"
+NOSPARSE = "import sys; sys.modules['sparse'] = None; "
+GOAL_HELP_S = 1.0
+GOAL_FIRST_CHUNK_S = 1.2
+
+
+def _input(size: str) -> Path:
+    return INPUTS / f"startup-{size}.zarr"
+
+
+def prepare(size: str) -> None:
+    from cubepipe.pipeline.synthetic import make_cube  # noqa: PLC0415
+    from cubepipe.storage import store_state, write_cube  # noqa: PLC0415
+
+    if store_state(_input(size)) != "complete":
+        write_cube(make_cube(SHAPES[size], seed=0), _input(size), overwrite=True)
+    if PREVIOUS:
+        _previous_tree()
+
+
+def _previous_tree() -> Path:
+    """``pipeline/`` and ``storage/`` of commit :data:`PREVIOUS`, as ``cubepipe.*``."""
+    top = Path(tempfile.gettempdir()) / f"cubepipe-bench-startup-{PREVIOUS}"
+    if not (top / "cubepipe" / "pipeline").is_dir():
+        shutil.rmtree(top, ignore_errors=True)
+        (top / "cubepipe").mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", PREVIOUS, "pipeline", "storage"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(top / "cubepipe")], input=archive, check=True)
+    return top
+
+
+def _timed(argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``argv`` as a new process; its wall seconds and peak RSS (see module doc)."""
+    err = workdir / "stderr.txt"
+    with err.open("w") as fh:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=fh, cwd=workdir, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{argv} failed ({proc.returncode}): {err.read_text()[-2000:]}")
+    with open("/proc/self/status") as fh:
+        spawner = next(int(x.split()[1]) for x in fh if x.startswith("VmHWM:")) / 1024
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "spawner_rss_mb": round(spawner, 1),
+    }
+
+
+def _python(code: str, size: str, workdir: Path) -> dict[str, Any]:
+    return _timed([sys.executable, "-c", code], workdir)
+
+
+def _args(cmd: str, size: str, workdir: Path) -> list[str]:
+    if cmd in ("standardize", "compress"):
+        extra = ["-k", "3"] if cmd == "compress" else []
+        return ["-q", cmd, str(_input(size)), "-o", str(workdir / "out.zarr"), *extra]
+    return cmd.split()
+
+
+def _cubepipe(
+    cmd: str, size: str, workdir: Path, *, prefix: str = "", previous: bool = False
+) -> dict[str, Any]:
+    env = None
+    if previous:
+        env = {**os.environ, "PYTHONPATH": str(_previous_tree())}
+    argv = [sys.executable, "-c", prefix + RUN, *_args(cmd, size, workdir)]
+    return _timed(argv, workdir, env)
+
+
+def _script(size: str, workdir: Path) -> dict[str, Any]:
+    return _timed([str(Path(sys.executable).parent / "cubepipe"), "--version"], workdir)
+
+
+COMMANDS = {
+    "version": "--version",
+    "help": "--help",
+    "standardize_help": "standardize --help",
+    "standardize": "standardize",
+    "compress": "compress",
+}
+
+CASES: dict[str, Any] = {
+    "python": partial(_python, "pass"),
+    "import_dask_array": partial(_python, "import dask.array"),
+    "import_xarray": partial(_python, "import xarray"),
+    "import_libs": partial(_python, "import dask.array, xarray, zarr"),
+    "import_libs_nosparse": partial(_python, NOSPARSE + "import dask.array, xarray, zarr"),
+    "version_script": _script,
+    **{name: partial(_cubepipe, cmd) for name, cmd in COMMANDS.items()},
+    "standardize_nosparse": partial(_cubepipe, "standardize", prefix=NOSPARSE),
+    "compress_nosparse": partial(_cubepipe, "compress", prefix=NOSPARSE),
+}
+if "--quick" in sys.argv:  # the smoke run: one case per kind of process
+    for name in ("import_dask_array", "import_xarray", "import_libs_nosparse", "compress"):
+        del CASES[name]
+    CASES.pop("compress_nosparse")
+if PREVIOUS:
+    CASES |= {f"prev_{n}": partial(_cubepipe, c, previous=True) for n, c in COMMANDS.items()}
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    s = {r["case"]: r["seconds"] for r in rows}
+    lines = ["Goals (issue 19, item 5; seconds are medians of whole processes):", ""]
+
+    def goal(case: str, what: str, limit: float) -> None:
+        if case in s:
+            met = "met" if s[case] < limit else "NOT met"
+            line = f"- {what}: {s[case]:.2f} s (goal < {limit:g} s: {met})"
+            if f"prev_{case}" in s:
+                line += f"; {PREVIOUS}: {s[f'prev_{case}']:.2f} s"
+            lines.append(line)
+
+    goal("version", "`cubepipe --version`", GOAL_HELP_S)
+    goal("help", "`cubepipe --help`", GOAL_HELP_S)
+    goal("standardize_help", "`cubepipe standardize --help`", GOAL_HELP_S)
+    for cmd in ("standardize", "compress"):
+        goal(cmd, f"`cubepipe {cmd}` to its first chunk (whole run, one chunk)", GOAL_FIRST_CHUNK_S)
+        goal(f"{cmd}_nosparse", "the same without sparse (no `bench` extra)", GOAL_FIRST_CHUNK_S)
+    if "import_libs" in s and "standardize" in s:
+        lines.append(
+            f"- of which importing dask.array, xarray and zarr alone: {s['import_libs']:.2f} s "
+            f"({s.get('import_libs_nosparse', float('nan')):.2f} s without sparse): cubepipe's "
+            f"own share of standardize is {s['standardize'] - s['import_libs']:.2f} s"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(
+        "bench_startup",
+        CASES,
+        baseline="python",
+        sizes=("small",),
+        quick_size="quick",
+        prepare=prepare,
+        columns=("spawner_rss_mb",),
+        summary=summary,
+        repeat=5,
+        notes=__doc__.split("\n\n", 1)[1] if __doc__ else "",
+    )
