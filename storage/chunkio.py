@@ -45,10 +45,17 @@ from pathlib import Path
 from typing import Any
 
 import google_crc32c
+import numcodecs.blosc
 import numpy as np
 from numcodecs import Blosc, Zstd
 
 from .errors import InvalidStoreError
+
+# Blosc's global context (numcodecs' default from the main thread) compresses a chunk's
+# blocks on internal threads and stores them in the order they finish, so the same chunk
+# could be written as different bytes; its contextual API (one thread, what every other
+# thread gets) is deterministic. zarr-python sets the same on import (zarr/codecs/blosc.py).
+numcodecs.blosc.use_threads = False
 
 __all__ = ["ChunkLayout", "DirectChunkArray", "KeptChunks", "direct_layout", "largest_chunk"]
 
