@@ -337,8 +337,8 @@ def floor_case(
             "encode_s": round(encode_s, 3),
             "decode_gbps": round(decoded_bytes / decode_s / 1e9, 3) if decode_s else None,
             "encode_gbps": round(total / encode_s / 1e9, 3) if encode_s else None,
-            "decoded_gb": round(decoded_bytes / 1e9, 3),
-            "encoded_gb": round(total / 1e9, 3),
+            "decoded_bytes": decoded_bytes,
+            "encoded_bytes": sum(memoryview(piece).nbytes for piece in pieces),
             "encoded_ratio": round(total / encoded, 3) if encoded else None,
             "threads": threads,
         }

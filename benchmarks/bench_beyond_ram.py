@@ -258,14 +258,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def check_disk(where: Path, need: int) -> None:
+def check_disk(where: Path, need: int, ratio: float = 0.5) -> None:
+    """Refuse (exit with the numbers) unless ``need`` bytes are free in ``where``."""
     free = shutil.disk_usage(where).free
     if free < need:
         raise SystemExit(
             f"{NAME}: not enough disk space in {where}: {free / 1e9:.1f} GB free, "
-            f"{need / 1e9:.1f} GB needed (the input cube, standardize's output of the same "
-            "size, the 1x cube and its outputs, 2 GB to spare). Free some space, pass "
-            "--dir on a larger file system, or a smaller --size-gb."
+            f"{need / 1e9:.1f} GB needed (each cube and standardize's output, at "
+            f"{ratio:.2f} of the decoded size on disk, +10 %, 1 GB to spare). Free some "
+            "space, pass --dir on a larger file system, or a smaller --size-gb."
         )
 
 
@@ -290,10 +291,14 @@ def main(argv: list[str] | None = None) -> None:
     if not cli.exists():
         raise SystemExit(f"{NAME}: no cubepipe command beside {sys.executable}")
 
-    # input + standardize's output (float32, the same size) per cube, + 2 GB to spare
-    need = int(2 * (decoded_gb(big) + decoded_gb(ref)) * 1e9) + 2 * 10**9
+    # Disk: each cube and standardize's output (float32, about the same size on disk),
+    # +10 %, 1 GB to spare. Checked first with the big cube at half its decoded size (no
+    # codec shrinks these floats more), then, before the big cube is built, at the 1x
+    # cube's measured on-disk ratio, which the big cube (same generator) shares.
     args.dir.mkdir(parents=True, exist_ok=True)
-    check_disk(args.dir, need)
+    check_disk(
+        args.dir, int(2 * decoded_gb(ref) * 1e9 * 1.1 + 1e9 + 2 * 0.5 * decoded_gb(big) * 1e9)
+    )
     method, why = cache_method(args.cache)
     print(
         f"{NAME}: big cube {big} = {decoded_gb(big):.2f} GB decoded "
@@ -312,10 +317,14 @@ def main(argv: list[str] | None = None) -> None:
     load_start = os.getloadavg()
     try:
         cubes: dict[str, dict[str, Any]] = {}
-        paths = {
-            label: (work / f"{label}.zarr", shape) for label, shape in (("1x", ref), ("big", big))
-        }
-        for (label, (path, shape)), build_s in zip(paths.items(), build(paths), strict=True):  # type: ignore[arg-type]
+        for label, shape in (("1x", ref), ("big", big)):
+            path = work / f"{label}.zarr"
+            if label == "big":
+                ratio = cubes["1x"]["gb_on_disk"] / cubes["1x"]["gb"]
+                # the big cube, its output and the 1x cube's output (the 1x cube is built)
+                need = 1.1 * ratio * (2 * decoded_gb(big) + decoded_gb(ref)) * 1e9 + 1e9
+                check_disk(args.dir, int(need), ratio)
+            (build_s,) = build({label: (path, shape)})  # type: ignore[dict-item]
             cubes[label] = {
                 "shape": list(shape),
                 "path": path,

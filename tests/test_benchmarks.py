@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+from cubepipe.storage.store import default_compressors
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -76,3 +83,44 @@ def test_startup_bench_prints_its_goal_rows() -> None:
     assert "x 1.00 of python" in proc.stdout
     assert "- `cubepipe --version`: " in proc.stdout and "(goal < 1 s: " in proc.stdout
     assert "- `cubepipe --help`: " in proc.stdout
+
+
+@pytest.mark.parametrize("codec", ["zstd", "blosc-crc32c", "default"])
+def test_floor_case_decodes_every_chunk_as_zarr_does(tmp_path: Path, codec: str) -> None:
+    """_common.floor_case's codec chain (numcodecs, from zarr.json) against zarr-python's
+    own reading of the same chunks; it decodes every chunk ``reads`` times and encodes
+    exactly ``out_bytes``."""
+    sys.path.insert(0, str(BENCH))
+    _common = importlib.import_module("_common")
+    compressors: Any = {
+        "zstd": [ZstdCodec(level=3, checksum=True)],
+        "blosc-crc32c": [BloscCodec(cname="lz4", shuffle="shuffle"), Crc32cCodec()],
+        "default": default_compressors(),
+    }[codec]
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((3, 40, 50)).astype(np.float32)
+    z = zarr.create_array(
+        tmp_path / "a.zarr", shape=data.shape, chunks=(3, 16, 16), dtype="float32",
+        compressors=compressors,
+    )  # fmt: skip
+    z[...] = data
+    meta = json.loads((tmp_path / "a.zarr" / "zarr.json").read_text())
+    codecs = _common._bytes_codecs(meta["codecs"], "test")
+    files = _common._chunk_files(tmp_path / "a.zarr")
+    assert len(files) == 3 * 4  # 40 / 16 -> 3, 50 / 16 -> 4
+    for f in files:
+        i, j = (int(v) for v in f.relative_to(tmp_path / "a.zarr" / "c").parts[1:])
+        buf: Any = f.read_bytes()
+        for c in reversed(codecs):
+            buf = c.decode(buf)
+        part = z[:, i * 16 : (i + 1) * 16, j * 16 : (j + 1) * 16]  # edge chunks: padded
+        got = np.frombuffer(buf, np.float32).reshape(3, 16, 16)
+        np.testing.assert_array_equal(got[:, : part.shape[1], : part.shape[2]], part)
+
+    case = _common.floor_case(lambda size: [tmp_path / "a.zarr"], lambda size: 10_004, reads=2)
+    r = case("tiny", tmp_path)
+    assert r["decoded_bytes"] == 2 * 12 * 3 * 16 * 16 * 4  # every chunk, twice
+    assert r["encoded_bytes"] == 10_004
+    assert r["seconds"] == pytest.approx(r["decode_s"] + r["encode_s"], abs=2e-3)
+    only_encode = _common.floor_case(lambda size: [tmp_path / "a.zarr"], lambda s: 4096, reads=0)
+    assert only_encode("tiny", tmp_path)["decoded_bytes"] == 0
