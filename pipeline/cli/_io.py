@@ -6,21 +6,23 @@ import contextvars
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import xarray as xr
 
-from cubepipe.storage import open_cube, parse_chunks, store_state, write_cube
 from cubepipe.storage.errors import InputError
-from cubepipe.storage.geo import carry_georef
-from cubepipe.storage.invalid import InvalidRule, invalid_rule, mask_invalid, require_valid
-from cubepipe.storage.layout import parse_shards
+from cubepipe.storage.layout import parse_chunks, parse_shards
 from cubepipe.storage.location import is_remote, is_url, local_path
 
-from ..backend import to_host
-from ..scheduling import keep_between_passes
 from ._jobs import allow_nonfinite, claims_output, provenance
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from cubepipe.storage.invalid import InvalidRule
+
+# The options are defined with click alone; xarray, zarr and dask are imported when a job
+# runs (`cubepipe CMD --help` need not import them).
 
 __all__ = [
     "LocalPath",
@@ -46,6 +48,10 @@ def open_in(
     apply); chunks of the first read are kept for the second within
     :func:`~cubepipe.pipeline.scheduling.keep_between_passes`.
     """
+    from cubepipe.storage.store import open_cube, store_state  # noqa: PLC0415  (on use)
+
+    from ..scheduling import keep_between_passes  # noqa: PLC0415
+
     state = store_state(path)
     if state in ("complete", "incomplete", "foreign"):
         keep = keep_between_passes(two_pass_on, path) if two_pass_on is not None else 0
@@ -152,6 +158,11 @@ def write_output(
     to the host here, one copy per chunk as it is written. An output of a georeferenced
     input (``inputs[0]``) is georeferenced like it (PCA scores and reconstructions are
     built without coordinates; see :func:`~cubepipe.storage.geo.carry_georef`)."""
+    from cubepipe.storage.geo import carry_georef  # noqa: PLC0415  (on use)
+    from cubepipe.storage.store import write_cube  # noqa: PLC0415
+
+    from ..backend import to_host  # noqa: PLC0415
+
     if inputs:
         ds = carry_georef(ds, inputs[0])
     if _rule.get() is not None:  # the rule in the history entry's params, beside the options
@@ -192,6 +203,8 @@ def mask_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def job(state: Any, **params: Any) -> Any:
+        from cubepipe.storage.invalid import invalid_rule  # noqa: PLC0415  (dask: on use)
+
         rule = invalid_rule(
             params.pop("invalid_value", ()) or (),
             params.pop("invalid_below", None),
@@ -247,6 +260,8 @@ def apply_invalid(
             f"--invalid-* compare the values of variable {variable!r}, which {source} lacks "
             f"(it has {', '.join(map(str, ds.data_vars))})"
         )
+    from cubepipe.storage.invalid import mask_invalid, require_valid  # noqa: PLC0415
+
     out = mask_invalid(ds, rule, variable=variable)
     require_valid(out, rule, source=source)
     return out

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from cubepipe.storage.location import is_remote, is_url, local_path
-from cubepipe.storage.store import claim_output
 
 __all__ = [
     "JOBS",
@@ -98,6 +97,8 @@ def run_job(
         kwargs = {k: v for k, v in params.items() if k != "allow_nonfinite"}
         if not getattr(fn, "_cubepipe_claims", False):
             return fn(state, **kwargs)
+        from cubepipe.storage.store import claim_output  # noqa: PLC0415  (zarr: on use)
+
         with claim_output(
             params["output"],
             list(_inputs(params)),

@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 
-from cubepipe.storage import describe
 from cubepipe.storage.errors import DeviceError
 
 from ..backend import gpu_libraries, gpu_status, resolve_device
@@ -26,6 +25,8 @@ def info(store: str, as_json: bool) -> None:
 
     Reads metadata only, so it is instant on any size of store.
     """
+    from cubepipe.storage.info import describe  # noqa: PLC0415  (zarr: on use, not --help)
+
     d = describe(store)
     click.echo(json.dumps(d, indent=2) if as_json else render_info(d))
 
