@@ -4,7 +4,7 @@
 memory of every process in its tree (``/proc/PID/status`` via psutil's process list):
 the main process (the cubepipe client; with ``--scheduler local`` also the scheduler and
 the nannies, which live in it), the dask worker processes (multiprocessing ``spawn``
-children) and any helper (multiprocessing's resource tracker). Kernel high-water marks
+children, or forked copies of the main process) and any helper (multiprocessing's resource tracker). Kernel high-water marks
 (``VmHWM``) catch peaks between samples for each process; the tree total is the sum at
 one instant. dask's memory events are read from the command's stderr (pause, restart)
 and from its scratch directory (spilled bytes).
@@ -77,7 +77,13 @@ def _role(proc: psutil.Process, root: int) -> str:
         cmd = " ".join(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return "gone"
-    return "worker" if "spawn_main" in cmd else "helper"
+    if "spawn_main" in cmd:
+        return "worker"
+    try:  # a forked worker (scheduling.worker_start_method: fork): a copy of the main
+        forked = proc.ppid() == root and proc.cmdline() == psutil.Process(root).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "gone"
+    return "worker" if forked else "helper"
 
 
 def _dir_bytes(path: Path | None) -> int:

@@ -31,8 +31,10 @@ __all__ = [
     "check_scheduler",
     "check_workers",
     "keep_between_passes",
+    "local_cluster",
     "probe_scheduler",
     "scheduler",
+    "worker_start_method",
 ]
 
 _THREADED = ("threads", "threaded", "sync", "synchronous")
@@ -258,9 +260,10 @@ def scheduler(
 
     ``threads`` uses dask's threaded scheduler (no cluster), with BLAS limited to one
     thread per dask thread (see :func:`_blas_threads`). ``local`` starts a
-    ``dask.distributed.LocalCluster`` (``workers`` processes of one thread, ``memory_limit``
-    *each*, with dask's spill/pause/restart thresholds of 70/80/95% of it) and prints its
-    dashboard link to stderr. The scheduler and nannies run in this process, outside the
+    ``dask.distributed.LocalCluster`` (:func:`local_cluster`: ``workers`` processes of one
+    thread, forked on Linux, one BLAS thread each, ``memory_limit`` *each*, with dask's
+    spill/pause/restart thresholds of 70/80/95% of it) and prints its dashboard link to
+    stderr (``quiet``: no dashboard, whose link nobody would see). The scheduler and nannies run in this process, outside the
     limit (``benchmarks/bench_memory_limit.py`` measures both); a ``memory_limit`` below
     :data:`MIN_WORKER_MEMORY` is refused before the cluster starts. Anything else is taken
     as the address of a running scheduler (``tcp://HOST:PORT``) to join, which must answer
@@ -282,14 +285,8 @@ def scheduler(
         return
     distributed = _distributed()
     if spec == "local":
-        kwargs: dict[str, Any] = {"threads_per_worker": 1, "dashboard_address": ":0"}
-        if workers:
-            kwargs["n_workers"] = workers
-        if memory_limit:
-            kwargs["memory_limit"] = check_memory_limit(memory_limit, scheduler="local")
-        with (
-            distributed.LocalCluster(**kwargs) as cluster,
-            distributed.Client(cluster) as client,
+        with local_cluster(workers=workers, memory_limit=memory_limit, dashboard=not quiet) as (
+            client
         ):
             if not quiet:
                 print(f"cubepipe: dask dashboard at {client.dashboard_link}", file=sys.stderr)
@@ -308,6 +305,75 @@ def scheduler(
         check_workers(client, spec, paths[0], paths[1], timeout=connect_timeout)
         if not quiet:
             print(f"cubepipe: joined {spec}; dashboard at {client.dashboard_link}", file=sys.stderr)
+        yield client
+
+
+#: How ``--scheduler local`` starts its worker processes (env ``CUBEPIPE_WORKER_START``):
+#: ``fork`` where the platform forks safely (Linux), else dask's default ``spawn``.
+WORKER_START_ENV = "CUBEPIPE_WORKER_START"
+
+
+def worker_start_method() -> str:
+    """``fork``, ``spawn`` or ``forkserver``: how :func:`local_cluster` starts workers.
+
+    ``fork`` (the default on Linux) makes a worker a copy of this process, with its
+    modules already imported: a worker is ready in ~0.1 s, where ``spawn`` (dask's
+    default, and the only safe choice on macOS and Windows) starts a fresh interpreter
+    that imports dask, distributed, NumPy and the command's own modules again (~1-2 s a
+    worker, on every core at once: 2.3x the threaded scheduler's time for standardize at
+    1x on 2 cores, issue 19). ``CUBEPIPE_WORKER_START=spawn`` is the way back.
+    """
+    value = os.environ.get(WORKER_START_ENV, "").strip().lower()
+    if value in ("fork", "spawn", "forkserver"):
+        return value
+    if value:
+        raise InputError(
+            f"{WORKER_START_ENV}={value!r}: expected fork, spawn or forkserver (how "
+            "--scheduler local starts its workers)"
+        )
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+@contextlib.contextmanager
+def local_cluster(
+    *,
+    workers: int | None = None,
+    memory_limit: str | None = None,
+    dashboard: bool = True,
+    threads_per_worker: int = 1,
+) -> Iterator[Any]:
+    """A ``dask.distributed.LocalCluster`` of worker processes and a client to it.
+
+    What makes a cluster on one machine cost little more than the threaded scheduler
+    (``benchmarks/bench_distributed.py`` measures both):
+
+    - workers start by :func:`worker_start_method` (``fork`` on Linux: no imports);
+    - BLAS runs ``threads_per_worker`` threads in each worker, as it does in a spawned
+      one (dask's ``OPENBLAS_NUM_THREADS=1`` and friends are read only when the library
+      loads, which a forked worker inherited already loaded): the limit is set in this
+      process for the cluster's lifetime, so every worker forked (or restarted) from it
+      has it; two workers with two BLAS threads each made compress 3x slower on 2 cores;
+    - the dashboard (which imports bokeh: ~1 s) only when ``dashboard`` (its link is
+      printed: without it nobody could find the random port).
+
+    Yields the ``distributed.Client``.
+    """
+    distributed = _distributed()
+    kwargs: dict[str, Any] = {
+        "threads_per_worker": threads_per_worker,
+        "dashboard_address": ":0" if dashboard else None,
+    }
+    if workers:
+        kwargs["n_workers"] = workers
+    if memory_limit:
+        kwargs["memory_limit"] = check_memory_limit(memory_limit, scheduler="local")
+    method = worker_start_method()
+    with (
+        dask.config.set({"distributed.worker.multiprocessing-method": method}),
+        threadpool_limits(limits=threads_per_worker),
+        distributed.LocalCluster(**kwargs) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         yield client
 
 
