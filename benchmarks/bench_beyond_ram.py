@@ -46,6 +46,7 @@ minutes on 2 cores): ``.venv/bin/python benchmarks/bench_beyond_ram.py``. Not pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -58,6 +59,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_CODECS, RESULTS, _codec_tag, machine
@@ -390,6 +393,10 @@ def main(argv: list[str] | None = None) -> None:
             )
     finally:
         signal.signal(signal.SIGTERM, old)
+        # a command or cube builder still running (stopped by a signal): end it first
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
         shutil.rmtree(work, ignore_errors=True)
         print(f"deleted {work}", flush=True)
 
