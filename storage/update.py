@@ -18,7 +18,15 @@ from .errors import IncompleteStoreError, InputError, InvalidStoreError
 from .guard import output_lock, resolve
 from .location import local_path
 from .oserrors import user_os_errors
-from .store import ATTR, _history_entry, _now, _open_group, history, store_state
+from .store import (
+    ATTR,
+    _history_entry,
+    _now,
+    _open_group,
+    default_compressors,
+    history,
+    store_state,
+)
 
 __all__ = ["add_variables"]
 
@@ -77,7 +85,15 @@ def add_variables(
             with zarr.config.set({"array.write_empty_chunks": True}):
                 # In the store's own format (a zarr v2 group written by another tool
                 # gets v2 arrays: one store, one format).
-                to_write.to_zarr(str(stage), mode="w-", zarr_format=zarr_format, consolidated=False)
+                # v3: cubepipe's codecs (their CRC-32C), not zarr's default (zstd, no sum).
+                enc = (
+                    {str(n): {"compressors": default_compressors()} for n in to_write.data_vars}
+                    if zarr_format == 3
+                    else None
+                )
+                to_write.to_zarr(
+                    str(stage), mode="w-", zarr_format=zarr_format, consolidated=False, encoding=enc
+                )
             for child in sorted(stage.iterdir()):
                 if not any((child / f).is_file() for f in ("zarr.json", ".zarray")):
                     continue

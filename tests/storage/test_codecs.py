@@ -210,3 +210,31 @@ def test_multi_block_chunks_are_byte_identical_from_the_main_thread(tmp_path: Pa
     for _ in range(5):  # thread timing varies: several tries
         layout.write_chunk((0, 0, 0), data)
         assert (tmp_path / "d" / "c" / "0" / "0" / "0").read_bytes() == want
+
+
+def test_an_old_store_takes_new_variables_and_standardizes(
+    tmp_path: Path, data: np.ndarray, monkeypatch: pytest.MonkeyPatch, cli
+) -> None:
+    """``stats`` adds blosc variables to a zstd store (one store, two chains); standardize
+    reads it and writes a new one; every value is what numpy computes (float64)."""
+    data = np.random.default_rng(2).normal(3, 2, size=data.shape).astype(np.float32)
+    data[1, 2:5, 3:9] = np.nan
+    old = _write(tmp_path / "old.zarr", data, "old", monkeypatch)
+    assert cli("-q", "stats", str(old)).returncode == 0
+    names = {
+        p.parent.name: [c["name"] for c in json.loads(p.read_text())["codecs"]]
+        for p in old.glob("*/zarr.json")
+    }
+    assert names["cube"] == ["bytes", "zstd"] and names["stats_mean"][-1] == "crc32c"
+    ds = open_cube(old)
+    np.testing.assert_array_equal(ds["cube"].values, data)
+    want = np.nanmean(data.astype(np.float64), axis=(1, 2))
+    np.testing.assert_allclose(ds["stats_mean"].values, want, rtol=1e-6)
+    out = tmp_path / "z.zarr"
+    assert cli("-q", "standardize", str(old), "-o", str(out)).returncode == 0
+    assert _codec_names(out) == ["bytes", "blosc", "crc32c"]
+    mean = np.nanmean(data.astype(np.float64), axis=(1, 2), keepdims=True)
+    std = np.nanstd(data.astype(np.float64), axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(
+        open_cube(out)["cube"].values, (data - mean) / std, rtol=1e-4, atol=1e-5
+    )
