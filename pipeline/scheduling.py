@@ -102,19 +102,28 @@ def _distributed() -> Any:
 
 
 #: Chunk data a fit-then-apply command may hold per dask thread on the threaded
-#: scheduler: the chunk a thread works on (counted three times: the chunk, its float64
-#: strips, its output) plus chunks kept from the fitting pass for the applying one.
+#: scheduler: the chunks a thread works on (counted four times: the decoded chunk, its
+#: output, the encoded bytes read and written) plus chunks kept from the fitting pass for
+#: the applying one. Fixed, so that peak memory does not grow with the cube: with 2
+#: threads and 15 x 512 x 512 float32 chunks, 2 x (128 - 4 x 15) MiB = 136 MiB are kept
+#: (standardize with 166 MiB kept peaked at 526-535 MB RSS at 4x, 341-374 MB with none;
+#: the goal, issue 19, is under 600 MB at every size: benchmarks/bench_standardize.py).
 TWO_PASS_BYTES_PER_THREAD = 128 * 2**20
 
 
-def keep_between_passes(spec: str, store: str | Path) -> int:
+def keep_between_passes(spec: str, store: str | Path, *, available: int | None = None) -> int:
     """Bytes of decoded chunks of ``store`` to keep between a command's fitting and
     applying passes (``open_cube(store, keep_bytes=)``), so the second pass re-reads only
     the rest.
 
-    ``TWO_PASS_BYTES_PER_THREAD`` per dask thread, less what the threads' chunks in flight
-    take; 0 for large chunks and off the threaded scheduler (each distributed worker has
-    its own memory limit and re-reads). Fixed, so memory does not grow with the cube.
+    The budget: ``min(available / 8, threads x (TWO_PASS_BYTES_PER_THREAD - 4 x chunk))``,
+    where ``available`` is the memory this process could still get (``MemAvailable`` of
+    ``/proc/meminfo``, and the room left under a cgroup v2 ``memory.max``; unknown: the
+    second term alone). The second term is fixed, so peak memory stays flat as the cube
+    grows; the first shrinks it on a machine short of memory. 0 for chunks too large to
+    keep (four per thread over the per-thread figure), off the threaded scheduler (each
+    distributed worker has its own memory limit and re-reads) and for remote stores.
+    ``available`` (bytes) replaces what the system says.
     """
     if spec not in ("threads", "threaded") or is_remote(store):
         return 0
@@ -122,7 +131,23 @@ def keep_between_passes(spec: str, store: str | Path) -> int:
     if chunk_nbytes <= 0:
         return 0
     workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
-    return max(0, workers * (TWO_PASS_BYTES_PER_THREAD - 3 * chunk_nbytes))
+    fixed = max(0, workers * (TWO_PASS_BYTES_PER_THREAD - 4 * chunk_nbytes))
+    if available is not None:
+        return max(0, min(fixed, available // 8))
+    room = []
+    try:
+        with open("/proc/meminfo") as fh:
+            room += [int(x.split()[1]) * 1024 for x in fh if x.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # a cgroup v2 limit (a container): MemAvailable counts the whole host
+        cg = Path("/sys/fs/cgroup")
+        limit = (cg / "memory.max").read_text().strip()
+        if limit != "max":
+            room.append(max(0, int(limit) - int((cg / "memory.current").read_text())))
+    except (OSError, ValueError):
+        pass
+    return min([fixed, *(r // 8 for r in room)])
 
 
 @contextlib.contextmanager
