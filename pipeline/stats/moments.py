@@ -52,10 +52,12 @@ NFIELDS = 5
 def block_moments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
     """Moments ``(band, 5)`` of one chunk, in float64, ignoring NaN and ``~valid``.
 
-    Sums run over the input dtype with a float64 accumulator; the centred sum of squares
-    is formed strip by strip (float64 strips small enough to stay in cache) around the
-    chunk's exact mean. A chunk with no invalid value (the common case, detected from the
-    band sums themselves) skips every masking step.
+    A chunk whose values are all valid (the common case) is summarised in one pass, strip
+    by strip (float64 strips small enough to stay in cache): each strip's sum, its centred
+    sum of squares around its own exact mean, its min and max, merged over the strips by
+    the parallel formulas. A chunk with an invalid or infinite value (a strip sum that is
+    not finite tells) is summarised by the general path: whole invalid pixels are dropped
+    once and the rest summarised as a clean chunk; otherwise band by band.
     """
     xp = array_namespace(block)
     nb = block.shape[band_axis]
@@ -66,16 +68,77 @@ def block_moments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
     if x.shape[1] == 0:
         zero = xp.zeros(nb, dtype=f64)
         return xp.stack([zero, zero, zero, zero + xp.inf, zero - xp.inf], axis=1)
-    total = xp.sum(x, axis=1, dtype=f64)  # NaN in a band makes its sum NaN
-    clean = bool(xp.all(xp.isfinite(total)))
+    v = None
     if valid is not None:
         v = xp.reshape(xp.moveaxis(valid, band_axis, 0), (nb, -1))
+    if v is None or bool(xp.all(xp.astype(v, xp.bool))):
+        packed = _clean_moments(x)
+        if packed is not None:
+            return packed
+    return _general_moments(xp, x, v)
+
+
+def _clean_moments(x: np.ndarray) -> np.ndarray | None:
+    """:func:`block_moments` of rows ``x (band, N)`` in one pass (NumPy), or None when a
+    value is NaN or infinite (then the general path decides).
+
+    Per strip: a float64 copy, its sums, its deviations from the strip's exact mean and
+    their squares summed, the strip's min and max (of the input dtype, while the strip is
+    in cache). Strips merge exactly as chunks do (Chan et al.):
+    ``m2 = sum(m2_s) + sum(n_s * (mean_s - mean)**2)``. One read of the chunk instead of
+    four (sum, deviations, min, max): 6.7 ms instead of 7.7-9 ms a 15 x 512 x 512 chunk.
+    """
+    nb, npx = x.shape
+    step = strip_pixels(nb)
+    k = -(-npx // step)
+    sums = np.empty((k, nb))
+    m2s = np.empty((k, nb))
+    widths = np.empty((k, 1))
+    los = np.empty((k, nb), dtype=x.dtype)
+    his = np.empty((k, nb), dtype=x.dtype)
+    buf = np.empty((nb, min(step, npx)))  # one float64 strip buffer per chunk
+    for j, a in enumerate(range(0, npx, step)):
+        strip = x[:, a : a + step]
+        dev = buf[:, : strip.shape[1]]
+        dev[...] = strip
+        np.add.reduce(dev, axis=1, out=sums[j])
+        if not np.all(np.isfinite(sums[j])):  # NaN or +-inf: the general path decides
+            return None
+        widths[j] = strip.shape[1]
+        dev -= (sums[j] / strip.shape[1])[:, None]
+        m2s[j] = np.vecdot(dev, dev)
+        np.minimum.reduce(strip, axis=1, out=los[j])
+        np.maximum.reduce(strip, axis=1, out=his[j])
+    mean = np.sum(sums, axis=0) / npx
+    d = sums / widths - mean
+    m2 = np.sum(m2s, axis=0) + np.sum(widths * d * d, axis=0)
+    lo = np.min(los, axis=0).astype(np.float64)
+    hi = np.max(his, axis=0).astype(np.float64)
+    return np.stack([np.full(nb, float(npx)), mean, m2, lo, hi], axis=1)
+
+
+def _general_moments(xp: Any, x: Any, v: Any) -> Any:
+    """:func:`block_moments` of rows ``x (band, N)`` with invalid values possible (NaN,
+    ``v`` False) or infinite ones."""
+    nb = x.shape[0]
+    f64 = xp.float64
+    total = xp.sum(x, axis=1, dtype=f64)  # NaN in a band makes its sum NaN
+    clean = bool(xp.all(xp.isfinite(total)))
+    if v is not None:
         clean = clean and bool(xp.all(xp.astype(v, xp.bool)))
     if not clean:
         bad = xp.isnan(x)
-        if valid is not None:
+        if v is not None:
             bad = bad | ~xp.astype(v, xp.bool)
         if bool(xp.any(bad)):
+            pix = xp.any(bad, axis=0)
+            npix = int(xp.count_nonzero(pix))
+            if npix < x.shape[1] and int(xp.count_nonzero(bad)) == nb * npix:
+                # Whole pixels invalid (NaN in every band, mask False): one compressed
+                # copy of the valid pixels, summarised as a clean chunk.
+                packed = _clean_moments(x[:, ~pix])
+                if packed is not None:
+                    return packed
             # Some values invalid: summarise each band's valid values (a compressed copy).
             ok = ~bad
             rows = [_row_moments(xp, x[i, ...][ok[i, ...]]) for i in range(nb)]

@@ -160,3 +160,76 @@ def test_saved_statistics_reapply_to_a_real_video_stream(tmp_path: Path) -> None
         x = frame.transpose(2, 0, 1).astype(np.float64)
         by_hand = ((x - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
         np.testing.assert_array_equal(out, by_hand)
+
+
+def test_zscore_of_wide_chunks_is_the_float64_result_rounded_once() -> None:
+    """Chunks of many strips, large offsets, a NaN disc, a read-only input (as kept chunks
+    are): each value within one float32 rounding of NumPy's float64 ``(x - mean) / std``
+    (the kernel multiplies by ``1 / std``: at most one float64 ulp away before rounding)."""
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=(15, 150, 400)) * rng.uniform(0.01, 500, size=(15, 1, 1))
+    a = (a + rng.uniform(-1e5, 1e5, size=(15, 1, 1))).astype(np.float32)
+    yy, xx = np.ogrid[:150, :400]
+    a[:, (yy - 70) ** 2 + (xx - 90) ** 2 < 30**2] = np.nan
+    a.flags.writeable = False
+    z = standardize(_ds(a, (15, 150, 400)))["cube"].values
+    x64 = a.astype(np.float64)
+    want = (x64 - np.nanmean(x64, axis=(1, 2), keepdims=True)) / np.nanstd(
+        x64, axis=(1, 2), keepdims=True
+    )
+    assert z.dtype == np.float32
+    assert np.array_equal(np.isnan(z), np.isnan(a))
+    ok = ~np.isnan(a)
+    err = np.abs(z[ok].astype(np.float64) - want[ok])
+    # one float32 rounding of the result, plus the statistics' float64 error (tiny)
+    assert np.all(err <= np.spacing(np.abs(want[ok]).astype(np.float32)) + 1e-9)
+    back = destandardize(standardize(_ds(a, (15, 50, 128))))["cube"].values
+    tol = 4 * np.finfo(np.float32).eps * (np.abs(x64) + np.nanstd(x64, axis=(1, 2), keepdims=True))
+    assert np.all((np.abs(back - x64) <= tol) | np.isnan(a))
+
+
+def test_kept_chunk_budget_follows_available_memory(tmp_path: Path) -> None:
+    """The budget of ``cubepipe standardize`` (pipeline/scheduling.keep_between_passes):
+    fixed per thread, an eighth of the available memory when that is less, never
+    negative, nothing off the threaded scheduler."""
+    import dask  # noqa: PLC0415
+
+    from cubepipe.pipeline.scheduling import (  # noqa: PLC0415
+        TWO_PASS_BYTES_PER_THREAD,
+        keep_between_passes,
+    )
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 40, 40)).astype(np.float32)
+    store = write_cube(_ds(a, (3, 20, 20)), tmp_path / "s.zarr", chunks={"y": 20, "x": 20})
+    chunk = 3 * 20 * 20 * 4
+    with dask.config.set(num_workers=2):
+        fixed = 2 * (TWO_PASS_BYTES_PER_THREAD - 4 * chunk)
+        assert keep_between_passes("threads", store, available=2**40) == fixed
+        assert keep_between_passes("threads", store, available=80 * 2**20) == 10 * 2**20
+        assert keep_between_passes("threads", store, available=0) == 0
+        assert keep_between_passes("threads", store, available=-5) == 0  # hostile: clamped
+        assert 0 <= keep_between_passes("threads", store) <= fixed  # what the system says
+        assert keep_between_passes("local", store, available=2**40) == 0
+
+
+def test_budget_a_machine_short_of_memory_still_standardizes(tmp_path: Path) -> None:
+    """A tiny budget (one chunk) kept while two threads read concurrently: the result is
+    the same as keeping nothing, every value from the independent reference."""
+    import dask  # noqa: PLC0415
+
+    from cubepipe.pipeline.scheduling import keep_between_passes, scheduler  # noqa: PLC0415
+
+    rng = np.random.default_rng(5)
+    a = (rng.normal(size=(4, 96, 96)) * 7 + 40).astype(np.float32)
+    store = write_cube(_ds(a, (4, 32, 32)), tmp_path / "s.zarr", chunks={"y": 32, "x": 32})
+    with dask.config.set(num_workers=2):
+        keep = keep_between_passes("threads", store, available=8 * (4 * 32 * 32 * 4))
+    assert keep == 4 * 32 * 32 * 4  # one chunk of nine
+    with dask.config.set(num_workers=2), scheduler("threads"):
+        kept = standardize(open_cube(store, keep_bytes=keep))["cube"].values
+        none = standardize(open_cube(store))["cube"].values
+    x64 = a.astype(np.float64)
+    want = (x64 - x64.mean(axis=(1, 2), keepdims=True)) / x64.std(axis=(1, 2), keepdims=True)
+    np.testing.assert_array_equal(kept, none)
+    assert np.all(np.abs(kept - want) <= np.spacing(np.abs(want).astype(np.float32)) + 1e-9)
