@@ -128,6 +128,23 @@ def _size_note(source: str, out_bytes: int) -> str | None:
     )
 
 
+def _keep_note(source: str, spec: str) -> str | None:
+    """The line saying what ``standardize`` keeps between its two reads of a local store
+    (the budget of :func:`~cubepipe.pipeline.scheduling.keep_between_passes`)."""
+    from ..scheduling import keep_between_passes  # noqa: PLC0415
+
+    if is_remote(source) or not Path(source).is_dir():
+        return None
+    keep = keep_between_passes(spec, source)
+    if keep <= 0:
+        return None
+    return (
+        f"cubepipe standardize: fitting, then applying; keeping up to {human_bytes(keep)} "
+        "of decoded chunks between the two reads (min(available memory / 8, threads x "
+        "(128 MiB - 4 chunks)))"
+    )
+
+
 @command("standardize")
 @in_argument
 @write_options
@@ -162,9 +179,12 @@ def standardize_cmd(
     or the lossy --encoding asked for).
 
     Without --stats, statistics saved in IN are used if present, else fitted first (one
-    extra read of IN). OUT carries the statistics, so `destandardize` inverts it.
-    --invalid-value/-below/-above mask pixels (any band matching) in OUT's mask and fit
-    the statistics over the rest (saved ones are then not used; --stats still is).
+    extra read of IN; on the threaded scheduler up to min(available memory / 8, threads x
+    (128 MiB - 4 chunks)) of decoded chunks of a local store are kept from the first read
+    for the second, said in a line). OUT carries the statistics, so `destandardize`
+    inverts it. --invalid-value/-below/-above mask pixels (any band matching) in OUT's
+    mask and fit the statistics over the rest (saved ones are then not used; --stats
+    still is).
     """
     ds = open_in(source)
     t0 = time.perf_counter()
@@ -177,6 +197,8 @@ def standardize_cmd(
         else:
             st = None  # fitted first: the input is read twice
             ds = open_in(source, two_pass_on=state.scheduler_spec)
+            if note := _keep_note(source, state.scheduler_spec):
+                state.say(note)
         out = standardize(ds, st, method=method, device=state.device)
         if encoding != "float32":  # float16 and int16-quantized scan OUT once first
             out = encode(to_host(out), encoding)

@@ -233,3 +233,18 @@ def test_budget_a_machine_short_of_memory_still_standardizes(tmp_path: Path) -> 
     want = (x64 - x64.mean(axis=(1, 2), keepdims=True)) / x64.std(axis=(1, 2), keepdims=True)
     np.testing.assert_array_equal(kept, none)
     assert np.all(np.abs(kept - want) <= np.spacing(np.abs(want).astype(np.float32)) + 1e-9)
+
+
+def test_cli_says_its_kept_chunk_budget_and_help_states_the_rule(cli, tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    a = (rng.normal(size=(3, 64, 64)) * 2 + 9).astype(np.float32)
+    store = write_cube(_ds(a, (3, 32, 32)), tmp_path / "in.zarr", chunks={"y": 32, "x": 32})
+    r = cli("standardize", str(store), "-o", str(tmp_path / "out.zarr"))
+    assert r.returncode == 0, r.stderr
+    assert "keeping up to " in r.stderr and "available memory / 8" in r.stderr
+    x64 = a.astype(np.float64)
+    want = (x64 - x64.mean(axis=(1, 2), keepdims=True)) / x64.std(axis=(1, 2), keepdims=True)
+    got = open_cube(tmp_path / "out.zarr")["cube"].values
+    assert np.all(np.abs(got - want) <= np.spacing(np.abs(want).astype(np.float32)) + 1e-9)
+    helped = cli("standardize", "--help")
+    assert "available memory / 8" in " ".join(helped.stdout.split())
