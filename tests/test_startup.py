@@ -4,6 +4,7 @@ what the eager ones gave. Times are measured in benchmarks/bench_startup.py, not
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -79,6 +80,37 @@ def test_start_up_imports_no_array_stack_and_no_command(argv: list[str] | None) 
         )
     got = _imported_after(code)
     assert got == {"heavy": [], "loaded": []}
+
+
+#: Commands whose ``--help`` imports no array stack (the others' modules import the library
+#: for constants their options offer: filter, ingest, export, run, demo, explain).
+LIGHT_HELP = (
+    "compress",
+    "reconstruct",
+    "stats",
+    "standardize",
+    "destandardize",
+    "info",
+    "doctor",
+    "report",
+    "solve",
+)
+
+
+def test_these_commands_help_imports_no_array_stack() -> None:
+    proc = _run(
+        f"""
+        import contextlib, io, json, sys
+        from cubepipe.pipeline.cli import main
+        for cmd in {LIGHT_HELP!r}:
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                assert main([cmd, "--help"]) == 0, cmd
+            assert out.getvalue().startswith("Usage: cubepipe " + cmd), cmd
+        print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
 
 
 def test_the_console_script_says_its_version_without_the_array_stack() -> None:
@@ -163,8 +195,14 @@ def test_a_command_is_loaded_on_lookup_and_unknown_ones_are_not_found() -> None:
 
 def test_the_help_defaults_written_out_agree_with_their_sources() -> None:
     from cubepipe.pipeline import scheduling  # noqa: PLC0415
+    from cubepipe.pipeline.cli import stats as stats_cli  # noqa: PLC0415
+    from cubepipe.storage import encodings  # noqa: PLC0415
 
     assert _app.DEFAULT_CONNECT_TIMEOUT == scheduling.DEFAULT_CONNECT_TIMEOUT
+    # (the module: cubepipe.pipeline.stats.standardize is also the function's name)
+    standardize = importlib.import_module("cubepipe.pipeline.stats.standardize")
+    assert stats_cli.METHODS == standardize.METHODS
+    assert stats_cli.ENCODINGS == encodings.ENCODINGS
 
 
 @pytest.mark.parametrize("package", [cubepipe.pipeline, cubepipe.storage], ids=lambda m: m.__name__)

@@ -7,15 +7,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from cubepipe.pipeline.compression.api import Compressed, prepare_compress, reconstruct
-from cubepipe.storage import history, read_attrs
-
 from ._app import CliState, command
 from ._io import in_argument, json_option, mask_options, open_in, write_options, write_output
+
+if TYPE_CHECKING:
+    from cubepipe.pipeline.compression.api import Compressed
+
+# The library (dask, xarray, zarr) is imported when the job runs, not for `--help`.
 
 
 def _hidden(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -161,6 +163,9 @@ def compress_cmd(
     the same two reads, and the same outputs and metrics (a VAE's scores are its latent
     means). With --model, the kind of model stored there decides the method.
     """
+    from cubepipe.pipeline.compression.api import prepare_compress  # noqa: PLC0415  (on use)
+    from cubepipe.storage.store import history, read_attrs  # noqa: PLC0415
+
     if method is not None or model_from is None:
         options["method"] = method or "pca"  # else the stored model's kind decides
     ds = open_in(source, two_pass_on=state.scheduler_spec if model_from is None else None)
@@ -290,6 +295,8 @@ def reconstruct_cmd(
     shards: str | None,
 ) -> None:
     """Rebuild the bands from a store written by `compress` (scores + model)."""
+    from cubepipe.pipeline.compression.api import reconstruct  # noqa: PLC0415  (on use)
+
     out = reconstruct(source, device=state.device)
     with state.compute():
         write_output(

@@ -8,20 +8,9 @@ from pathlib import Path
 
 import click
 
-from cubepipe.pipeline.stats.fit import (
-    STAT_VARS,
-    fit_stats,
-    stats_from_json,
-    stats_to_json,
-    take_stats,
-)
-from cubepipe.pipeline.stats.standardize import METHOD_ATTR, METHODS, destandardize, standardize
-from cubepipe.storage import InputError, open_cube, store_state
-from cubepipe.storage.encodings import ENCODINGS, encode
+from cubepipe.storage.errors import InputError
 from cubepipe.storage.location import is_remote
-from cubepipe.storage.update import add_variables
 
-from ..backend import to_host
 from ._app import CliState, command
 from ._format import human_bytes
 from ._io import (
@@ -35,6 +24,14 @@ from ._io import (
     write_options,
     write_output,
 )
+
+# The library (dask, xarray, zarr) is imported when a job runs, not for `--help`; the
+# choices the options offer are spelled out here for that (tests/test_startup.py checks
+# them against the library's).
+#: = :data:`cubepipe.pipeline.stats.standardize.METHODS`
+METHODS = ("zscore", "minmax")
+#: = :data:`cubepipe.storage.encodings.ENCODINGS`
+ENCODINGS = ("float32", "float16", "int16-quantized")
 
 
 def _stats_table(d: dict) -> str:
@@ -72,6 +69,11 @@ def stats_cmd(
     --invalid-value/-below/-above they are over the pixels the rule leaves valid (the
     store's mask is not changed; the rule is recorded with the statistics).
     """
+    from cubepipe.pipeline.stats.fit import STAT_VARS, fit_stats, stats_to_json  # noqa: PLC0415
+    from cubepipe.pipeline.stats.standardize import METHOD_ATTR  # noqa: PLC0415
+    from cubepipe.storage.store import open_cube  # noqa: PLC0415
+    from cubepipe.storage.update import add_variables  # noqa: PLC0415
+
     if not no_save and is_remote(store):
         raise InputError(
             f"{store}: saving statistics into a store on object storage is not supported "
@@ -104,6 +106,9 @@ def stats_cmd(
 
 
 def _load_stats(spec: str):
+    from cubepipe.pipeline.stats.fit import stats_from_json, take_stats  # noqa: PLC0415
+    from cubepipe.storage.store import open_cube  # noqa: PLC0415
+
     if Path(spec).is_file():
         return stats_from_json(spec)
     return take_stats(open_cube(spec))
@@ -186,6 +191,12 @@ def standardize_cmd(
     mask and fit the statistics over the rest (saved ones are then not used; --stats
     still is).
     """
+    from cubepipe.pipeline.stats.fit import STAT_VARS, take_stats  # noqa: PLC0415
+    from cubepipe.pipeline.stats.standardize import standardize  # noqa: PLC0415
+    from cubepipe.storage.encodings import encode  # noqa: PLC0415
+
+    from ..backend import to_host  # noqa: PLC0415
+
     ds = open_in(source)
     t0 = time.perf_counter()
     with state.compute():
@@ -236,6 +247,9 @@ def destandardize_cmd(
     shards: str | None,
 ) -> None:
     """Invert `standardize`: IN must be a store it wrote (it carries the statistics)."""
+    from cubepipe.pipeline.stats.standardize import destandardize  # noqa: PLC0415
+    from cubepipe.storage.store import open_cube, store_state  # noqa: PLC0415
+
     if store_state(source) == "missing":
         open_cube(source)  # raises the one-line not-found error
     ds = open_cube(source)
