@@ -1,9 +1,10 @@
 """Chunk kernels of PCA projection and reconstruction error (NumPy or CuPy blocks).
 
-They walk a chunk's pixel rows ``(band, pixels)`` in strips of ~4 MiB of float64
-(:data:`~cubepipe.pipeline.stats.moments.WIDE_STRIP`) with buffers made once per chunk, so
-memory does not grow with the chunk, the element-wise passes of a strip mostly hit the
-cache, and few enough NumPy calls hold the GIL that dask threads run in parallel.
+They walk a chunk's pixel rows ``(band, pixels)`` in strips of float64 (~1 MiB,
+:data:`ENCODE_STRIP`, for the encoder; ~4 MiB,
+:data:`~cubepipe.pipeline.stats.moments.WIDE_STRIP`, elsewhere) with buffers made once per
+chunk, so memory does not grow with the chunk, the element-wise passes of a strip mostly
+hit the cache, and few enough NumPy calls hold the GIL that dask threads run in parallel.
 :mod:`cubepipe.pipeline.compression.pca` maps them over dask chunks.
 """
 
@@ -33,6 +34,12 @@ def _as_rows(xp: Any, a: Any, axis: int) -> Any:
 def _from_rows(xp: Any, rows: Any, like_shape: tuple[int, ...], axis: int) -> Any:
     shape = (rows.shape[0],) + tuple(n for i, n in enumerate(like_shape) if i != axis)
     return xp.moveaxis(xp.reshape(rows, shape), 0, axis)
+
+
+#: Bytes of the float64 ``(band, pixels)`` strip of :func:`_encode_rows`: its dozen
+#: buffers then stay in a core's L2 cache. 1 MiB measured 19 ms a 15 x 512 x 512 chunk
+#: against 23 ms at 4 MiB (``WIDE_STRIP``) and 22 ms at 512 KiB (one thread, CPU time).
+ENCODE_STRIP = 2**20
 
 
 def _encode_rows(
@@ -76,7 +83,7 @@ def _encode_rows(
     mean_x = mean[:, None]
     total = x.shape[1]
     out = np.empty((k, total), dtype=np.float32)
-    step = max(1, min(strip_pixels(nb, WIDE_STRIP), total))
+    step = max(1, min(strip_pixels(nb, ENCODE_STRIP), total))
     # Flat buffers, reshaped per strip, so that every strip (the last, shorter one too)
     # is C-contiguous: BLAS and the ufuncs take it as it is.
     ubuf = np.empty(nb * step)

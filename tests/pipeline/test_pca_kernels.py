@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cubepipe.pipeline.compression.pca_kernels import encode_block, project_block
-from cubepipe.pipeline.stats.moments import WIDE_STRIP, strip_pixels
+from cubepipe.pipeline.compression.pca_kernels import ENCODE_STRIP, encode_block, project_block
+from cubepipe.pipeline.stats.moments import strip_pixels
 
 
 def _cube(nb: int, ny: int, nx: int, *, offset: float, seed: int) -> np.ndarray:
@@ -63,9 +63,9 @@ def _scores_ref(x: np.ndarray, m: dict[str, np.ndarray]) -> np.ndarray:
     return s.reshape((-1,) + x.shape[1:])
 
 
-# 200 x 190 pixels: more than one strip of the host kernel (the last one shorter).
+# 200 x 190 pixels: several strips of the host kernel (the last one shorter).
 SHAPE = (15, 200, 190)
-assert SHAPE[1] * SHAPE[2] > strip_pixels(SHAPE[0], WIDE_STRIP)
+assert SHAPE[1] * SHAPE[2] > 3 * strip_pixels(SHAPE[0], ENCODE_STRIP)
 
 
 @pytest.mark.parametrize(
