@@ -18,6 +18,10 @@ Cases (each in its own process, same synthetic 15-band cube generated lazily):
   same cube whole (``open_cube(...).sum()``: cubepipe's direct chunk reads, zarr-python's
   sharding codec), stores written once by ``prepare``, untimed.
 
+- ``floor_write`` / ``floor_read``: the codec floor (``_common.floor_case``): encoding the
+  cube's bytes with the default chain / decoding every chunk of the unsharded store, on
+  both cores, nothing else; every row's ``x_floor`` is its seconds over its floor's.
+
 The zarr cases report ``files``: files in the store, what an HPC file system or an object
 store has to handle.
 
@@ -50,7 +54,7 @@ from cubepipe.storage import open_cube, store_state, write_cube
 from cubepipe.storage.store import default_compressors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, main
+from _common import INPUTS, floor_case, main
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 
@@ -123,6 +127,26 @@ def xarray_to_zarr(size: str, workdir: Path) -> dict[str, Any]:
 def numpy_in_memory(size: str, workdir: Path) -> dict[str, Any]:
     np.save(workdir / "out.npy", _cube(size)["cube"].values)
     return {}
+
+
+def _cube_bytes(size: str) -> int:
+    return int(np.prod(SIZES[size])) * 4  # float32
+
+
+#: The codec floor of the write cases: encoding the cube's bytes with the default chain
+#: (both cores), nothing generated, nothing written.
+floor_write = floor_case(lambda size: [_stored(size, False)], _cube_bytes, reads=0)
+#: The codec floor of the read cases: decoding every chunk of the unsharded store.
+floor_read = floor_case(lambda size: [_stored(size, False)], lambda size: 0)
+FLOORS = {
+    "xarray_to_zarr": "floor_write",
+    "cubepipe_write": "floor_write",
+    "cubepipe_write_durable": "floor_write",
+    "cubepipe_write_sharded": "floor_write",
+    "numpy_in_memory": "floor_write",
+    "cubepipe_read": "floor_read",
+    "cubepipe_read_sharded": "floor_read",
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -385,8 +409,11 @@ elif __name__ == "__main__":
             "numpy_in_memory": numpy_in_memory,
             "cubepipe_read": cubepipe_read,
             "cubepipe_read_sharded": cubepipe_read_sharded,
+            "floor_write": floor_write,
+            "floor_read": floor_read,
         },
         baseline="xarray_to_zarr",
+        floor=FLOORS,
         sizes=("1x", "4x"),
         quick_size="tiny",
         prepare=prepare,
