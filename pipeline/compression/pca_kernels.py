@@ -85,7 +85,9 @@ def _encode_rows(
     out = np.empty((k, total), dtype=np.float32)
     step = max(1, min(strip_pixels(nb, ENCODE_STRIP), total))
     # Flat buffers, reshaped per strip, so that every strip (the last, shorter one too)
-    # is C-contiguous: BLAS and the ufuncs take it as it is.
+    # is C-contiguous: BLAS and the ufuncs take it as it is, and ``np.matmul(..., out=)``
+    # copies nothing (it would hold the GIL while copying a strided operand, the reason
+    # other kernels call ``backend.matmul``; see docs/DESIGN.md).
     ubuf = np.empty(nb * step)
     gbuf = np.empty(rows.shape[0] * step)
     kbuf = np.empty((2 if gram is not None else 1) * k * step)
