@@ -18,11 +18,18 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from cubepipe.pipeline.backend import array_namespace, device_constant, device_task
+from cubepipe.pipeline.backend import (
+    array_module,
+    array_namespace,
+    device_constant,
+    device_task,
+    is_device_array,
+)
 from cubepipe.pipeline.compression.autoencoder.net import (
     KINDS,
-    decode_rows,
-    encode_rows,
+    decode_strip,
+    encode_strip,
+    inference_params,
     parametric_layers,
     strip_size,
 )
@@ -70,12 +77,21 @@ def model_arrays(model: xr.Dataset) -> dict[str, Any]:
     return {
         "spec": spec,
         "params": params,
+        "infer": inference_params(spec, params),
         "mean": np.asarray(model[f"{kind}_mean"].values, dtype=np.float64),
         "scale": np.asarray(model[f"{kind}_scale"].values, dtype=np.float64),
     }
 
 
 # -- chunk kernels ------------------------------------------------------------------------
+
+#: Pixels per strip on the CPU: the widest float32 activations of a strip (64 x 8192 x 4 B
+#: = 2 MiB for the default MLP) stay in the core's cache between the layers, which made the
+#: whole encode + metrics pass ~1.7x faster than one strip per chunk (bench_ae's encode
+#: table); a strip costs ~30 NumPy calls, under 2 % of its work. On the GPU the whole
+#: chunk is one strip (up to :func:`strip_size`'s budget).
+CPU_STRIP = 8192
+_GPU_BUDGET = 512 * 2**20
 
 
 def _rows(xp: Any, a: Any, axis: int) -> Any:
@@ -87,115 +103,141 @@ def _unrows(xp: Any, rows: Any, like_shape: tuple[int, ...], axis: int) -> Any:
     return xp.moveaxis(xp.reshape(rows, shape), 0, axis)
 
 
-def _device_params(like: Any, m: dict[str, Any]) -> dict[str, Any]:
-    """The network's weights where ``like`` lives (on the GPU uploaded once per process)."""
-    return {k: device_constant(like, v, np.float32) for k, v in m["params"].items()}
+class _Kernel:
+    """The model where the chunk ``like`` lives: float32 parameters (SiLU-halved, see
+    :func:`~cubepipe.pipeline.compression.autoencoder.net.inference_params`), the mean
+    and scale as float32 ``(band, 1)``, and the strip width."""
+
+    def __init__(self, like: Any, m: dict[str, Any]):
+        self.xm = array_module(like)
+        self.spec = m["spec"]
+        self.p = {k: device_constant(like, v, np.float32) for k, v in m["infer"].items()}
+        # float64 data keep float64 around the network; anything else works in float32
+        self.work = np.float64 if like.dtype == np.float64 else np.float32
+        mean, scale = np.asarray(m["mean"])[:, None], np.asarray(m["scale"])[:, None]
+        self.mean = device_constant(like, mean, self.work)
+        self.scale = device_constant(like, scale, self.work)
+        self.inv_scale = device_constant(like, 1.0 / scale, self.work)
+        self.k = self.spec["components"]
+        gpu = is_device_array(like)
+        self.step = strip_size(self.spec, _GPU_BUDGET) if gpu else CPU_STRIP
+
+    def standardize(self, x: Any, valid: Any) -> tuple[Any, Any]:
+        """float32 ``z = (x - mean) / scale`` of a strip ``x (band, n)`` (of dtype
+        ``work``), 0 where a pixel is invalid, and the validity ``(n,)`` (no NaN in any
+        band, ``valid`` all True)."""
+        xm = self.xm
+        z = xm.subtract(x, self.mean)
+        z *= self.inv_scale
+        if z.dtype != xm.float32:
+            z = z.astype(xm.float32)
+        ok = ~xm.isnan(z.sum(axis=0))
+        if valid is not None:
+            ok &= valid.all(axis=0)
+        xm.copyto(z, xm.float32(0), where=~ok[None, :])
+        return z, ok
+
+    def decode(self, s: Any) -> Any:
+        """Data-unit reconstruction ``(band, n)`` (dtype ``work``) of finite latent
+        values ``s`` (float32)."""
+        xhat = decode_strip(self.xm, s, self.p, self.spec)
+        if xhat.dtype != self.work:
+            xhat = xhat.astype(self.work)
+        xhat *= self.scale
+        xhat += self.mean
+        return xhat
 
 
-def _centre(like: Any, m: dict[str, Any]) -> tuple[Any, Any]:
-    """The model's per-band mean and scale ``(B, 1)``, float64, where ``like`` lives."""
-    return (
-        device_constant(like, np.asarray(m["mean"])[:, None]),
-        device_constant(like, np.asarray(m["scale"])[:, None]),
+def _strip_partials(xp: Any, xm: Any, x: Any, xhat: Any, ok: Any, kl: Any) -> Any:
+    """``[sse, n_values, sam_sum, n_angles, min, max, kl_sum, n_pixels]`` (float64, where
+    the data are) of the ``ok`` pixels of one strip: data ``x`` and its reconstruction
+    ``xhat`` (``(band, n)``, the same dtype; ``xhat`` is overwritten by the error
+    ``x - xhat``). The per-pixel sums over the bands are in that dtype (float32 for
+    float32 data: see tests/pipeline/test_ae_apply.py for what that changes), everything
+    after them float64."""
+    f64 = xm.float64
+    e = xm.subtract(x, xhat, out=xhat)
+    xx = xm.einsum("bn,bn->n", x, x)
+    xe = xm.einsum("bn,bn->n", x, e)
+    ee = xm.einsum("bn,bn->n", e, e)
+    sse, sam, nsam = error_sum_arrays(xp, xx.astype(f64), xe.astype(f64), ee.astype(f64), ok)
+    npix = ok.sum(dtype=f64)
+    lo = xm.where(ok, x.min(axis=0), xm.inf).min().astype(f64)
+    hi = xm.where(ok, x.max(axis=0), -xm.inf).max().astype(f64)
+    kls = xm.where(ok, kl, 0.0).sum(dtype=f64) if kl is not None else xm.zeros((), dtype=f64)
+    return xm.stack([sse, npix * x.shape[0], sam, nsam, lo, hi, kls, npix])
+
+
+def _combine(xm: Any, sums: list[Any]) -> Any:
+    if not sums:
+        return xm.asarray([0.0, 0.0, 0.0, 0.0, xm.inf, -xm.inf, 0.0, 0.0], dtype=xm.float64)
+    table = xm.stack(sums, axis=0)
+    return xm.concatenate(
+        [
+            table[:, :4].sum(axis=0),
+            table[:, 4:5].min(axis=0),
+            table[:, 5:6].max(axis=0),
+            table[:, 6:].sum(axis=0),
+        ]
     )
 
 
 @device_task
-def _encode_block(block: Any, *valid: Any, m: dict[str, Any], axis: int) -> Any:
-    """``(band, ...)`` -> ``(K [+1 KL for a VAE], ...)`` float32; NaN where invalid."""
+def _encode_block(
+    block: Any, *valid: Any, m: dict[str, Any], axis: int, ndim: int
+) -> tuple[Any, Any]:
+    """``(band, ...)`` -> the pair ``(scores, partials)``: ``(K [+1 KL for a VAE], ...)``
+    float32, NaN where invalid, and the chunk's reconstruction-error partials ``(1, ...,
+    8)`` (see :func:`_strip_partials`; decoded from the float32 scores as stored), from
+    one look at the chunk, strip by strip."""
     xp = array_namespace(block)
-    spec = m["spec"]
-    p = _device_params(block, m)
+    net = _Kernel(block, m)
+    xm, k = net.xm, net.k
     x = _rows(xp, block, axis)
     v = _rows(xp, valid[0], axis) if valid else None
-    mean, scale = _centre(block, m)
-    k = spec["components"]
-    width = k + (spec["kind"] == "vae")
-    out = xp.empty((width, x.shape[1]), dtype=xp.float32)
-    step = strip_size(spec)
-    for a in range(0, x.shape[1], step):
-        z = (xp.astype(x[:, a : a + step], xp.float64) - mean) / scale
-        ok = ~xp.any(xp.isnan(z), axis=0)
-        if v is not None:
-            ok = ok & xp.all(xp.astype(v[:, a : a + step], xp.bool), axis=0)
-        z = xp.astype(xp.where(ok[None, :], z, 0.0), xp.float32)
-        mu, kl = encode_rows(xp, z, p, spec)
-        out[:k, a : a + step] = xp.where(ok[None, :], mu, xp.nan)
+    width = k + (net.spec["kind"] == "vae")
+    out = xm.empty((width, x.shape[1]), dtype=xm.float32)
+    sums = []
+    for a in range(0, x.shape[1], net.step):
+        xs = x[:, a : a + net.step]
+        if xs.dtype != net.work:
+            xs = xs.astype(net.work)
+        z, ok = net.standardize(xs, None if v is None else v[:, a : a + net.step])
+        mu, kl = encode_strip(xm, z, net.p, net.spec)
+        sums.append(_strip_partials(xp, xm, xs, net.decode(mu), ok, kl))
+        bad = ~ok[None, :]
+        xm.copyto(mu, xm.float32(xm.nan), where=bad)
+        out[:k, a : a + net.step] = mu
         if kl is not None:
-            out[k, a : a + step] = xp.where(ok, kl, xp.nan)
-    return _unrows(xp, out, block.shape, axis)
+            out[k, a : a + net.step] = xm.where(ok, kl, xm.nan)
+    partial = xp.reshape(_combine(xm, sums), (1,) * ndim + (_NPARTIAL,))
+    return _unrows(xp, out, block.shape, axis), partial
 
 
-def _decode_strip(xp: Any, s: Any, p: dict[str, Any], m: dict[str, Any]) -> tuple[Any, Any]:
-    """float64 data-unit reconstruction of latent strip ``s (K, n)`` and its validity."""
-    ok = ~xp.any(xp.isnan(s), axis=0)
-    s = xp.where(ok[None, :], s, 0.0)
-    zhat = xp.astype(decode_rows(xp, xp.astype(s, xp.float32), p, m["spec"]), xp.float64)
-    mean, scale = _centre(s, m)
-    return zhat * scale + mean, ok
+def _first(pair: tuple[Any, Any]) -> Any:
+    return pair[0]
+
+
+def _second(pair: tuple[Any, Any]) -> Any:
+    return pair[1]
 
 
 @device_task
 def _decode_block(scores: Any, *, m: dict[str, Any], axis: int) -> Any:
+    """``(K, ...)`` scores -> ``(band, ...)`` float32 data units; NaN where any score is."""
     xp = array_namespace(scores)
-    p = _device_params(scores, m)
+    net = _Kernel(scores, m)
+    xm = net.xm
     s = _rows(xp, scores, axis)
-    nb = m["spec"]["bands"]
-    out = xp.empty((nb, s.shape[1]), dtype=xp.float32)
-    step = strip_size(m["spec"])
-    for a in range(0, s.shape[1], step):
-        xhat, ok = _decode_strip(xp, s[:, a : a + step], p, m)
-        out[:, a : a + step] = xp.astype(xp.where(ok[None, :], xhat, xp.nan), xp.float32)
+    out = xm.empty((net.spec["bands"], s.shape[1]), dtype=xm.float32)
+    for a in range(0, s.shape[1], net.step):
+        sa = xm.asarray(s[:, a : a + net.step], dtype=xm.float32)
+        bad = xm.isnan(sa.sum(axis=0))[None, :]
+        sa = xm.where(bad, xm.float32(0), sa)
+        xhat = net.decode(sa)
+        xm.copyto(xhat, xm.nan, where=bad)
+        out[:, a : a + net.step] = xhat
     return _unrows(xp, out, scores.shape, axis)
-
-
-@device_task
-def _metric_block(x: Any, enc: Any, *, m: dict[str, Any], axis: int, ndim: int) -> Any:
-    """Partials ``[sse, n_values, sam_sum, n_angles, min, max, kl_sum, n_pixels]`` of one
-    chunk (the first six as :func:`cubepipe.pipeline.compression.pca.reconstruction_metrics`).
-
-    Strip by strip (the decoder's activations are per pixel), invalid pixels masked out
-    by ``where``; each strip's sums stay arrays where the data are, so on the GPU a chunk
-    makes no host sync (its partial is one device array)."""
-    xp = array_namespace(x)
-    f64 = xp.float64
-    p = _device_params(x, m)
-    rows, erows = _rows(xp, x, axis), _rows(xp, enc, axis)
-    k = m["spec"]["components"]
-    nb = rows.shape[0]
-    sums: list[Any] = []
-    step = strip_size(m["spec"])
-    for a in range(0, rows.shape[1], step):
-        xhat, ok = _decode_strip(xp, erows[:k, a : a + step], p, m)
-        xv = xp.astype(rows[:, a : a + step], f64)
-        ok = ok & ~xp.any(xp.isnan(xv), axis=0)
-        xz = xp.where(ok[None, :], xv, 0.0)
-        e = xp.where(ok[None, :], xv - xhat, 0.0)
-        sse, sam, nsam = error_sum_arrays(
-            xp, xp.sum(xz * xz, axis=0), xp.sum(xz * e, axis=0), xp.sum(e * e, axis=0), ok
-        )
-        npix = xp.sum(xp.astype(ok, f64))
-        kl = (
-            xp.sum(xp.where(ok, xp.astype(erows[k, a : a + step], f64), 0.0))
-            if erows.shape[0] > k
-            else xp.zeros((), dtype=f64)
-        )
-        lo = xp.min(xp.where(ok[None, :], xv, xp.inf))
-        hi = xp.max(xp.where(ok[None, :], xv, -xp.inf))
-        sums.append(xp.stack([sse, npix * nb, sam, nsam, lo, hi, kl, npix]))
-    if not sums:
-        acc = xp.asarray([0.0, 0.0, 0.0, 0.0, xp.inf, -xp.inf, 0.0, 0.0], dtype=f64)
-    else:
-        table = xp.stack(sums, axis=0)
-        acc = xp.concat(
-            [
-                xp.sum(table[:, :4], axis=0),
-                xp.min(table[:, 4:5], axis=0),
-                xp.max(table[:, 5:6], axis=0),
-                xp.sum(table[:, 6:], axis=0),
-            ]
-        )
-    return xp.reshape(acc, (1,) * ndim + (_NPARTIAL,))
 
 
 # -- lazy whole-cube operations ------------------------------------------------------------
@@ -220,24 +262,26 @@ def ae_project(
     args = [data] if valid is None else [data, valid.rechunk(data.chunks)]
     k = spec["components"]
     width = k + (spec["kind"] == "vae")
-    enc = da.map_blocks(
+    ndim = data.ndim
+    pairs = da.map_blocks(
         _encode_block,
         *args,
         m=m,
         axis=axis,
+        ndim=ndim,
         chunks=tuple((width,) if i == axis else c for i, c in enumerate(data.chunks)),
         dtype=np.float32,
         meta=data._meta.astype(np.float32),
         token="cubepipe-compress-encode",
     )
-    ndim = data.ndim
-    partials = da.map_blocks(
-        _metric_block,
-        data,
-        enc,
-        m=m,
-        axis=axis,
-        ndim=ndim,
+    enc = pairs.map_blocks(
+        _first,
+        dtype=np.float32,
+        meta=data._meta.astype(np.float32),
+        token="cubepipe-compress-scores",
+    )
+    partials = pairs.map_blocks(
+        _second,
         new_axis=ndim,
         chunks=tuple((1,) * len(c) for c in data.chunks) + ((_NPARTIAL,),),
         dtype=np.float64,

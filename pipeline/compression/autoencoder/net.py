@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from cubepipe.pipeline.backend import device_constant, matmul
+from cubepipe.pipeline.backend import array_module, device_constant
 
 __all__ = [
     "ACTIVATIONS",
@@ -40,7 +40,10 @@ __all__ = [
     "LOGVAR_RANGE",
     "build_spec",
     "decode_rows",
+    "decode_strip",
     "encode_rows",
+    "encode_strip",
+    "inference_params",
     "init_params",
     "param_dims",
     "parametric_layers",
@@ -234,68 +237,143 @@ def strip_size(spec: dict[str, Any], budget: int = 8 * 2**20) -> int:
 
 
 # -- forward pass in the array namespace of the input (NumPy or CuPy) ---------------------
+#
+# Inference runs on whole strips of pixels with one matrix product per layer and the
+# activations computed in place (one temporary each), in float32. SiLU is evaluated as
+# ``silu(x) = y * (1 + tanh(y))`` with ``y = x / 2``; the halving is folded into the
+# weights and bias of the layer before each activation (exact: a power of two), so it
+# costs no pass over the data (see :func:`inference_params`).
 
 
-def _act(xp: Any, x: Any, name: str) -> Any:
+def _halved_layers(spec: dict[str, Any]) -> set[str]:
+    """Names of the layers whose output goes straight into a SiLU (their parameters are
+    halved by :func:`inference_params`)."""
+    if spec["activation"] != "silu":
+        return set()
+    out = set()
+    for branch in spec["branches"].values():
+        for prev, lay in zip(branch, branch[1:], strict=False):
+            if lay["op"] == "act" and prev["op"] in ("linear", "conv1d"):
+                out.add(prev["name"])
+    return out
+
+
+def inference_params(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The float32 parameters the forward pass of this module runs on: ``params`` (host
+    arrays, any float dtype) with each layer that feeds a SiLU multiplied by 0.5."""
+    halved = _halved_layers(spec)
+    out = {}
+    for layer in parametric_layers(spec):
+        for part in ("weight", "bias"):
+            key = f"{layer['name']}_{part}"
+            v = np.asarray(params[key], dtype=np.float32)
+            out[key] = np.ascontiguousarray(v * np.float32(0.5) if layer["name"] in halved else v)
+    return out
+
+
+def _act_(xm: Any, x: Any, name: str, halved: bool) -> Any:
+    """The activation, in place on ``x`` (an array this pass made, not an input); for SiLU
+    ``x`` holds half the pre-activation when ``halved``."""
     if name == "relu":
-        return xp.maximum(x, 0)
+        return xm.maximum(x, 0, out=x)
     if name == "tanh":
-        return xp.tanh(x)
-    return x * (0.5 + 0.5 * xp.tanh(0.5 * x))  # silu = x * sigmoid(x), overflow-free
+        return xm.tanh(x, out=x)
+    if not halved:
+        x *= 0.5
+    t = xm.tanh(x)  # silu(2y) = 2y * sigmoid(2y) = y * (1 + tanh(y)): overflow-free
+    t += 1
+    x *= t
+    return x
 
 
-def _conv1d(xp: Any, x: Any, w: Any, b: Any, *, stride: int, padding: int) -> Any:
+def _conv1d(xm: Any, x: Any, w: Any, b: Any, *, stride: int, padding: int) -> Any:
     """``x (C_in, L, n)``, ``w (C_out, C_in, taps)`` -> ``(C_out, L_out, n)``, as one
     matrix product over the stacked shifted inputs (im2col)."""
     c_in, length, n = x.shape
     c_out, _, taps = w.shape
     if padding:
-        pad = xp.zeros((c_in, padding, n), dtype=x.dtype)
-        x = xp.concat([pad, x, pad], axis=1)
+        pad = xm.zeros((c_in, padding, n), dtype=x.dtype)
+        x = xm.concatenate([pad, x, pad], axis=1)
     l_out = (length + 2 * padding - taps) // stride + 1
-    cols = xp.stack(
+    cols = xm.stack(
         [x[:, t : t + stride * (l_out - 1) + 1 : stride, :] for t in range(taps)], axis=1
     )  # (C_in, taps, L_out, n): the row order of w's (C_in, taps) flattening
-    out = matmul(xp.reshape(w, (c_out, c_in * taps)), xp.reshape(cols, (c_in * taps, l_out * n)))
-    return xp.reshape(out, (c_out, l_out, n)) + b[:, None, None]
+    out = xm.matmul(w.reshape(c_out, c_in * taps), cols.reshape(c_in * taps, l_out * n))
+    out = out.reshape(c_out, l_out, n)
+    out += b[:, None, None]
+    return out
 
 
-def _run(xp: Any, layers: list[dict], x: Any, p: dict[str, Any], activation: str) -> Any:
+def _run(xm: Any, layers: list[dict], x: Any, p: dict[str, Any], spec: dict[str, Any]) -> Any:
+    """The layers of one branch on ``x`` (features first, pixels last); ``p`` from
+    :func:`inference_params`. Never writes into ``x``."""
+    halved = _halved_layers(spec)
+    prev = None
     for lay in layers:
         op = lay["op"]
         if op == "linear":
-            x = matmul(p[f"{lay['name']}_weight"], x) + p[f"{lay['name']}_bias"][:, None]
+            x = xm.matmul(p[f"{lay['name']}_weight"], x)
+            x += p[f"{lay['name']}_bias"][:, None]
         elif op == "conv1d":
             w, b = p[f"{lay['name']}_weight"], p[f"{lay['name']}_bias"]
-            x = _conv1d(xp, x, w, b, stride=lay["stride"], padding=lay["padding"])
+            x = _conv1d(xm, x, w, b, stride=lay["stride"], padding=lay["padding"])
         elif op == "act":
-            x = _act(xp, x, activation)
+            if prev is None or prev["op"] not in ("linear", "conv1d"):
+                x = x.copy()  # only a layer's own output is changed in place
+            x = _act_(xm, x, spec["activation"], prev is not None and prev.get("name") in halved)
         elif op == "unflatten":
-            x = xp.reshape(x, (lay["channels"], -1, x.shape[-1]))
+            x = x.reshape(lay["channels"], -1, x.shape[-1])
         elif op == "flatten":
-            x = xp.reshape(x, (-1, x.shape[-1]))
+            x = x.reshape(-1, x.shape[-1])
         elif op == "resample":
             m = device_constant(x, resample_matrix(x.shape[1], lay["size"]), x.dtype)
-            x = xp.moveaxis(xp.tensordot(m, x, axes=([1], [1])), 0, 1)
+            x = xm.moveaxis(xm.tensordot(m, x, axes=([1], [1])), 0, 1)
         else:
             raise ValueError(f"unknown layer op {op!r}")
+        prev = lay
     return x
 
 
-def encode_rows(xp: Any, z: Any, p: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, Any]:
-    """Latent means ``(K, n)`` of standardized spectra ``z (band, n)`` (float32) and, for a
-    VAE, the KL divergence of each pixel's posterior from N(0, I) (``(n,)``, else None)."""
-    br, act = spec["branches"], spec["activation"]
-    h = _run(xp, br["encoder"], z, p, act)
-    mu = _run(xp, br["enc_skip"], z, p, act) + _run(xp, br["mu"], h, p, act)
+def encode_strip(xm: Any, z: Any, p: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, Any]:
+    """Latent means ``(K, n)`` float32 of standardized spectra ``z (band, n)`` (float32)
+    and, for a VAE, the KL divergence of each pixel's posterior from N(0, I) (``(n,)``,
+    else None). ``xm`` is NumPy or CuPy itself (:func:`~cubepipe.pipeline.backend.array_module`),
+    ``p`` from :func:`inference_params`."""
+    br = spec["branches"]
+    h = _run(xm, br["encoder"], z, p, spec)
+    mu = _run(xm, br["mu"], h, p, spec)
+    mu += _run(xm, br["enc_skip"], z, p, spec)
     if "logvar" not in br:
         return mu, None
-    lv = xp.clip(_run(xp, br["logvar"], h, p, act), *LOGVAR_RANGE)
-    kl = 0.5 * xp.sum(mu * mu + xp.exp(lv) - 1.0 - lv, axis=0)
-    return mu, kl
+    lv = xm.clip(_run(xm, br["logvar"], h, p, spec), *LOGVAR_RANGE)
+    t = xm.exp(lv)
+    t -= 1.0
+    t -= lv
+    t += mu * mu
+    return mu, 0.5 * t.sum(axis=0)
+
+
+def decode_strip(xm: Any, s: Any, p: dict[str, Any], spec: dict[str, Any]) -> Any:
+    """Standardized reconstructions ``(band, n)`` float32 of latent values ``s (K, n)``
+    (float32; ``xm`` and ``p`` as for :func:`encode_strip`)."""
+    br = spec["branches"]
+    zhat = _run(xm, br["decoder"], s, p, spec)
+    zhat += _run(xm, br["dec_skip"], s, p, spec)
+    return zhat
+
+
+def encode_rows(xp: Any, z: Any, p: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, Any]:
+    """:func:`encode_strip` with the stored parameters ``p`` (as :func:`init_params` or
+    the model store holds them; prepared here) in the namespace ``xp`` of ``z``."""
+    xm = array_module(z)
+    return encode_strip(xm, z, _on(z, inference_params(spec, p)), spec)
 
 
 def decode_rows(xp: Any, s: Any, p: dict[str, Any], spec: dict[str, Any]) -> Any:
-    """Standardized reconstructions ``(band, n)`` from latent values ``s (K, n)``."""
-    br, act = spec["branches"], spec["activation"]
-    return _run(xp, br["dec_skip"], s, p, act) + _run(xp, br["decoder"], s, p, act)
+    """:func:`decode_strip` with stored parameters (see :func:`encode_rows`)."""
+    xm = array_module(s)
+    return decode_strip(xm, s, _on(s, inference_params(spec, p)), spec)
+
+
+def _on(like: Any, p: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {k: device_constant(like, v, np.float32) for k, v in p.items()}
