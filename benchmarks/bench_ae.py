@@ -48,13 +48,27 @@ PCA on the held-out pixels; 1: it kept the PCA start; a VAE keeps its best held-
 ELBO, whose MSE may be above the start's).
 
 Run ``python benchmarks/bench_ae.py`` (one run per case: training is deterministic and
-dominates; ``--size intimate-1x`` for one input; ``--quick`` for a smoke run).
-Goal (issue 8): AE RMSE at most 0.8x PCA's on the nonlinear cube; peak memory flat from
-1x to 4x.
+dominates; ``--size intimate-1x`` for one input; ``--quick`` for a smoke run of both
+tables). Goal (issue 8): AE RMSE at most 0.8x PCA's on the nonlinear cube; peak memory
+flat from 1x to 4x.
+
+Encode throughput (issue 19 item 7), ``python benchmarks/bench_ae.py --encode`` (its own
+table, ``results/bench_ae_encode.{md,json}``): the apply pass alone, with models fitted
+once beforehand (outside every timed case) on the same stored cube, ``enc-1x``: the
+intimate mixture at 15 x 2500 x 2500 (512^2-pixel chunks). ``pca`` / ``ae`` / ``vae``:
+``prepare_compress(cube, model=STORE).write(OUT)`` (what ``cubepipe compress --model``
+runs: read, encode, error metrics, write 5 float32 scores), ``*_rec``: ``reconstruct``
+of that output written as a cube (read 5 scores, decode, write 15 bands); all under
+``scheduler("threads")`` (2 dask threads, one BLAS thread each) as the CLI runs them.
+``px_s``: pixels (NaN ones too) per second of the timed body (opening the stores + the write);
+``floor`` / ``floor_rec``: the codec floor of each pass (decode the input chunks + encode
+the output bytes, ``_common.floor_case``). Goal: AE encode and decode at least half
+PCA's pixels per second.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -75,7 +89,14 @@ from cubepipe.pipeline.compression.pca import fit_pca, pca_encode, summarize_met
 from cubepipe.storage import open_cube, store_state, write_cube
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, main
+from _common import INPUTS, cube_bytes, floor_case, main
+
+#: ``--encode`` selects the encode-throughput table; the variable carries the choice to
+#: the child processes that run the cases.
+_ENCODE_ENV = "_CUBEPIPE_BENCH_AE_ENCODE"
+if "--encode" in sys.argv:
+    sys.argv.remove("--encode")
+    os.environ[_ENCODE_ENV] = "1"
 
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 
@@ -88,6 +109,8 @@ SYNTHETIC = {
     "intimate-1x": ("intimate", (15, 1024, 1024)),
     "intimate-4x": ("intimate", (15, 2048, 2048)),
     "bilinear-1x": ("bilinear", (15, 1024, 1024)),
+    "enc-tiny": ("intimate", (15, 64, 80)),
+    "enc-1x": ("intimate", (15, 2500, 2500)),
 }
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL = {
@@ -380,19 +403,176 @@ def notes() -> str:
     )
 
 
+# -- encode throughput (--encode) ----------------------------------------------------------
+
+ENC_NAME = "bench_ae_encode"
+ENC_SIZES = ("enc-1x",)
+ENC_METHODS = ("pca", "ae", "vae")
+#: The models applied: fitted once per size (the apply pass costs the same whatever the
+#: weights; a short training keeps the preparation short).
+ENC_TRAIN = {"epochs": 5, "train_pixels": 50_000}
+ENC_GOAL = 2.0  # PCA px/s over AE px/s, encode and reconstruct
+
+
+def _fitted(size: str, method: str) -> Path:
+    return INPUTS / f"ae-{size}-{method}.zarr"
+
+
+def make_encoded(size: str) -> None:
+    """The compress output (model + scores) of each method on the size's cube."""
+    from cubepipe.pipeline.compression.api import prepare_compress  # noqa: PLC0415
+    from cubepipe.pipeline.scheduling import scheduler  # noqa: PLC0415
+
+    ds = open_cube(_store(size))
+    for method in ENC_METHODS:
+        opts: dict[str, Any] = {"components": K, "method": method}
+        if method != "pca":
+            opts.update(QUICK if size == "enc-tiny" else ENC_TRAIN)
+        with scheduler("threads"):
+            prepare_compress(ds, **opts).write(_fitted(size, method), overwrite=True)
+
+
+def prepare_encode(size: str) -> None:
+    prepare(size)
+    if any(store_state(_fitted(size, m)) != "complete" for m in ENC_METHODS):
+        subprocess.run([sys.executable, __file__, "--make-encoded", size], check=True)
+
+
+def _pixels(size: str) -> int:
+    """Pixels of the size's cube (every pixel is encoded or decoded; NaN ones too)."""
+    _, shape = SYNTHETIC[size]
+    return shape[-2] * shape[-1]
+
+
+def _apply(size: str, workdir: Path, method: str) -> dict[str, Any]:
+    from cubepipe.pipeline.compression.api import prepare_compress  # noqa: PLC0415
+    from cubepipe.pipeline.scheduling import scheduler  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    with scheduler("threads"):
+        job = prepare_compress(open_cube(_store(size)), model=_fitted(size, method))
+        job.write(workdir / "out.zarr")
+    seconds = time.perf_counter() - t0
+    m = open_cube(workdir / "out.zarr").attrs["cubepipe"]["history"][-1]["results"]
+    return {
+        "seconds": seconds,
+        "px_s": int(_pixels(size) / seconds),
+        "rmse": float(f"{m['rmse']:.6g}"),
+        "sam_deg": round(m["sam_deg"], 4),
+    }
+
+
+def _reconstruct(size: str, workdir: Path, method: str) -> dict[str, Any]:
+    from cubepipe.pipeline.compression.api import reconstruct  # noqa: PLC0415
+    from cubepipe.pipeline.scheduling import scheduler  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    with scheduler("threads"):
+        write_cube(reconstruct(_fitted(size, method)), workdir / "rec.zarr")
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "px_s": int(_pixels(size) / seconds)}
+
+
+def _case_of(fn: Any, method: str) -> Any:
+    def case(size: str, workdir: Path) -> dict[str, Any]:
+        return dict(fn(size, workdir, method))
+
+    return case
+
+
+ENC_CASES = {
+    "pca": _case_of(_apply, "pca"),
+    "ae": _case_of(_apply, "ae"),
+    "vae": _case_of(_apply, "vae"),
+    "pca_rec": _case_of(_reconstruct, "pca"),
+    "ae_rec": _case_of(_reconstruct, "ae"),
+    "vae_rec": _case_of(_reconstruct, "vae"),
+    "floor": floor_case(
+        lambda size: [_store(size)], lambda size: cube_bytes(_store(size), bands=K)
+    ),
+    "floor_rec": floor_case(
+        lambda size: [_fitted(size, "pca") / "scores"], lambda size: cube_bytes(_store(size))
+    ),
+}
+ENC_FLOORS = {
+    "pca": "floor",
+    "ae": "floor",
+    "vae": "floor",
+    "pca_rec": "floor_rec",
+    "ae_rec": "floor_rec",
+    "vae_rec": "floor_rec",
+}
+
+
+def encode_summary(rows: list[dict[str, Any]]) -> str:
+    by = {(r["size"], r["case"]): r for r in rows}
+    lines = [
+        "## Encode and reconstruct throughput (issue 19 item 7)",
+        "",
+        f"| size | pass | PCA px/s | method | px/s | PCA / it | x floor | goal <= {ENC_GOAL} |",
+        "|" + "---|" * 8,
+    ]
+    for size in dict.fromkeys(r["size"] for r in rows):
+        for label, suffix in (("encode", ""), ("reconstruct", "_rec")):
+            base = by.get((size, "pca" + suffix))
+            if base is None:
+                continue
+            for method in ENC_METHODS[1:]:
+                r = by.get((size, method + suffix))
+                if r is None:
+                    continue
+                ratio = base["px_s"] / r["px_s"]
+                lines.append(
+                    f"| {size} | {label} | {base['px_s']} | {method} | {r['px_s']} | "
+                    f"{ratio:.2f} | {r.get('x_floor', '')} | "
+                    f"{'met' if ratio <= ENC_GOAL else '**not met**'} |"
+                )
+    return "\n".join(lines)
+
+
+def encode_notes() -> str:
+    return (
+        f"K = {K}. Each case applies a model fitted beforehand (PCA; AE/VAE: MLP 64-32, "
+        f"SiLU, {ENC_TRAIN['epochs']} epochs on {ENC_TRAIN['train_pixels']} pixels) to the "
+        "same stored cube, in its own process; `seconds`: the timed body (open + write, "
+        "under scheduler('threads'): 2 dask threads, one BLAS thread each), `cpu_s`: the "
+        "process's CPU seconds, `px_s`: pixels (all y x; the NaN disc too) / seconds. enc-1x: intimate mixture, "
+        "15 x 2500 x 2500 float32, 512^2 chunks. `floor`: decode the cube's chunks + "
+        "encode 5 bands of output; `floor_rec`: decode the PCA scores + encode 15 bands."
+    )
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--make-inputs"]:
         make_inputs(sys.argv[2])
         sys.exit()
-    main(
-        NAME,
-        CASES,
-        baseline="pca",
-        sizes=SIZES,
-        quick_size="tiny",
-        prepare=prepare,
-        notes=notes(),
-        columns=COLUMNS,
-        summary=summary,
-        repeat=1,
-    )
+    if sys.argv[1:2] == ["--make-encoded"]:
+        make_encoded(sys.argv[2])
+        sys.exit()
+    if os.environ.get(_ENCODE_ENV) == "1" or "--quick" in sys.argv:
+        main(
+            ENC_NAME,
+            ENC_CASES,
+            baseline="pca",
+            sizes=ENC_SIZES,
+            quick_size="enc-tiny",
+            prepare=prepare_encode,
+            notes=encode_notes(),
+            columns=("px_s", "rmse", "sam_deg"),
+            summary=encode_summary,
+            repeat=3,
+            floor=ENC_FLOORS,
+        )
+    if os.environ.get(_ENCODE_ENV) != "1":
+        main(
+            NAME,
+            CASES,
+            baseline="pca",
+            sizes=SIZES,
+            quick_size="tiny",
+            prepare=prepare,
+            notes=notes(),
+            columns=COLUMNS,
+            summary=summary,
+            repeat=1,
+        )
