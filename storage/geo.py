@@ -251,9 +251,7 @@ def georef_of(obj: xr.Dataset | xr.DataArray) -> GeoRef | None:
 def _source_dataset(source: str | os.PathLike[str]) -> xr.Dataset | None:
     """The coordinates of a store or input file, reading metadata only; None for inputs
     that cannot be georeferenced (a video, a PNG) and stores without ``spatial_ref``."""
-    from .ingest import open_input  # noqa: PLC0415 (ingest imports the readers, which import this)
     from .location import is_remote  # noqa: PLC0415
-    from .readers import READERS, detect_format  # noqa: PLC0415
     from .store import store_state  # noqa: PLC0415
 
     text = str(source)
@@ -269,6 +267,10 @@ def _source_dataset(source: str | os.PathLike[str]) -> xr.Dataset | None:
         with warnings.catch_warnings():  # an unfinished store has no consolidated metadata
             warnings.simplefilter("ignore", RuntimeWarning)
             return xr.open_zarr(target, chunks=None, zarr_format=None)
+    # the readers (tifffile, imagecodecs, PIL) only for a file: a store needs none of them
+    from .ingest import open_input  # noqa: PLC0415 (ingest imports the readers, which import this)
+    from .readers import READERS, detect_format  # noqa: PLC0415
+
     if not Path(text).is_file() or "georef" not in READERS[detect_format(text).name].options:
         return None  # a folder or glob of images, a video...: never georeferenced
     return open_input(text)
