@@ -1,8 +1,11 @@
 """Start-up: how long a ``cubepipe`` process takes before it does any work (issue 19, item 5).
 
 Every case times one whole new process (fork, exec, interpreter, imports, the command),
-measured from the parent; ``peak_rss_mb`` is that process's peak RSS (``wait4``; see
-below). Cases:
+from this process: ``seconds`` (wall), ``cpu_s`` (its user + system CPU seconds, steadier
+than wall time on a loaded machine) and ``peak_rss_mb`` (its peak RSS, from ``wait4``).
+The cases run interleaved, round after round (A B C ... A B C ...), so that a change of
+the machine's load touches every case alike; each figure is the median over the rounds.
+Cases:
 
 - ``python``: ``python -c pass``: the interpreter alone: the baseline;
 - ``import_dask_array``, ``import_xarray``, ``import_libs`` (``dask.array, xarray,
@@ -25,20 +28,22 @@ below). Cases:
 The ``cubepipe`` cases run ``python -c "from cubepipe.pipeline.cli import run; run()"``
 (what the console script does), so that the previous commit runs the same way.
 
-``peak_rss_mb`` comes from ``wait4``, whose ``ru_maxrss`` starts from the peak of the
-process that spawned it (the benchmark's case process, ``spawner_rss_mb``): it is exact
-where it exceeds that, else an upper bound. ``peak_anon_mb`` is the case process's own, not
-the command's (it says nothing here); ``cpu_s`` includes the command's CPU seconds.
+``ru_maxrss`` of a child starts from the peak of the process that spawned it (this
+benchmark, ``spawner_rss_mb``, small until ``prepare`` imports cubepipe: so the cases are
+spawned by a fresh helper process): ``peak_rss_mb`` is exact where it exceeds that.
 
-Run ``python benchmarks/bench_startup.py`` (``--repeat 7`` for steadier medians;
+Run ``python benchmarks/bench_startup.py`` (``--repeat 9`` for steadier medians;
 ``CUBEPIPE_BENCH_PREVIOUS=ba8c93c`` adds the rows of the commit before lazy start-up;
 ``--quick`` for a smoke run of fewer cases). The goal rows are printed at the end.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, main
+from _common import INPUTS, RESULTS, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"quick": (15, 64, 64), "small": (15, 256, 256)}  # one chunk each
@@ -89,7 +94,7 @@ def _previous_tree() -> Path:
 
 
 def _timed(argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``argv`` as a new process; its wall seconds and peak RSS (see module doc)."""
+    """Run ``argv`` as a new process: its wall and CPU seconds and peak RSS."""
     err = workdir / "stderr.txt"
     with err.open("w") as fh:
         t0 = time.perf_counter()
@@ -99,12 +104,10 @@ def _timed(argv: list[str], workdir: Path, env: dict[str, str] | None = None) ->
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"{argv} failed ({proc.returncode}): {err.read_text()[-2000:]}")
-    with open("/proc/self/status") as fh:
-        spawner = next(int(x.split()[1]) for x in fh if x.startswith("VmHWM:")) / 1024
     return {
         "seconds": seconds,
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-        "spawner_rss_mb": round(spawner, 1),
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
     }
 
 
@@ -162,7 +165,7 @@ if PREVIOUS:
 
 def summary(rows: list[dict[str, Any]]) -> str:
     s = {r["case"]: r["seconds"] for r in rows}
-    lines = ["Goals (issue 19, item 5; seconds are medians of whole processes):", ""]
+    lines = ["Goals (issue 19, item 5; medians of whole processes, wall seconds):", ""]
 
     def goal(case: str, what: str, limit: float) -> None:
         if case in s:
@@ -187,16 +190,116 @@ def summary(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    main(
-        "bench_startup",
-        CASES,
-        baseline="python",
-        sizes=("small",),
-        quick_size="quick",
-        prepare=prepare,
-        columns=("spawner_rss_mb",),
-        summary=summary,
-        repeat=5,
-        notes=__doc__.split("\n\n", 1)[1] if __doc__ else "",
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _spawn(args: argparse.Namespace, names: list[str], size: str) -> list[dict[str, Any]]:
+    """Every case ``repeat`` times, interleaved; one row per case (medians)."""
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for _ in range(args.repeat):
+        for name in names:
+            workdir = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+            try:
+                runs[name].append(CASES[name](size, workdir))
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+    with open("/proc/self/status") as fh:
+        spawner = next(int(x.split()[1]) for x in fh if x.startswith("VmHWM:")) / 1024
+    rows = []
+    for name, rs in runs.items():
+        rows.append(
+            {
+                "size": size,
+                "case": name,
+                "seconds": round(_median([r["seconds"] for r in rs]), 3),
+                "cpu_s": round(_median([r["cpu_s"] for r in rs]), 3),
+                "peak_rss_mb": round(_median([r["peak_rss_mb"] for r in rs]), 1),
+                "spawner_rss_mb": round(spawner, 1),
+                "runs": [round(r["seconds"], 3) for r in rs],
+            }
+        )
+    return rows
+
+
+def run(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="cubepipe benchmark: start-up")
+    ap.add_argument("--quick", action="store_true", help="smoke run: once, no result files")
+    ap.add_argument("--repeat", type=int, default=7, help="rounds; medians are kept")
+    ap.add_argument("--case", action="append", choices=list(CASES), help="cases (default all)")
+    ap.add_argument("--spawn", help=argparse.SUPPRESS)  # the helper that runs the cases
+    args = ap.parse_args(argv)
+    size = "quick" if args.quick else "small"
+    names = [n for n in CASES if n in (args.case or CASES) or n == "python"]
+    if args.quick:
+        args.repeat = 1
+    if args.spawn:  # the fresh helper: runs the cases, prints the rows as JSON
+        print("ROWS " + json.dumps(_spawn(args, names, size)), flush=True)
+        return
+    prepare(size)
+    load_start = os.getloadavg()
+    print(f"load average at start {_load(load_start)} ({os.cpu_count()} CPUs)", flush=True)
+    helper = subprocess.run(
+        [sys.executable, __file__, "--spawn", "1", *(argv if argv is not None else sys.argv[1:])],
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    if helper.returncode:
+        raise SystemExit(helper.stdout + helper.stderr)
+    line = next(x for x in helper.stdout.splitlines() if x.startswith("ROWS "))
+    rows: list[dict[str, Any]] = json.loads(line.removeprefix("ROWS "))
+    load_end = os.getloadavg()
+    base = next(r for r in rows if r["case"] == "python")
+    for r in rows:
+        r["ratio_to_python"] = round(r["seconds"] / base["seconds"], 2)
+        print(
+            f"{size:>8} {r['case']:<24} {r['seconds']:7.2f} s  x{r['ratio_to_python']:5.2f} of "
+            f"python  cpu {r['cpu_s']:6.2f} s  peak RSS {r['peak_rss_mb']:6.0f} MB",
+            flush=True,
+        )
+    print(f"load average at end {_load(load_end)}", flush=True)
+    text = summary(rows)
+    print(text, flush=True)
+    if args.quick or args.case:
+        return
+    meta = {
+        **machine(),
+        "load_start": [round(v, 2) for v in load_start],
+        "load_end": [round(v, 2) for v in load_end],
+        "repeat": args.repeat,
+        "previous": PREVIOUS or None,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_startup.json").write_text(
+        json.dumps({"machine": meta, "rows": rows}, indent=2)
+    )
+    cols = ["case", "seconds", "ratio_to_python", "cpu_s", "peak_rss_mb", "spawner_rss_mb"]
+    lines = [
+        "# bench_startup",
+        "",
+        f"Machine: {meta['cpus']} CPUs, Python {meta['python']}, {meta['platform']}, "
+        f"{meta['date']}; load average (1/5/15 min) {_load(load_start)} at start, "
+        f"{_load(load_end)} at end. Medians of {args.repeat} interleaved rounds "
+        f"(store: {'x'.join(map(str, SHAPES[size]))} float32, one chunk). Re-run: "
+        f"`{'CUBEPIPE_BENCH_PREVIOUS=' + PREVIOUS + ' ' if PREVIOUS else ''}"
+        f"python benchmarks/bench_startup.py --repeat {args.repeat}`.",
+        "",
+        __doc__.split("\n\n", 1)[1].strip() if __doc__ else "",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+        *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows),
+        "",
+        text,
+    ]
+    (RESULTS / "bench_startup.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'bench_startup.md'}")
+
+
+def _load(load: tuple[float, ...]) -> str:
+    return "/".join(f"{v:.2f}" for v in load)
+
+
+if __name__ == "__main__":
+    run()
