@@ -27,6 +27,7 @@ from cubepipe.pipeline.backend import (
 )
 from cubepipe.pipeline.compression.autoencoder.net import (
     KINDS,
+    augmented,
     decode_strip,
     encode_strip,
     inference_params,
@@ -85,12 +86,13 @@ def model_arrays(model: xr.Dataset) -> dict[str, Any]:
 
 # -- chunk kernels ------------------------------------------------------------------------
 
-#: Pixels per strip on the CPU: the widest float32 activations of a strip (64 x 8192 x 4 B
-#: = 2 MiB for the default MLP) stay in the core's cache between the layers, which made the
-#: whole encode + metrics pass ~1.7x faster than one strip per chunk (bench_ae's encode
-#: table); a strip costs ~30 NumPy calls, under 2 % of its work. On the GPU the whole
-#: chunk is one strip (up to :func:`strip_size`'s budget).
-CPU_STRIP = 8192
+#: Pixels per strip on the CPU: the widest float32 activations of a strip (64 x 4096 x 4 B
+#: = 1 MiB for the default MLP) stay in the core's cache between the layers. Measured on
+#: a 15 x 512^2 chunk, one BLAS thread, encode + metrics: 135 ms CPU at 4096 pixels, 155
+#: at 2048 or 8192, 170 at 16384 and ~410 as one strip per chunk; a strip costs ~60
+#: NumPy calls, ~2 % of its work. On the GPU the whole chunk is one strip (up to
+#: :func:`strip_size`'s budget).
+CPU_STRIP = 4096
 _GPU_BUDGET = 512 * 2**20
 
 
@@ -124,23 +126,29 @@ class _Kernel:
 
     def standardize(self, x: Any, valid: Any) -> tuple[Any, Any]:
         """float32 ``z = (x - mean) / scale`` of a strip ``x (band, n)`` (of dtype
-        ``work``), 0 where a pixel is invalid, and the validity ``(n,)`` (no NaN in any
-        band, ``valid`` all True)."""
+        ``work``) with a last row of ones (``(band + 1, n)``, see
+        :func:`~cubepipe.pipeline.compression.autoencoder.net.augmented`), 0 where a pixel
+        is invalid, and the validity ``(n,)`` (no NaN in any band, ``valid`` all True)."""
         xm = self.xm
-        z = xm.subtract(x, self.mean)
-        z *= self.inv_scale
-        if z.dtype != xm.float32:
-            z = z.astype(xm.float32)
-        ok = ~xm.isnan(z.sum(axis=0))
+        nb = x.shape[0]
+        z = xm.empty((nb + 1, x.shape[1]), dtype=xm.float32)
+        if self.work == np.float32:
+            body = xm.subtract(x, self.mean, out=z[:nb])
+            body *= self.inv_scale
+        else:
+            body = z[:nb]
+            body[...] = (x - self.mean) * self.inv_scale
+        z[nb] = 1
+        ok = ~xm.isnan(body.sum(axis=0))
         if valid is not None:
             ok &= valid.all(axis=0)
-        xm.copyto(z, xm.float32(0), where=~ok[None, :])
+        xm.copyto(body, xm.float32(0), where=~ok[None, :])
         return z, ok
 
-    def decode(self, s: Any) -> Any:
+    def decode(self, s: Any, *, aug: bool = False) -> Any:
         """Data-unit reconstruction ``(band, n)`` (dtype ``work``) of finite latent
-        values ``s`` (float32)."""
-        xhat = decode_strip(self.xm, s, self.p, self.spec)
+        values ``s`` (float32; ``aug``: with a last row of ones)."""
+        xhat = decode_strip(self.xm, s, self.p, self.spec, aug=aug)
         if xhat.dtype != self.work:
             xhat = xhat.astype(self.work)
         xhat *= self.scale
@@ -203,11 +211,10 @@ def _encode_block(
         if xs.dtype != net.work:
             xs = xs.astype(net.work)
         z, ok = net.standardize(xs, None if v is None else v[:, a : a + net.step])
-        mu, kl = encode_strip(xm, z, net.p, net.spec)
-        sums.append(_strip_partials(xp, xm, xs, net.decode(mu), ok, kl))
-        bad = ~ok[None, :]
-        xm.copyto(mu, xm.float32(xm.nan), where=bad)
-        out[:k, a : a + net.step] = mu
+        mu, kl = encode_strip(xm, z, net.p, net.spec, aug=True)
+        sums.append(_strip_partials(xp, xm, xs, net.decode(mu, aug=True), ok, kl))
+        xm.copyto(mu[:k], xm.float32(xm.nan), where=~ok[None, :])
+        out[:k, a : a + net.step] = mu[:k]
         if kl is not None:
             out[k, a : a + net.step] = xm.where(ok, kl, xm.nan)
     partial = xp.reshape(_combine(xm, sums), (1,) * ndim + (_NPARTIAL,))
@@ -231,10 +238,10 @@ def _decode_block(scores: Any, *, m: dict[str, Any], axis: int) -> Any:
     s = _rows(xp, scores, axis)
     out = xm.empty((net.spec["bands"], s.shape[1]), dtype=xm.float32)
     for a in range(0, s.shape[1], net.step):
-        sa = xm.asarray(s[:, a : a + net.step], dtype=xm.float32)
+        sa = augmented(xm, xm.asarray(s[:, a : a + net.step], dtype=xm.float32))
         bad = xm.isnan(sa.sum(axis=0))[None, :]
-        sa = xm.where(bad, xm.float32(0), sa)
-        xhat = net.decode(sa)
+        xm.copyto(sa[:-1], xm.float32(0), where=bad)
+        xhat = net.decode(sa, aug=True)
         xm.copyto(xhat, xm.nan, where=bad)
         out[:, a : a + net.step] = xhat
     return _unrows(xp, out, scores.shape, axis)

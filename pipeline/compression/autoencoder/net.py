@@ -38,6 +38,7 @@ __all__ = [
     "FORMAT",
     "KINDS",
     "LOGVAR_RANGE",
+    "augmented",
     "build_spec",
     "decode_rows",
     "decode_strip",
@@ -239,10 +240,12 @@ def strip_size(spec: dict[str, Any], budget: int = 8 * 2**20) -> int:
 # -- forward pass in the array namespace of the input (NumPy or CuPy) ---------------------
 #
 # Inference runs on whole strips of pixels with one matrix product per layer and the
-# activations computed in place (one temporary each), in float32. SiLU is evaluated as
-# ``silu(x) = y * (1 + tanh(y))`` with ``y = x / 2``; the halving is folded into the
-# weights and bias of the layer before each activation (exact: a power of two), so it
-# costs no pass over the data (see :func:`inference_params`).
+# activations computed in place (one temporary each), in float32. A linear layer's bias
+# rides in its matrix product: its input carries a last row of ones ("augmented",
+# ``(features + 1, n)``) and its matrix a last column holding the bias, so no pass over
+# the data adds it. SiLU is evaluated as ``silu(x) = y * (1 + tanh(y))`` with ``y = x / 2``;
+# the halving is folded into the layer before each activation (exact: a power of two),
+# so it costs no pass either (see :func:`inference_params`).
 
 
 def _halved_layers(spec: dict[str, Any]) -> set[str]:
@@ -260,14 +263,29 @@ def _halved_layers(spec: dict[str, Any]) -> set[str]:
 
 def inference_params(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, np.ndarray]:
     """The float32 parameters the forward pass of this module runs on: ``params`` (host
-    arrays, any float dtype) with each layer that feeds a SiLU multiplied by 0.5."""
+    arrays, any float dtype) with each layer that feeds a SiLU multiplied by 0.5, and for
+    each linear layer ``<name>_wb``: ``[weight | bias]`` ``(out, in + 1)``."""
     halved = _halved_layers(spec)
     out = {}
     for layer in parametric_layers(spec):
+        name = layer["name"]
         for part in ("weight", "bias"):
-            key = f"{layer['name']}_{part}"
-            v = np.asarray(params[key], dtype=np.float32)
-            out[key] = np.ascontiguousarray(v * np.float32(0.5) if layer["name"] in halved else v)
+            v = np.asarray(params[f"{name}_{part}"], dtype=np.float32)
+            out[f"{name}_{part}"] = np.ascontiguousarray(
+                v * np.float32(0.5) if name in halved else v
+            )
+        if layer["op"] == "linear":
+            out[f"{name}_wb"] = np.ascontiguousarray(
+                np.concatenate([out[f"{name}_weight"], out[f"{name}_bias"][:, None]], axis=1)
+            )
+    return out
+
+
+def augmented(xm: Any, x: Any) -> Any:
+    """``x (features, n)`` with a last row of ones: ``(features + 1, n)``, ``x``'s dtype."""
+    out = xm.empty((x.shape[0] + 1, x.shape[1]), dtype=x.dtype)
+    out[:-1] = x
+    out[-1] = 1
     return out
 
 
@@ -304,69 +322,102 @@ def _conv1d(xm: Any, x: Any, w: Any, b: Any, *, stride: int, padding: int) -> An
     return out
 
 
-def _run(xm: Any, layers: list[dict], x: Any, p: dict[str, Any], spec: dict[str, Any]) -> Any:
-    """The layers of one branch on ``x`` (features first, pixels last); ``p`` from
-    :func:`inference_params`. Never writes into ``x``."""
+def _run(
+    xm: Any, layers: list[dict], x: Any, p: dict[str, Any], spec: dict[str, Any], aug: bool
+) -> tuple[Any, bool]:
+    """The layers of one branch on ``x`` (features first, pixels last; ``aug``: with its
+    row of ones); ``p`` from :func:`inference_params`. Returns the output and whether it
+    is augmented. Never writes into ``x``."""
     halved = _halved_layers(spec)
     prev = None
     for lay in layers:
         op = lay["op"]
         if op == "linear":
-            x = xm.matmul(p[f"{lay['name']}_weight"], x)
-            x += p[f"{lay['name']}_bias"][:, None]
-        elif op == "conv1d":
-            w, b = p[f"{lay['name']}_weight"], p[f"{lay['name']}_bias"]
-            x = _conv1d(xm, x, w, b, stride=lay["stride"], padding=lay["padding"])
+            if not aug:
+                x = augmented(xm, x)
+            wb = p[f"{lay['name']}_wb"]
+            out = xm.empty((wb.shape[0] + 1, x.shape[1]), dtype=x.dtype)
+            out[-1] = 1
+            xm.matmul(wb, x, out=out[:-1])
+            x, aug = out, True
         elif op == "act":
             if prev is None or prev["op"] not in ("linear", "conv1d"):
                 x = x.copy()  # only a layer's own output is changed in place
-            x = _act_(xm, x, spec["activation"], prev is not None and prev.get("name") in halved)
-        elif op == "unflatten":
-            x = x.reshape(lay["channels"], -1, x.shape[-1])
-        elif op == "flatten":
-            x = x.reshape(-1, x.shape[-1])
-        elif op == "resample":
-            m = device_constant(x, resample_matrix(x.shape[1], lay["size"]), x.dtype)
-            x = xm.moveaxis(xm.tensordot(m, x, axes=([1], [1])), 0, 1)
+            body = x[:-1] if aug else x
+            _act_(xm, body, spec["activation"], prev is not None and prev.get("name") in halved)
         else:
-            raise ValueError(f"unknown layer op {op!r}")
+            if aug:
+                x, aug = x[:-1], False
+            if op == "conv1d":
+                w, b = p[f"{lay['name']}_weight"], p[f"{lay['name']}_bias"]
+                x = _conv1d(xm, x, w, b, stride=lay["stride"], padding=lay["padding"])
+            elif op == "unflatten":
+                x = x.reshape(lay["channels"], -1, x.shape[-1])
+            elif op == "flatten":
+                x = x.reshape(-1, x.shape[-1])
+            elif op == "resample":
+                m = device_constant(x, resample_matrix(x.shape[1], lay["size"]), x.dtype)
+                x = xm.moveaxis(xm.tensordot(m, x, axes=([1], [1])), 0, 1)
+            else:
+                raise ValueError(f"unknown layer op {op!r}")
         prev = lay
-    return x
+    return x, aug
 
 
-def encode_strip(xm: Any, z: Any, p: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, Any]:
-    """Latent means ``(K, n)`` float32 of standardized spectra ``z (band, n)`` (float32)
-    and, for a VAE, the KL divergence of each pixel's posterior from N(0, I) (``(n,)``,
-    else None). ``xm`` is NumPy or CuPy itself (:func:`~cubepipe.pipeline.backend.array_module`),
-    ``p`` from :func:`inference_params`."""
+def _plain(x: Any, aug: bool) -> Any:
+    return x[:-1] if aug else x
+
+
+def encode_strip(
+    xm: Any, z: Any, p: dict[str, Any], spec: dict[str, Any], *, aug: bool = False
+) -> tuple[Any, Any]:
+    """Latent means of standardized spectra ``z (band, n)`` (float32; with ``aug``, ``z``
+    carries a last row of ones) and, for a VAE, the KL divergence of each pixel's
+    posterior from N(0, I) (``(n,)``, else None). The means are ``(K + 1, n)``, their last
+    row ones (ready for :func:`decode_strip` with ``aug``): take ``[:-1]``. ``xm`` is
+    NumPy or CuPy itself (:func:`~cubepipe.pipeline.backend.array_module`), ``p`` from
+    :func:`inference_params`."""
     br = spec["branches"]
-    h = _run(xm, br["encoder"], z, p, spec)
-    mu = _run(xm, br["mu"], h, p, spec)
-    mu += _run(xm, br["enc_skip"], z, p, spec)
+    if not aug:
+        z = augmented(xm, z)  # used twice: the trunk and the skip
+    h, h_aug = _run(xm, br["encoder"], z, p, spec, True)
+    mu, mu_aug = _run(xm, br["mu"], h, p, spec, h_aug)
+    skip, skip_aug = _run(xm, br["enc_skip"], z, p, spec, True)
+    if not mu_aug:
+        mu = augmented(xm, mu)
+    mu[:-1] += _plain(skip, skip_aug)
     if "logvar" not in br:
         return mu, None
-    lv = xm.clip(_run(xm, br["logvar"], h, p, spec), *LOGVAR_RANGE)
+    lv = xm.clip(_plain(*_run(xm, br["logvar"], h, p, spec, h_aug)), *LOGVAR_RANGE)
+    m = mu[:-1]
     t = xm.exp(lv)
     t -= 1.0
     t -= lv
-    t += mu * mu
+    t += m * m
     return mu, 0.5 * t.sum(axis=0)
 
 
-def decode_strip(xm: Any, s: Any, p: dict[str, Any], spec: dict[str, Any]) -> Any:
+def decode_strip(
+    xm: Any, s: Any, p: dict[str, Any], spec: dict[str, Any], *, aug: bool = False
+) -> Any:
     """Standardized reconstructions ``(band, n)`` float32 of latent values ``s (K, n)``
-    (float32; ``xm`` and ``p`` as for :func:`encode_strip`)."""
+    (float32; with ``aug`` ``(K + 1, n)``, the last row ones; ``xm`` and ``p`` as for
+    :func:`encode_strip`)."""
     br = spec["branches"]
-    zhat = _run(xm, br["decoder"], s, p, spec)
-    zhat += _run(xm, br["dec_skip"], s, p, spec)
+    if not aug:
+        s = augmented(xm, s)
+    zhat = _plain(*_run(xm, br["decoder"], s, p, spec, True))
+    zhat += _plain(*_run(xm, br["dec_skip"], s, p, spec, True))
     return zhat
 
 
 def encode_rows(xp: Any, z: Any, p: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, Any]:
-    """:func:`encode_strip` with the stored parameters ``p`` (as :func:`init_params` or
-    the model store holds them; prepared here) in the namespace ``xp`` of ``z``."""
+    """Latent means ``(K, n)`` and KL (or None) of ``z (band, n)``: :func:`encode_strip`
+    with the stored parameters ``p`` (as :func:`init_params` or the model store holds
+    them; prepared here) in the namespace ``xp`` of ``z``."""
     xm = array_module(z)
-    return encode_strip(xm, z, _on(z, inference_params(spec, p)), spec)
+    mu, kl = encode_strip(xm, z, _on(z, inference_params(spec, p)), spec)
+    return mu[:-1], kl
 
 
 def decode_rows(xp: Any, s: Any, p: dict[str, Any], spec: dict[str, Any]) -> Any:
