@@ -58,7 +58,7 @@ def test_worker_start_method(monkeypatch: pytest.MonkeyPatch) -> None:
         start_method()
 
 
-def test_workers_run_one_blas_thread(client: Any) -> None:
+def test_workers_run_one_blas_thread_and_no_profiler(client: Any) -> None:
     def blas() -> list[int]:
         from threadpoolctl import threadpool_info  # noqa: PLC0415
 
@@ -67,6 +67,8 @@ def test_workers_run_one_blas_thread(client: Any) -> None:
     got = client.run(blas)
     assert len(got) == 2
     assert all(threads and set(threads) == {1} for threads in got.values()), got
+    profiling = client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+    assert set(profiling.values()) == {False}
 
 
 def test_standardize_on_a_cluster_is_the_threaded_result(
