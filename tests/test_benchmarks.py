@@ -124,3 +124,19 @@ def test_floor_case_decodes_every_chunk_as_zarr_does(tmp_path: Path, codec: str)
     assert r["seconds"] == pytest.approx(r["decode_s"] + r["encode_s"], abs=2e-3)
     only_encode = _common.floor_case(lambda size: [tmp_path / "a.zarr"], lambda s: 4096, reads=0)
     assert only_encode("tiny", tmp_path)["decoded_bytes"] == 0
+
+
+def test_bench_distributed_quick_reports_tasks_transfers_and_start_up() -> None:
+    """bench_distributed's cluster rows carry what issue 19 asks the benchmark to print:
+    the task count, the bytes fetched between workers and the cluster's start-up."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_distributed.py"), "--quick", "--case",
+         "local_standardize"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| tiny | standardize"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    tasks, transfers, start_up = int(cells[6]), cells[7], float(cells[8])
+    assert tasks > 0 and start_up > 0
+    assert transfers.endswith(")") and "(" in transfers  # count (MiB)
