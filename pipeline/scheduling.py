@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -402,8 +403,10 @@ def local_cluster(
       loads, which a forked worker inherited already loaded): the limit is set in this
       process for the cluster's lifetime, so every worker forked (or restarted) from it
       has it; two workers with two BLAS threads each made compress 3x slower on 2 cores;
-    - the dashboard (which imports bokeh: ~1 s) only when ``dashboard`` (its link is
-      printed: without it nobody could find the random port);
+    - the dashboard only when ``dashboard`` (its link is printed: without it nobody
+      could find the random port), and then its HTTP server listens at once while its
+      pages (bokeh: ~1 s of imports) are attached by a thread as the work starts
+      (:func:`_attach_dashboard`);
     - :data:`LOCAL_CLUSTER_CONFIG`: less bookkeeping CPU in every process;
     - what the first task of every worker would import is imported here first.
 
@@ -412,7 +415,11 @@ def local_cluster(
     distributed = _distributed()
     kwargs: dict[str, Any] = {
         "threads_per_worker": threads_per_worker,
-        "dashboard_address": ":0" if dashboard else None,
+        # The scheduler's HTTP server (and so the link) on a free port now, always (with
+        # no address it takes 8787 and warns when another cluster has it); bokeh's
+        # pages later, by a thread, when there is a dashboard to show.
+        "dashboard_address": ":0",
+        "scheduler_kwargs": {"dashboard": False},
     }
     if workers:
         kwargs["n_workers"] = workers
@@ -428,7 +435,38 @@ def local_cluster(
         distributed.LocalCluster(**kwargs) as cluster,
         distributed.Client(cluster) as client,
     ):
-        yield client
+        attaching = _attach_dashboard(cluster) if dashboard else None
+        try:
+            yield client
+        finally:
+            if attaching is not None:
+                attaching.join()
+
+
+def _attach_dashboard(cluster: Any) -> threading.Thread:
+    """Attach the dashboard's pages to the running scheduler of ``cluster`` (in this
+    process) from a thread: importing them (bokeh) takes ~1 s of CPU, which would
+    otherwise delay the cluster's start and so every command on it. What
+    ``Scheduler(dashboard=True)`` does at start, done on its event loop once imported;
+    if bokeh is missing or the cluster is gone by then, the link shows dask's plain pages.
+    """
+
+    def connect(scheduler: Any) -> None:
+        from distributed.dashboard.scheduler import connect  # noqa: PLC0415
+
+        connect(scheduler.http_application, scheduler.http_server, scheduler)
+
+    def attach() -> None:
+        try:
+            import distributed.dashboard.scheduler  # noqa: F401, PLC0415
+
+            cluster.loop.add_callback(connect, cluster.scheduler)
+        except Exception:  # no bokeh, or the loop closed: no dashboard pages
+            return
+
+    thread = threading.Thread(target=attach, name="cubepipe-dashboard", daemon=True)
+    thread.start()
+    return thread
 
 
 # What each worker of a remote cluster runs before any work: no cubepipe import at

@@ -6,6 +6,7 @@ as copies of this process with one BLAS thread each (issue 19, build item 6)."""
 from __future__ import annotations
 
 import pickle
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,23 @@ def test_each_task_carries_bytes_of_fitted_results_not_chunks(small_store: Path)
         graph = dict(arr.__dask_graph__())
         sizes = [len(pickle.dumps(t, protocol=5)) for t in graph.values()]
         assert max(sizes) < 4 * 2**10, max(sizes)
+
+
+def test_the_dashboard_comes_up_after_the_cluster_and_quiet_takes_no_fixed_port() -> None:
+    import urllib.request  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with local_cluster(workers=1, dashboard=True) as c:
+            status, deadline = 0, time.monotonic() + 60
+            while status != 200 and time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(c.dashboard_link, timeout=10) as page:
+                        status, body = page.status, page.read()
+                except OSError:
+                    time.sleep(0.2)
+            assert status == 200 and b"bokeh" in body.lower()
+            with local_cluster(workers=1, dashboard=False) as quiet:
+                assert quiet.dashboard_link != c.dashboard_link
+    assert not [w for w in seen if "already in use" in str(w.message)]
