@@ -401,8 +401,9 @@ def local_cluster(
     - BLAS runs ``threads_per_worker`` threads in each worker, as it does in a spawned
       one (dask's ``OPENBLAS_NUM_THREADS=1`` and friends are read only when the library
       loads, which a forked worker inherited already loaded): the limit is set in this
-      process for the cluster's lifetime, so every worker forked (or restarted) from it
-      has it; two workers with two BLAS threads each made compress 3x slower on 2 cores;
+      process for the cluster's lifetime (BLAS only: this process trains autoencoders
+      with torch's own threads), so every worker forked (or restarted) from it has it;
+      two workers with two BLAS threads each made compress 3x slower on 2 cores;
     - the dashboard only when ``dashboard`` (its link is printed: without it nobody
       could find the random port), and then its HTTP server listens at once while its
       pages (bokeh: ~1 s of imports) are attached by a thread as the work starts
@@ -431,7 +432,7 @@ def local_cluster(
     config = {**LOCAL_CLUSTER_CONFIG, "distributed.worker.multiprocessing-method": method}
     with (
         dask.config.set(config),
-        threadpool_limits(limits=threads_per_worker),
+        threadpool_limits(limits=threads_per_worker, user_api="blas"),
         distributed.LocalCluster(**kwargs) as cluster,
         distributed.Client(cluster) as client,
     ):
