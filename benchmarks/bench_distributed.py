@@ -6,6 +6,8 @@ Cases (each in its own process, reading the same input store):
   [--scheduler local --workers 2] standardize IN -o OUT`` runs (fit, then apply + write);
 - ``threads_compress``, ``local_compress``: what ``cubepipe [...] compress IN -o OUT -k 5``
   runs (co-moment fit, then project + metrics + write);
+- ``local_standardize_dashboard``: ``local_standardize`` without ``--quiet``: the
+  dashboard is started and its link printed (what a user gets by default);
 - ``local_start``: the cluster alone: start two workers, run one task, close;
 - ``floor_standardize`` / ``floor_compress``: the codec floor of each (every input chunk
   decoded twice, the output's bytes encoded once; benchmarks/_common.py).
@@ -15,7 +17,8 @@ row of its own), the fit (``fit_s``) and the apply pass (``apply_s``). ``tasks``
 the tasks the scheduler ran, ``transfers``/``transfer_mb`` what workers fetched from each
 other (the workers' ``transfer_incoming_log``: data a worker did not read itself).
 ``cpu_s`` includes the workers' CPU (they are this process's children). The local cases
-run quiet (no dashboard, as ``--quiet``: its link would not be printed).
+run quiet (no dashboard, as ``--quiet``: its link would not be printed) except
+``local_standardize_dashboard``.
 
 Sizes: ``1x`` = 15 x 2500 x 2500 float32 (357 MiB), ``4x`` = 15 x 5000 x 5000.
 Run ``python benchmarks/bench_distributed.py`` (``--quick`` for a smoke run).
@@ -99,11 +102,13 @@ def _counted(client: Any) -> Iterator[dict[str, int]]:
     out["transfers"], out["transfer_bytes"] = _transfers(client)
 
 
-def _run(spec: str, size: str, body: Callable[[Any], float]) -> dict[str, Any]:
+def _run(
+    spec: str, size: str, body: Callable[[Any], float], *, quiet: bool = True
+) -> dict[str, Any]:
     """``body(source) -> fit seconds`` on scheduler ``spec``, timed as a command is."""
     source = _input(size)
     t0 = time.perf_counter()
-    with scheduler(spec, workers=WORKERS, quiet=True) as client:
+    with scheduler(spec, workers=WORKERS, quiet=quiet) as client:
         started = time.perf_counter()
         with _counted(client) as counts:
             ds = open_cube(source, keep_bytes=keep_between_passes(spec, source))
@@ -147,6 +152,11 @@ def threads_standardize(size: str, workdir: Path) -> dict[str, Any]:
 
 def local_standardize(size: str, workdir: Path) -> dict[str, Any]:
     return _run("local", size, _standardize(workdir))
+
+
+def local_standardize_dashboard(size: str, workdir: Path) -> dict[str, Any]:
+    """As ``local_standardize``, not quiet: the dashboard is started (its link printed)."""
+    return _run("local", size, _standardize(workdir), quiet=False)
 
 
 def threads_compress(size: str, workdir: Path) -> dict[str, Any]:
@@ -193,8 +203,12 @@ def summary(rows: list[dict[str, Any]]) -> str:
     ]
     by = {(r["size"], r["case"]): r for r in rows}
     for size in dict.fromkeys(r["size"] for r in rows):
-        for op in ("standardize", "compress"):
-            t, loc = by.get((size, f"threads_{op}")), by.get((size, f"local_{op}"))
+        for op, local in (
+            ("standardize", "local_standardize"),
+            ("standardize (dashboard)", "local_standardize_dashboard"),
+            ("compress", "local_compress"),
+        ):
+            t, loc = by.get((size, f"threads_{op.split()[0]}")), by.get((size, local))
             if t is None or loc is None:
                 continue
             ratio = loc["seconds"] / t["seconds"]
@@ -212,6 +226,7 @@ if __name__ == "__main__":
         {
             "threads_standardize": threads_standardize,
             "local_standardize": local_standardize,
+            "local_standardize_dashboard": local_standardize_dashboard,
             "threads_compress": threads_compress,
             "local_compress": local_compress,
             "local_start": local_start,
@@ -225,6 +240,7 @@ if __name__ == "__main__":
         floor={
             "threads_standardize": "floor_standardize",
             "local_standardize": "floor_standardize",
+            "local_standardize_dashboard": "floor_standardize",
             "threads_compress": "floor_compress",
             "local_compress": "floor_compress",
         },
