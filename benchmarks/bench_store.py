@@ -18,6 +18,8 @@ Cases (each in its own process, same synthetic 15-band cube generated lazily):
   same cube whole (``open_cube(...).sum()``: cubepipe's direct chunk reads, zarr-python's
   sharding codec), stores written once by ``prepare``, untimed.
 
+- ``generate_only``: compute the synthetic cube's chunks and drop them: the part of every
+  write case that is not storage (generation is CPU-heavy; compare write cases with it).
 - ``floor_write`` / ``floor_read``: the codec floor (``_common.floor_case``): encoding the
   cube's bytes with the default chain / decoding every chunk of the unsharded store, on
   both cores, nothing else; every row's ``x_floor`` is its seconds over its floor's.
@@ -122,6 +124,13 @@ def xarray_to_zarr(size: str, workdir: Path) -> dict[str, Any]:
     enc = {"cube": {"compressors": default_compressors(), "chunks": ds["cube"].data.chunksize}}
     ds.to_zarr(workdir / "out.zarr", zarr_format=3, encoding=enc, consolidated=True)
     return _files(workdir / "out.zarr")
+
+
+def generate_only(size: str, workdir: Path) -> dict[str, Any]:
+    """Compute every chunk of the synthetic cube and drop it: what each write case pays
+    before any codec (its time is not in the write floor)."""
+    _cube(size)["cube"].data.map_blocks(lambda b: b[:0, :0, :0], dtype=np.float32).compute()
+    return {}
 
 
 def numpy_in_memory(size: str, workdir: Path) -> dict[str, Any]:
@@ -407,6 +416,7 @@ elif __name__ == "__main__":
             "cubepipe_write_durable": cubepipe_write_durable,
             "cubepipe_write_sharded": cubepipe_write_sharded,
             "numpy_in_memory": numpy_in_memory,
+            "generate_only": generate_only,
             "cubepipe_read": cubepipe_read,
             "cubepipe_read_sharded": cubepipe_read_sharded,
             "floor_write": floor_write,
@@ -419,5 +429,6 @@ elif __name__ == "__main__":
         prepare=prepare,
         columns=("files",),
         notes="Write a lazily generated synthetic cube (generation time is included in "
-        "every case alike).",
+        "every write case alike; generate_only is that time alone, so a write case's "
+        "storage cost is roughly its seconds minus generate_only's).",
     )
