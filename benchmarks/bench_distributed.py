@@ -74,15 +74,16 @@ class _Count(Callback):
         self.tasks += 1
 
 
-def _transfers(client: Any) -> tuple[int, int]:
-    """(count, bytes) of what the workers fetched from each other so far."""
+def _worker_counts(dask_worker: Any = None) -> tuple[int, int, int]:
+    """(tasks executed, transfers fetched, bytes fetched) by a worker so far (its own
+    counters: no scheduler plugin adding work to every task)."""
+    log = list(dask_worker.transfer_incoming_log)
+    return dask_worker.state.executed_count, len(log), sum(int(t["total"]) for t in log)
 
-    def incoming(dask_worker: Any = None) -> tuple[int, int]:
-        log = list(dask_worker.transfer_incoming_log)
-        return len(log), sum(int(t["total"]) for t in log)
 
-    got = client.run(incoming).values()
-    return sum(n for n, _ in got), sum(b for _, b in got)
+def _totals(client: Any) -> list[int]:
+    got = client.run(_worker_counts).values()
+    return [sum(c[i] for c in got) for i in range(3)]
 
 
 @contextmanager
@@ -94,12 +95,12 @@ def _counted(client: Any) -> Iterator[dict[str, int]]:
             yield out
         out["tasks"] = c.tasks
         return
-    from distributed import get_task_stream  # noqa: PLC0415
-
-    with get_task_stream(client) as ts:
-        yield out
-    out["tasks"] = len(ts.data)
-    out["transfers"], out["transfer_bytes"] = _transfers(client)
+    before = _totals(client)
+    yield out
+    after = _totals(client)
+    out["tasks"], out["transfers"], out["transfer_bytes"] = (
+        a - b for a, b in zip(after, before, strict=True)
+    )
 
 
 def _run(
