@@ -5,8 +5,10 @@ stores (``kind`` = ``ae`` or ``vae``): ``<kind>_mean`` / ``<kind>_scale`` (the
 standardization, float64 over ``band``; ``<kind>_mean`` carries the network's JSON spec in
 its attrs under ``cubepipe_model``) and ``<kind>_<layer>_weight`` / ``_bias``. The kernels
 run :mod:`cubepipe.pipeline.compression.autoencoder.net`'s forward pass in the namespace of the chunks
-(NumPy or CuPy) in float32, strip by strip so that memory does not grow with chunk size;
-PyTorch is not needed. Invalid pixels (NaN in any band, or ``mask`` False) give NaN scores
+(NumPy or CuPy) in float32, strip by strip so that memory does not grow with chunk size
+(cache-sized strips on the CPU, see :data:`CPU_STRIP`); one task per chunk gives its
+scores and its error partials. PyTorch is not needed (on the CPU it was no faster:
+issue 19 item 7). Invalid pixels (NaN in any band, or ``mask`` False) give NaN scores
 and NaN reconstructions and are left out of the metrics.
 """
 
@@ -106,9 +108,10 @@ def _unrows(xp: Any, rows: Any, like_shape: tuple[int, ...], axis: int) -> Any:
 
 
 class _Kernel:
-    """The model where the chunk ``like`` lives: float32 parameters (SiLU-halved, see
-    :func:`~cubepipe.pipeline.compression.autoencoder.net.inference_params`), the mean
-    and scale as float32 ``(band, 1)``, and the strip width."""
+    """The model where the chunk ``like`` lives: float32 parameters (SiLU-halved, with
+    bias columns: see :func:`~cubepipe.pipeline.compression.autoencoder.net.inference_params`),
+    the mean and scale ``(band, 1)`` in the working dtype (float64 for float64 chunks,
+    else float32), and the strip width."""
 
     def __init__(self, like: Any, m: dict[str, Any]):
         self.xm = array_module(like)
