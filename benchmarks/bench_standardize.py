@@ -138,8 +138,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
         lead = naive["seconds"] / cp["seconds"] if naive else float("nan")
         rss.append(cp["peak_rss_mb"])
         lines.append(
-            f"| {size} | {ratio:.2f} ({'met' if ratio <= 1.3 else 'not met'}) | "
-            f"{lead:.2f} ({'met' if lead >= 1.5 else 'not met'}) | {cp.get('x_floor', '')} | "
+            f"| {size} | {ratio:.3f} ({'met' if ratio <= 1.3 else 'not met'}) | "
+            f"{lead:.3f} ({'met' if lead >= 1.5 else 'not met'}) | {cp.get('x_floor', '')} | "
             f"{f2.get('x_floor', '') if f2 else ''} | "
             f"{cp['cpu_s'] / copy['cpu_s']:.2f} | {cp['peak_rss_mb']:.0f} | "
             f"{cp.get('keep_mb', '')} MiB, {cp.get('kept_pct', '')}% of the 2nd read |"
