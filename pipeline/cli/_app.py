@@ -394,4 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     """Console-script entry point."""
+    from cubepipe.pipeline.malloc import bound_heap_growth  # noqa: PLC0415
+
+    bound_heap_growth()  # peak memory flat with the cube's size (see pipeline/malloc.py)
     sys.exit(main())

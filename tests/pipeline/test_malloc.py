@@ -1,0 +1,88 @@
+"""glibc's mmap threshold is fixed by the cubepipe command (pipeline/malloc.py).
+
+Checked from the outside: where glibc puts a 4 MiB buffer allocated after a 16 MiB one
+was freed, read from /proc/self/maps. With glibc's default the freed 16 MiB raises the
+threshold, and the 4 MiB buffer lands in the main heap (``[heap]``, which keeps freed
+space); with the threshold fixed it gets a mapping of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="glibc only",
+)
+
+_PROBE = """
+import sys
+import numpy as np
+from cubepipe.pipeline.malloc import bound_heap_growth
+if sys.argv[1] == "fix":
+    print("set", bound_heap_growth())
+big = np.ones(16 * 2**20, dtype=np.uint8)  # mmapped at glibc's start threshold (128 KiB)
+del big  # freeing it raises glibc's dynamic threshold to 16 MiB, unless it was fixed
+buf = np.ones(4 * 2**20, dtype=np.uint8)
+addr = buf.ctypes.data
+for line in open("/proc/self/maps"):
+    span, *rest = line.split()
+    lo, hi = (int(v, 16) for v in span.split("-"))
+    if lo <= addr < hi:
+        print("region", rest[-1] if len(rest) == 5 else "anonymous")
+        break
+"""
+
+
+def _probe(mode: str, env: dict[str, str] | None = None) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+    ).stdout
+    return out.split("\n")
+
+
+def test_glibc_default_puts_a_chunk_buffer_in_the_heap_after_a_larger_one_was_freed():
+    # The control: without the fix the test below would see [heap] (so it can fail).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, "default"], capture_output=True, text=True,
+        check=True, env=env,
+    ).stdout  # fmt: skip
+    assert "region [heap]" in out
+
+
+def test_the_fixed_threshold_gives_a_chunk_buffer_its_own_mapping():
+    out = _probe("fix")
+    assert "set True" in out
+    assert "region anonymous" in out
+
+
+def test_a_threshold_the_user_set_is_left_alone():
+    out = _probe("fix", {"MALLOC_MMAP_THRESHOLD_": "262144"})
+    assert "set False" in out
+
+
+def test_the_cubepipe_command_fixes_it():
+    # The console script's own entry point, run for real (--version), then the probe.
+    probe = _PROBE.replace('if sys.argv[1] == "fix":', "if False:")
+    code = (
+        "import sys\n"
+        "sys.argv = ['cubepipe', '--version']\n"
+        "from cubepipe.pipeline.cli import run\n"
+        "try:\n    run()\nexcept SystemExit:\n    pass\n" + probe
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    assert "cubepipe, version" in out
+    assert "region anonymous" in out
