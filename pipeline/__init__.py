@@ -34,6 +34,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from cubepipe.storage import __version__
+from cubepipe.storage._lazy import lazy_attribute as _lazy_attribute
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers
     from cubepipe.pipeline.compression.api import (
@@ -98,14 +99,7 @@ def __getattr__(name: str) -> Any:
         from .torch import CubeDataset  # noqa: PLC0415  (optional dependency, on use)
 
         return CubeDataset
-    module = _LAZY.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value  # once: later lookups do not come here
-        return value
-    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f"{__name__}.{name}")  # a submodule, as before
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _lazy_attribute(__name__, _LAZY, globals(), name)
 
 
 def __dir__() -> list[str]:

@@ -12,10 +12,9 @@ only the standard library); the names that need zarr, xarray or dask (``open_cub
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from ._lazy import lazy_attribute as _lazy_attribute
 from ._version import __version__
 from .errors import (
     CubepipeError,
@@ -76,27 +75,20 @@ __all__ = [
 
 #: Public name -> the submodule that defines it, imported on first access.
 _LAZY = {
-    "ATTR": "store",
-    "history": "store",
-    "is_complete": "store",
-    "open_cube": "store",
-    "read_attrs": "store",
-    "store_state": "store",
-    "write_cube": "store",
-    "describe": "info",
-    "open_images": "dataset",
+    "ATTR": ".store",
+    "history": ".store",
+    "is_complete": ".store",
+    "open_cube": ".store",
+    "read_attrs": ".store",
+    "store_state": ".store",
+    "write_cube": ".store",
+    "describe": ".info",
+    "open_images": ".dataset",
 }
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-        globals()[name] = value  # once: later lookups do not come here
-        return value
-    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f"{__name__}.{name}")  # a submodule, as before
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _lazy_attribute(__name__, _LAZY, globals(), name)
 
 
 def __dir__() -> list[str]:
