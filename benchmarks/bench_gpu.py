@@ -420,7 +420,7 @@ if __name__ == "__main__":
         summary=summary,
         floor=FLOORS,
         notes="Input: synthetic signed float32 cube (make_cube, seed 0, NaN disc) in a "
-        "cubepipe store, zstd level 1 + checksum, chunks 15 x 512 x 512. Each capability "
+        "cubepipe store (its default codec chain), chunks 15 x 512 x 512. Each capability "
         "runs once per device through the public API (threaded dask scheduler) and writes "
         "its output with write_cube(to_host(...)): GPU times include the transfers and "
         f"the CUDA context (gpu_init_s). K = {K}; filters: {SPEC} (31 x 31); the "

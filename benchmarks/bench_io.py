@@ -1,7 +1,7 @@
 """Ingest and export of a float cube beside the floor: what a user would write by hand.
 
 Every case moves the same bytes (one synthetic float32 cube, NaN disc included) between
-a file and a zarr v3 store with the same codec (zstd level 1 + checksum, chunks
+a file and a zarr v3 store with the same codec (cubepipe's default codec chain, chunks
 15 x 512 x 512), each in its own process:
 
 - ``floor_npy_to_zarr``: ``z[...] = np.load(npy, mmap_mode="r")`` into a plain zarr array
@@ -246,7 +246,7 @@ CODEC_FLOORS = {
 NOTES = (
     "Same values in every case: a synthetic signed float32 cube (NaN disc) as .npy, as a "
     "float TIFF (one raw page per band, written by cubepipe export) and as a cubepipe store "
-    "(zstd level 1 + checksum, chunks 15 x 512 x 512). Ingest floors fill a plain zarr v3 "
+    "(cubepipe's default codec chain, chunks 15 x 512 x 512). Ingest floors fill a plain zarr v3 "
     "array with that codec from a memmap (`z[...] = np.load(npy, mmap_mode='r')`, "
     "`tifffile.memmap`); export floors `da.store` the store's array into a memmapped "
     ".npy/.tif. Inputs are read from the page cache (made just before). Peak RSS counts "
