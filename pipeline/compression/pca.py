@@ -299,6 +299,16 @@ def pca_encode(
         meta=data._meta.astype(np.float32),
         token="cubepipe-compress-encode",
     )
+    scores, partials = split_pairs(pairs, data, 6)
+    return _scores_array(cube, scores), partials
+
+
+def split_pairs(pairs: Any, data: da.Array, npartial: int) -> tuple[da.Array, da.Array]:
+    """The two halves of an encode task's per-chunk ``(scores, partials)`` pairs (PCA and
+    the autoencoders): the float32 scores, chunked as ``pairs``, and the float64 error
+    partials, ``npartial`` per chunk along a new last axis. The encode task reads the
+    chunk once; these two only pick from its result."""
+    ndim = data.ndim
     scores = pairs.map_blocks(
         pair_first,
         dtype=np.float32,
@@ -308,12 +318,12 @@ def pca_encode(
     partials = pairs.map_blocks(
         pair_second,
         new_axis=ndim,
-        chunks=tuple((1,) * len(c) for c in data.chunks) + ((6,),),
+        chunks=tuple((1,) * len(c) for c in data.chunks) + ((npartial,),),
         dtype=np.float64,
         meta=data._meta.astype(np.float64).reshape((0,) * (ndim + 1)),
         token="cubepipe-compress-metrics",
     )
-    return _scores_array(cube, scores), partials
+    return scores, partials
 
 
 def pca_reconstruct(scores: xr.DataArray, model: xr.Dataset) -> xr.DataArray:

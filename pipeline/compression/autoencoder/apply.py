@@ -36,7 +36,7 @@ from cubepipe.pipeline.compression.autoencoder.net import (
     parametric_layers,
     strip_size,
 )
-from cubepipe.pipeline.compression.pca import summarize_metrics
+from cubepipe.pipeline.compression.pca import split_pairs, summarize_metrics
 from cubepipe.pipeline.compression.pca_kernels import error_sum_arrays
 from cubepipe.pipeline.cube import cube_and_valid
 from cubepipe.storage.errors import InputError
@@ -224,14 +224,6 @@ def _encode_block(
     return _unrows(xp, out, block.shape, axis), partial
 
 
-def _first(pair: tuple[Any, Any]) -> Any:
-    return pair[0]
-
-
-def _second(pair: tuple[Any, Any]) -> Any:
-    return pair[1]
-
-
 @device_task
 def _decode_block(scores: Any, *, m: dict[str, Any], axis: int) -> Any:
     """``(K, ...)`` scores -> ``(band, ...)`` float32 data units; NaN where any score is."""
@@ -284,20 +276,7 @@ def ae_project(
         meta=data._meta.astype(np.float32),
         token="cubepipe-compress-encode",
     )
-    enc = pairs.map_blocks(
-        _first,
-        dtype=np.float32,
-        meta=data._meta.astype(np.float32),
-        token="cubepipe-compress-scores",
-    )
-    partials = pairs.map_blocks(
-        _second,
-        new_axis=ndim,
-        chunks=tuple((1,) * len(c) for c in data.chunks) + ((_NPARTIAL,),),
-        dtype=np.float64,
-        meta=data._meta.astype(np.float64).reshape((0,) * (ndim + 1)),
-        token="cubepipe-compress-metrics",
-    )
+    enc, partials = split_pairs(pairs, data, _NPARTIAL)
     scores = enc[tuple(slice(0, k) if i == axis else slice(None) for i in range(ndim))]
     dims = tuple("component" if d == "band" else d for d in cube.dims)
     return xr.DataArray(scores, dims=dims, coords={"component": np.arange(k)}), partials
