@@ -217,7 +217,7 @@ def explain() -> None:
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e3:.2f} ms"
 
 
 def _separable(p: dict[str, Any]) -> str:
