@@ -197,6 +197,10 @@ def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
     if is_device_array(block):
         return _device_comoments(xp, x, _valid_rows(xp, valid, band_axis, nb))
     f64 = xp.float64
+    if isinstance(x, np.ndarray) and (valid is None or bool(np.all(valid))):
+        packed = _shifted_comoments(x)
+        if packed is not None:  # None: a NaN or infinity somewhere, the masked path below
+            return packed
     total = xp.sum(x, axis=1, dtype=f64)  # NaN anywhere in a band makes its sum NaN
     any_bad = not bool(xp.all(xp.isfinite(total)))
     if valid is not None:
@@ -233,6 +237,61 @@ def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
         )
     ncol = xp.full((nb, 1), n, dtype=f64)
     return xp.concat([stats, ncol, mean[:, None], cross], axis=1)
+
+
+#: Pixels whose per-band mean is the shift of :func:`_shifted_comoments` (a spread-out
+#: sample of the chunk, so the shift is close to the chunk's mean).
+SHIFT_SAMPLE = 1024
+
+
+def _shifted_comoments(x: np.ndarray) -> np.ndarray | None:
+    """:func:`block_comoments` of host rows ``x (band, N)`` with every value finite, in
+    one pass over the chunk; ``None`` if some value is NaN or infinite (the caller then
+    takes its masked path).
+
+    Each strip is shifted by ``c`` (each band's mean over :data:`SHIFT_SAMPLE` pixels
+    spread over the chunk) into a float64 buffer with one more row of ones, and one BLAS
+    product ``D D^T`` of that ``(band + 1, pixels)`` buffer gives at once the shifted cross
+    products ``S = sum (x - c)(x - c)^T``, the shifted sums ``s = sum (x - c)`` (the ones
+    row) and ``n``. Then ``mean = c + s / n`` and ``C = S - s s^T / n``, exact in exact
+    arithmetic (the shifted-data formula); with ``c`` near the mean the subtraction loses
+    only ``|mean - c|^2 / variance`` of the digits, about ``1 / SHIFT_SAMPLE``. This
+    replaces a separate float64 summing pass for the exact mean, and the extra row is
+    free: OpenBLAS's product of 16 rows measured 6.8 ms a 15 x 512 x 512 chunk against
+    10 ms for 15 (one thread).
+    """
+    nb, total = x.shape
+    if total == 0:
+        return None
+    sample = x[:, :: max(1, total // SHIFT_SAMPLE)]
+    c = np.mean(sample, axis=1, dtype=np.float64)
+    if not np.all(np.isfinite(c)):
+        return None
+    step = strip_pixels(nb + 1, WIDE_STRIP)
+    buf = np.empty((nb + 1, max(1, min(step, total))))
+    buf[nb] = 1.0
+    acc = np.zeros((nb + 1, nb + 1))
+    lo = np.full(nb, np.inf)
+    hi = np.full(nb, -np.inf)
+    with np.errstate(invalid="ignore"):  # an infinity: None below, no warning here
+        for start in range(0, total, step):
+            strip = x[:, start : start + step]
+            n = strip.shape[1]
+            np.minimum(lo, strip.min(axis=1), out=lo)  # while it is in cache
+            np.maximum(hi, strip.max(axis=1), out=hi)
+            d = buf[:, :n]
+            np.subtract(strip, c[:, None], out=d[:nb])
+            acc += matmul(d, d.T)
+    if not np.all(np.isfinite(acc)) or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        return None
+    count = float(acc[nb, nb])  # exact: a sum of ones, below 2**53
+    s = acc[:nb, nb]
+    mean = c + s / count
+    cross = acc[:nb, :nb] - np.outer(s, s / count)
+    cross = (cross + cross.T) * 0.5  # symmetric to the last bit
+    ncol = np.full(nb, count)
+    stats = np.stack([ncol, mean, np.diagonal(cross).copy(), lo, hi], axis=1)
+    return np.concatenate([stats, ncol[:, None], mean[:, None], cross], axis=1)
 
 
 # -- the device (CuPy) kernels: whole chunk, masks instead of branches, no host sync -----

@@ -200,3 +200,28 @@ def test_large_offset_where_a_raw_sum_of_squares_fails() -> None:
     for p in partials[1:]:
         acc = merge_moments(acc, p)
     _check_moments(acc, ref)
+
+
+def test_block_comoments_over_many_strips_with_an_offset_and_non_finite_values() -> None:
+    """The one-pass shifted path (every value finite: several strips, one BLAS product
+    each) and its fall-back to the masked path (a NaN, an infinity, a mask) against
+    two-pass float64 NumPy, on 15 bands with a 1e6 offset (where an unshifted sum of
+    squares would cancel) and a band whose sample mean is far from its mean."""
+    rng = np.random.default_rng(19)
+    x = 1e6 + rng.normal(0.0, 2.0, size=(15, 230, 190))  # 43700 pixels: two strips
+    x[3, :5] += 1e3  # the shift's sample (every 42nd pixel) misses most of this
+    x = x.astype(np.float32)
+    _check_comoments(block_comoments(x, band_axis=0), _reference(x, None))
+    mask = np.ones(x.shape[1:], dtype=bool)
+    full = np.broadcast_to(mask, x.shape)
+    _check_comoments(block_comoments(x, full, band_axis=0), _reference(x, mask))
+    mask[7, 9] = False
+    _check_comoments(block_comoments(x, full, band_axis=0), _reference(x, mask))
+    y = x.copy()
+    y[2, 100, 100] = np.nan
+    _check_comoments(block_comoments(y, band_axis=0), _reference(y, None))
+    z = x.copy()
+    z[4, 3, 3] = np.inf  # not NaN, so kept: the masked path's sums say inf, not a number
+    with np.errstate(invalid="ignore"):
+        packed = block_comoments(z, band_axis=0)
+    assert packed[4, MAX] == np.inf and not np.isfinite(packed[4, M2])
