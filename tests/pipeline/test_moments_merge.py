@@ -220,6 +220,17 @@ def test_block_comoments_over_many_strips_with_an_offset_and_non_finite_values()
     y = x.copy()
     y[2, 100, 100] = np.nan
     _check_comoments(block_comoments(y, band_axis=0), _reference(y, None))
+    w = x.copy()
+    w[:, :20, :] = np.nan  # whole pixels, first strip only: the next strip is clean
+    w[:, 200:, 50:60] = np.nan  # and some in the last strip
+    _check_comoments(block_comoments(w, band_axis=0), _reference(w, None))
+    w[5, 190, 7] = np.nan  # one band only: per-band moments differ from the all-valid set
+    _check_comoments(block_comoments(w, band_axis=0), _reference(w, None))
+    many = np.random.default_rng(3).random(x.shape[1:]) > 0.3
+    full = np.broadcast_to(many, x.shape)
+    _check_comoments(block_comoments(w, full, band_axis=0), _reference(w, many))
+    nothing = np.full(x.shape, np.nan, dtype=np.float32)
+    _check_comoments(block_comoments(nothing, band_axis=0), _reference(nothing, None))
     z = x.copy()
     z[4, 3, 3] = np.inf  # not NaN, so kept: the masked path's sums say inf, not a number
     with np.errstate(invalid="ignore"):
