@@ -220,18 +220,22 @@ def _to_host(a: Any) -> Any:
 
 
 def _model_arrays(model: xr.Dataset) -> dict[str, np.ndarray]:
+    """The model's arrays as C-contiguous float64 host arrays, however the dataset holds
+    them (views of a fitted result, arrays read from a store, unpickled on a worker): the
+    kernels' BLAS products sum in an order that depends on the operands' layout, so the
+    same model must have one layout for its error sums to agree to the last bit."""
     missing = [v for v in MODEL_VARS[:5] if v not in model]
     if missing:
         raise InputError(f"not a fitted PCA model (missing {', '.join(missing)})")
-    w = np.asarray(model["pca_components"].values, dtype=np.float64)
+    w = np.ascontiguousarray(model["pca_components"].values, dtype=np.float64)
     factor = np.ones(w.shape[0])
     if bool(model["pca_components"].attrs.get("whiten", False)):
         ev = np.asarray(model["pca_explained_variance"].values, dtype=np.float64)
         factor = np.sqrt(np.where(ev > 0, ev, 1.0))
     return {
         "w": w,
-        "mean": np.asarray(model["pca_mean"].values, dtype=np.float64),
-        "scale": np.asarray(model["pca_scale"].values, dtype=np.float64),
+        "mean": np.ascontiguousarray(model["pca_mean"].values, dtype=np.float64),
+        "scale": np.ascontiguousarray(model["pca_scale"].values, dtype=np.float64),
         "factor": factor,
     }
 
