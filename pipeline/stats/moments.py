@@ -275,7 +275,9 @@ def _shifted_comoments(
     keep = ~np.isnan(sample).any(axis=0)
     if v is not None:
         keep &= v[:, :: max(1, total // SHIFT_SAMPLE)].all(axis=0)
-    c = np.mean(sample[:, keep], axis=1, dtype=np.float64) if keep.any() else np.zeros(nb)
+    c: np.ndarray = np.zeros(nb)
+    if keep.any():
+        c = np.asarray(np.mean(sample[:, keep], axis=1, dtype=np.float64))
     if not np.all(np.isfinite(c)):
         return None
     step = strip_pixels(nb + 1, WIDE_STRIP)
