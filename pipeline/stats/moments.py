@@ -189,7 +189,8 @@ def block_comoments(block: Any, valid: Any = None, *, band_axis: int) -> Any:
     own valid values); column 5 is ``n`` (pixels valid in all bands), column 6 their
     per-band mean, columns 7.. the centred cross-product matrix
     ``C[i, j] = sum((x_i - mean_i) * (x_j - mean_j))``, formed strip by strip by float64
-    matmuls around the chunk's exact mean.
+    matmuls: on the host in one pass around a sampled shift (:func:`_shifted_comoments`),
+    with a general path (the chunk's exact mean first) for infinities and empty chunks.
     """
     xp = array_namespace(block)
     nb = block.shape[band_axis]
