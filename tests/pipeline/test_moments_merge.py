@@ -229,6 +229,10 @@ def test_block_comoments_over_many_strips_with_an_offset_and_non_finite_values()
     many = np.random.default_rng(3).random(x.shape[1:]) > 0.3
     full = np.broadcast_to(many, x.shape)
     _check_comoments(block_comoments(w, full, band_axis=0), _reference(w, many))
+    unsampled = x.copy().reshape(15, -1)
+    unsampled[:, :: unsampled.shape[1] // 1024] = np.nan  # every pixel the shift samples
+    unsampled = unsampled.reshape(x.shape)  # (a shift of 0 would cancel the 1e6 offset)
+    _check_comoments(block_comoments(unsampled, band_axis=0), _reference(unsampled, None))
     nothing = np.full(x.shape, np.nan, dtype=np.float32)
     _check_comoments(block_comoments(nothing, band_axis=0), _reference(nothing, None))
     z = x.copy()
