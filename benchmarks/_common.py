@@ -233,6 +233,32 @@ def _arrays(path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
             yield meta_file.parent, meta
 
 
+def chunk_reader(path: Path) -> tuple[list[Path], Callable[[Path], Any]]:
+    """The chunk files of the one zarr v3 array at ``path`` and a function that reads and
+    decodes one of them with the array's own codecs, trimmed to the array's extent (zarr
+    pads edge chunks; cubepipe reads them trimmed): what the ``kernel_floor`` cases feed
+    their kernels, with no dask, xarray or zarr around them."""
+    import numpy as np  # noqa: PLC0415
+
+    ((array_dir, meta),) = list(_arrays(Path(path)))
+    codecs = _bytes_codecs(meta["codecs"], str(array_dir))
+    shape = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+    full = tuple(meta["shape"])
+
+    def read(f: Path) -> Any:
+        buf: Any = f.read_bytes()
+        for codec in reversed(codecs):
+            buf = codec.decode(buf)
+        a = np.frombuffer(buf, dtype=meta["data_type"]).reshape(shape)
+        index = [int(i) for i in f.relative_to(array_dir).parts[1:]]  # c/<i>/<j>/<k>
+        keep = tuple(
+            slice(0, min(n, e - i * n)) for n, e, i in zip(shape, full, index, strict=True)
+        )
+        return a if a[keep].shape == a.shape else np.ascontiguousarray(a[keep])
+
+    return _chunk_files(array_dir), read
+
+
 def _chunk_files(array_dir: Path) -> list[Path]:
     """The chunk files of one array: every file in it but its metadata and hidden or
     half-written files (missing chunks are fill values: nothing to decode)."""

@@ -62,8 +62,11 @@ of that output written as a cube (read 5 scores, decode, write 15 bands); all un
 ``scheduler("threads")`` (2 dask threads, one BLAS thread each) as the CLI runs them.
 ``px_s``: pixels (NaN ones too) per second of the timed body (opening the stores + the write);
 ``floor`` / ``floor_rec``: the codec floor of each pass (decode the input chunks + encode
-the output bytes, ``_common.floor_case``). Goal: AE encode and decode at least half
-PCA's pixels per second.
+the output bytes, ``_common.floor_case``); ``pca_kernel`` / ``ae_kernel`` /
+``vae_kernel``: each method's chunk kernel alone (decoded chunks from a plain thread pool,
+scores encoded, nothing written) and ``ae_matmuls``: the AE's BLAS products alone for
+every pixel: the floor of the goal (what the arithmetic costs on this machine). Goal: AE
+encode and decode at least half PCA's pixels per second.
 """
 
 from __future__ import annotations
@@ -89,7 +92,16 @@ from cubepipe.pipeline.compression.pca import fit_pca, pca_encode, summarize_met
 from cubepipe.storage import open_cube, store_state, write_cube
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import INPUTS, cube_bytes, floor_case, main
+from _common import (
+    DEFAULT_CODECS,
+    INPUTS,
+    _bytes_codecs,
+    _cpu_s,
+    chunk_reader,
+    cube_bytes,
+    floor_case,
+    main,
+)
 
 #: ``--encode`` selects the encode-throughput table; the variable carries the choice to
 #: the child processes that run the cases.
@@ -473,6 +485,97 @@ def _reconstruct(size: str, workdir: Path, method: str) -> dict[str, Any]:
     return {"seconds": seconds, "px_s": int(_pixels(size) / seconds)}
 
 
+def _kernel(size: str, workdir: Path, method: str) -> dict[str, Any]:
+    """``method``'s encode chunk kernel with nothing around it: read + decode every chunk
+    of the cube, run the kernel ``compress --model`` runs per chunk (scores and error
+    partials, the same function), encode the scores with the default codecs (nothing is
+    written); one thread per core, BLAS on one thread; setup untimed. What the method's
+    arithmetic and codecs cost on this machine."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    from cubepipe.pipeline.compression.autoencoder.apply import (  # noqa: PLC0415
+        _encode_block,
+        model_arrays,
+    )
+    from cubepipe.pipeline.compression.pca import _model_arrays  # noqa: PLC0415
+    from cubepipe.pipeline.compression.pca_kernels import encode_block  # noqa: PLC0415
+
+    files, read = chunk_reader(_store(size) / "cube")
+    model = open_cube(_fitted(size, method))
+    if method == "pca":
+        kernel, m = encode_block, _model_arrays(model)
+    else:
+        kernel, m = _encode_block, model_arrays(model)
+    enc = _bytes_codecs(DEFAULT_CODECS, "cubepipe's default codec chain")
+
+    def one(f: Path) -> float:
+        scores, partial = kernel(read(f), m=m, axis=0, ndim=3)
+        buf: Any = np.ascontiguousarray(scores)
+        for codec in enc:
+            buf = codec.encode(buf)
+        return float(np.asarray(partial).reshape(-1)[0])
+
+    cpu0 = _cpu_s()
+    t0 = time.perf_counter()
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(os.cpu_count()) as pool:
+        sse = sum(pool.map(one, files))
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "cpu_s": round(_cpu_s() - cpu0, 3),
+        "px_s": int(_pixels(size) / seconds),
+        "sse": sse,
+    }
+
+
+def _matmuls(size: str, workdir: Path, method: str) -> dict[str, Any]:
+    """The network's matrix products alone: for every pixel of the cube, in strips of the
+    apply kernel's width, one float32 BLAS product per linear layer of the encoder and of
+    the decoder (what the error metrics need), on random inputs of each layer's shape,
+    one thread per core, BLAS on one thread; no activations, no I/O. The arithmetic the
+    network cannot do without on this machine's BLAS."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    from cubepipe.pipeline.compression.autoencoder.apply import (  # noqa: PLC0415
+        CPU_STRIP,
+        model_arrays,
+    )
+    from cubepipe.pipeline.compression.autoencoder.net import parametric_layers  # noqa: PLC0415
+
+    m = model_arrays(open_cube(_fitted(size, method)))
+    mats = [m["infer"][f"{lay['name']}_wb"] for lay in parametric_layers(m["spec"])]
+    mats = [w for w in mats if w.ndim == 2]
+    strips = -(-_pixels(size) // CPU_STRIP)
+    threads = os.cpu_count() or 1
+    rng = np.random.default_rng(0)
+
+    def work(share: int) -> None:
+        ins = [rng.standard_normal((w.shape[1], CPU_STRIP), dtype=np.float32) for w in mats]
+        outs = [np.empty((w.shape[0], CPU_STRIP), dtype=np.float32) for w in mats]
+        for _ in range(share):
+            for w, x, o in zip(mats, ins, outs, strict=True):
+                np.matmul(w, x, out=o)
+
+    shares = [strips // threads + (i < strips % threads) for i in range(threads)]
+    cpu0 = _cpu_s()
+    t0 = time.perf_counter()
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, shares))
+    seconds = time.perf_counter() - t0
+    macs = sum(w.shape[0] * w.shape[1] for w in mats)
+    return {
+        "seconds": seconds,
+        "cpu_s": round(_cpu_s() - cpu0, 3),
+        "px_s": int(_pixels(size) / seconds),
+        "gflops": round(2 * macs * strips * CPU_STRIP / seconds / 1e9, 1),
+        "macs_px": macs,
+    }
+
+
 def _case_of(fn: Any, method: str) -> Any:
     def case(size: str, workdir: Path) -> dict[str, Any]:
         return dict(fn(size, workdir, method))
@@ -487,6 +590,10 @@ ENC_CASES = {
     "pca_rec": _case_of(_reconstruct, "pca"),
     "ae_rec": _case_of(_reconstruct, "ae"),
     "vae_rec": _case_of(_reconstruct, "vae"),
+    "pca_kernel": _case_of(_kernel, "pca"),
+    "ae_kernel": _case_of(_kernel, "ae"),
+    "vae_kernel": _case_of(_kernel, "vae"),
+    "ae_matmuls": _case_of(_matmuls, "ae"),
     "floor": floor_case(
         lambda size: [_store(size)], lambda size: cube_bytes(_store(size), bands=K)
     ),
@@ -501,6 +608,9 @@ ENC_FLOORS = {
     "pca_rec": "floor_rec",
     "ae_rec": "floor_rec",
     "vae_rec": "floor_rec",
+    "pca_kernel": "floor",
+    "ae_kernel": "floor",
+    "vae_kernel": "floor",
 }
 
 
@@ -534,7 +644,52 @@ def encode_summary(rows: list[dict[str, Any]]) -> str:
         "PCA / it (CPU s): the case processes' CPU seconds over PCA's (same run), steadier "
         "than wall time when other work shares the 2 CPUs.",
     ]
+    lines += _kernel_summary(by)
     return "\n".join(lines)
+
+
+def _kernel_summary(by: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """The encode goal's floor: each method's chunk kernel alone (``*_kernel``) and the
+    network's matrix products alone (``ae_matmuls``), as multiples of PCA's whole pass."""
+    lines = [
+        "",
+        "### Floor of the encode goal: the kernels alone",
+        "",
+        "| size | case | seconds | / PCA's whole pass | goal <= "
+        f"{ENC_GOAL} reachable | whole pass / it | GFLOP/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for size in dict.fromkeys(s for s, _ in by):
+        pca = by.get((size, "pca"))
+        if pca is None:
+            continue
+        for case, whole in (
+            ("pca_kernel", "pca"),
+            ("ae_kernel", "ae"),
+            ("vae_kernel", "vae"),
+            ("ae_matmuls", "ae"),
+        ):
+            r = by.get((size, case))
+            if r is None:
+                continue
+            ratio = r["seconds"] / pca["seconds"]
+            whole_r = by.get((size, whole))
+            over = f"{whole_r['seconds'] / r['seconds']:.2f}" if whole_r else ""
+            lines.append(
+                f"| {size} | {case} | {r['seconds']:.3f} | {ratio:.2f} | "
+                f"{'yes' if ratio <= ENC_GOAL else '**no**'} | {over} | {r.get('gflops', '')} |"
+            )
+    lines += [
+        "",
+        "`*_kernel`: the chunk kernel `compress --model` runs (the same function), fed the "
+        "decoded chunks by a plain thread pool and its scores encoded with the default "
+        "codecs: the method's arithmetic and codecs, nothing else. `ae_matmuls`: only the "
+        "float32 BLAS products of the AE's layers for every pixel (encoder and the decoder "
+        "the error metrics need), no activations, no I/O. Where a kernel alone takes more "
+        f"than {ENC_GOAL}x PCA's whole pass, no orchestration can meet the goal on this "
+        "machine without a cheaper network; `whole pass / it` is what the pipeline adds.",
+    ]
+    return lines
 
 
 def encode_notes() -> str:
@@ -565,7 +720,7 @@ if __name__ == "__main__":
             quick_size="enc-tiny",
             prepare=prepare_encode,
             notes=encode_notes(),
-            columns=("px_s", "rmse", "sam_deg"),
+            columns=("px_s", "rmse", "sam_deg", "gflops", "macs_px"),
             summary=encode_summary,
             repeat=3,
             floor=ENC_FLOORS,

@@ -98,10 +98,9 @@ from _common import (
     DEFAULT_CODECS,
     INPUTS,
     RESULTS,
-    _arrays,
     _bytes_codecs,
-    _chunk_files,
     _cpu_s,
+    chunk_reader,
     floor_case,
     main,
     zarr_copy,
@@ -285,33 +284,16 @@ def kernel_floor(size: str, workdir: Path) -> dict[str, Any]:
     from cubepipe.pipeline.compression.pca_kernels import _encode_rows  # noqa: PLC0415
     from cubepipe.pipeline.stats.moments import block_comoments, merge_comoments  # noqa: PLC0415
 
-    ((array_dir, meta),) = list(_arrays(Path(_src(size))))
-    codecs = _bytes_codecs(meta["codecs"], str(array_dir))
-    shape = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
-    files = _chunk_files(array_dir)
+    files, read = chunk_reader(Path(_src(size)))
     enc = _bytes_codecs(DEFAULT_CODECS, "cubepipe's default codec chain")
     threads = len(os.sched_getaffinity(0))
-
-    full = tuple(meta["shape"])
-
-    def read(f: Path) -> np.ndarray:
-        """The chunk, trimmed to the array's extent (zarr pads edge chunks)."""
-        buf: Any = f.read_bytes()
-        for codec in reversed(codecs):
-            buf = codec.decode(buf)
-        a = np.frombuffer(buf, dtype=meta["data_type"]).reshape(shape)
-        index = [int(i) for i in f.relative_to(array_dir).parts[1:]]  # c/<i>/<j>/<k>
-        keep = tuple(
-            slice(0, min(n, e - i * n)) for n, e, i in zip(shape, full, index, strict=True)
-        )
-        return a if a[keep].shape == a.shape else np.ascontiguousarray(a[keep])
 
     cpu0 = _cpu_s()
     t0 = time.perf_counter()
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
         parts = list(pool.map(lambda f: block_comoments(read(f), band_axis=0), files))
         total = reduce(merge_comoments, parts)
-        nb = shape[0]
+        nb = total.shape[0]
         cov = total[:, 7:] / (total[0, 5] - 1.0)
         evals, evecs = np.linalg.eigh(cov)
         order = np.argsort(evals)[::-1][:K]
