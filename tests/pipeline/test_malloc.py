@@ -86,3 +86,40 @@ def test_the_cubepipe_command_fixes_it():
     ).stdout
     assert "cubepipe, version" in out
     assert "region anonymous" in out
+
+
+_TRIM_PROBE = """
+import resource, sys
+import numpy as np
+from cubepipe.pipeline.malloc import bound_heap_growth
+print("set", bound_heap_growth())
+def strip():  # what a strip of the AE kernel allocates: ~1 MiB temporaries, on the heap
+    bufs = [np.ones(1000 * 1024 // 8) for _ in range(8)]
+    del bufs
+strip()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    strip()
+print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _trim_faults(env: dict[str, str]) -> tuple[bool, int]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", _TRIM_PROBE], capture_output=True, text=True, check=True,
+        env={**base, **env},
+    ).stdout.split("\n")  # fmt: skip
+    return "set True" in out, int(next(x for x in out if x.startswith("faults")).split()[1])
+
+
+def test_freed_strip_temporaries_stay_on_the_heap_instead_of_faulting_in_again():
+    # 20 rounds of 8 x 1000 KiB: 40 000 fresh pages if glibc trims them after each round.
+    set_, faults = _trim_faults({})
+    assert set_
+    assert faults < 2_000
+    # The control: the mmap threshold fixed alone (the trim threshold then stays at
+    # glibc's 128 KiB) gives every round's pages back and faults them in again.
+    set_, faults = _trim_faults({"MALLOC_MMAP_THRESHOLD_": "1048576"})
+    assert not set_
+    assert faults > 20_000

@@ -92,9 +92,12 @@ def model_arrays(model: xr.Dataset) -> dict[str, Any]:
 #: = 1 MiB for the default MLP) stay in the core's cache between the layers. Measured on
 #: a 15 x 512^2 chunk, one BLAS thread, encode + metrics: 135 ms CPU at 4096 pixels, 155
 #: at 2048 or 8192, 170 at 16384 and ~410 as one strip per chunk; a strip costs ~60
-#: NumPy calls, ~2 % of its work. On the GPU the whole chunk is one strip (up to
-#: :func:`strip_size`'s budget).
-CPU_STRIP = 4096
+#: NumPy calls, ~2 % of its work. 4032 = 63 x 64 rather than 4096: a layer's output with
+#: its row of ones, 65 x 4032 x 4 B, stays under 1 MiB, the mmap threshold the cubepipe
+#: command fixes (pipeline/malloc.py), so it is reused from the heap instead of being
+#: mapped and faulted in afresh for every strip. On the GPU the whole chunk is one strip
+#: (up to :func:`strip_size`'s budget).
+CPU_STRIP = 4032
 _GPU_BUDGET = 512 * 2**20
 
 
