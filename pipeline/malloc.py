@@ -23,9 +23,9 @@ the system, and the next strip's temporaries fault fresh pages in again. So the 
 threshold is set too, to :data:`TRIM_THRESHOLD` (16 MiB: a few strips' temporaries per
 dask thread, nothing chunk-sized). Measured with the CLI on this project's 2-core machine,
 page cache full: an autoencoder ``compress --model`` of a 15 x 2500 x 2500 cube faulted
-2.6 M pages with the mmap threshold alone (5.5 s of system time; its 1 MiB strip
+2.3-2.6 M pages with the mmap threshold alone (4-6 s of system time: its ~1 MiB strip
 temporaries were mapped and unmapped, or trimmed, for every strip) and ~0.16 M with both
-(1.0 s); PCA and standardize of a 15 x 5000 x 5000 cube are unchanged (their temporaries
+(1.0-1.5 s; 8.3-9.0 -> 5.5-6.0 s wall); PCA and standardize of a 15 x 5000 x 5000 cube are unchanged (their temporaries
 are smaller) and every peak stayed within 10 MB.
 """
 
@@ -39,7 +39,7 @@ import sys
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "bound_heap_growth"]
 
 #: Bytes from which an allocation gets its own mapping (chunk buffers are far larger;
-#: strip temporaries of about 1 MiB and less stay on the heap, where reuse is cheap).
+#: strip temporaries under 1 MiB stay on the heap, where reuse is cheap).
 MMAP_THRESHOLD = 1 << 20
 #: Bytes free at the top of a heap before glibc returns them to the system.
 TRIM_THRESHOLD = 16 << 20
