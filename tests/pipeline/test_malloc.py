@@ -39,23 +39,29 @@ for line in open("/proc/self/maps"):
 """
 
 
+def _clean_env() -> dict[str, str]:
+    """This process's environment without glibc's MALLOC_* variables: a test that
+    started a LocalCluster in this process left ``MALLOC_TRIM_THRESHOLD_=65536`` in
+    ``os.environ`` (distributed's Nanny sets its pre-spawn environment there, for good)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+
 def _probe(mode: str, env: dict[str, str] | None = None) -> list[str]:
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, mode],
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, **(env or {})},
+        env={**_clean_env(), **(env or {})},
     ).stdout
     return out.split("\n")
 
 
 def test_glibc_default_puts_a_chunk_buffer_in_the_heap_after_a_larger_one_was_freed():
     # The control: without the fix the test below would see [heap] (so it can fail).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, "default"], capture_output=True, text=True,
-        check=True, env=env,
+        check=True, env=_clean_env(),
     ).stdout  # fmt: skip
     assert "region [heap]" in out
 
@@ -80,10 +86,10 @@ def test_the_cubepipe_command_fixes_it():
         "from cubepipe.pipeline.cli import run\n"
         "try:\n    run()\nexcept SystemExit:\n    pass\n" + probe
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
-    ).stdout
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env=_clean_env(),
+    ).stdout  # fmt: skip
     assert "cubepipe, version" in out
     assert "region anonymous" in out
 
@@ -105,10 +111,9 @@ print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _trim_faults(env: dict[str, str]) -> tuple[bool, int]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
         [sys.executable, "-c", _TRIM_PROBE], capture_output=True, text=True, check=True,
-        env={**base, **env},
+        env={**_clean_env(), **env},
     ).stdout.split("\n")  # fmt: skip
     return "set True" in out, int(next(x for x in out if x.startswith("faults")).split()[1])
 
