@@ -552,19 +552,28 @@ def _matmuls(size: str, workdir: Path, method: str) -> dict[str, Any]:
     strips = -(-_pixels(size) // CPU_STRIP)
     threads = os.cpu_count() or 1
     rng = np.random.default_rng(0)
+    # each thread's operands, made before the clock starts
+    operands = [
+        [
+            (
+                w,
+                rng.standard_normal((w.shape[1], CPU_STRIP), dtype=np.float32),
+                np.empty((w.shape[0], CPU_STRIP), dtype=np.float32),
+            )
+            for w in mats
+        ]
+        for _ in range(threads)
+    ]
 
-    def work(share: int) -> None:
-        ins = [rng.standard_normal((w.shape[1], CPU_STRIP), dtype=np.float32) for w in mats]
-        outs = [np.empty((w.shape[0], CPU_STRIP), dtype=np.float32) for w in mats]
-        for _ in range(share):
-            for w, x, o in zip(mats, ins, outs, strict=True):
+    def work(i: int) -> None:
+        for _ in range(strips // threads + (i < strips % threads)):
+            for w, x, o in operands[i]:
                 np.matmul(w, x, out=o)
 
-    shares = [strips // threads + (i < strips % threads) for i in range(threads)]
     cpu0 = _cpu_s()
     t0 = time.perf_counter()
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-        list(pool.map(work, shares))
+        list(pool.map(work, range(threads)))
     seconds = time.perf_counter() - t0
     macs = sum(w.shape[0] * w.shape[1] for w in mats)
     return {
