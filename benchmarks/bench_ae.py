@@ -509,6 +509,7 @@ def _kernel(size: str, workdir: Path, method: str) -> dict[str, Any]:
     else:
         kernel, m = _encode_block, model_arrays(model)
     enc = _bytes_codecs(DEFAULT_CODECS, "cubepipe's default codec chain")
+    threads = len(os.sched_getaffinity(0))  # one per core, as the floor rows
 
     def one(f: Path) -> float:
         scores, partial = kernel(read(f), m=m, axis=0, ndim=3)
@@ -519,7 +520,7 @@ def _kernel(size: str, workdir: Path, method: str) -> dict[str, Any]:
 
     cpu0 = _cpu_s()
     t0 = time.perf_counter()
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(os.cpu_count()) as pool:
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
         sse = sum(pool.map(one, files))
     seconds = time.perf_counter() - t0
     return {
@@ -550,7 +551,7 @@ def _matmuls(size: str, workdir: Path, method: str) -> dict[str, Any]:
     mats = [m["infer"][f"{lay['name']}_wb"] for lay in parametric_layers(m["spec"])]
     mats = [w for w in mats if w.ndim == 2]
     strips = -(-_pixels(size) // CPU_STRIP)
-    threads = os.cpu_count() or 1
+    threads = len(os.sched_getaffinity(0))
     rng = np.random.default_rng(0)
     # each thread's operands, made before the clock starts
     operands = [

@@ -25,8 +25,8 @@ dask thread, nothing chunk-sized). Measured with the CLI on this project's 2-cor
 page cache full: an autoencoder ``compress --model`` of a 15 x 2500 x 2500 cube faulted
 2.3-2.6 M pages with the mmap threshold alone (4-6 s of system time: its ~1 MiB strip
 temporaries were mapped and unmapped, or trimmed, for every strip) and ~0.16 M with both
-(1.0-1.5 s; 8.3-9.0 -> 5.5-6.0 s wall); PCA and standardize of a 15 x 5000 x 5000 cube are unchanged (their temporaries
-are smaller) and every peak stayed within 10 MB.
+(1.0-1.5 s; 8.3-9.0 -> 5.5-6.0 s wall); PCA and standardize of a 15 x 5000 x 5000
+cube are unchanged (their temporaries are smaller) and every peak stayed within 10 MB.
 """
 
 from __future__ import annotations
